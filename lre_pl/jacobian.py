@@ -1,0 +1,177 @@
+"""The Jacobian engine: J_l = d o / d s_l for many layers and samples in one pass.
+
+For a batch of prompts, the tokens before the subject token (the *prefix*) run
+once without gradients and are kept as a key/value cache. The tokens from the
+subject on (the *suffix*) then run through the model's own forward, with a zero
+perturbation ``delta_l`` added to the output of every requested layer ``l`` at
+the subject token. ``o`` is the last block's output at the last token (before
+the final norm). Because ``delta_l`` enters the residual stream exactly where
+``s_l`` lives, ``d o / d delta_l = d o / d s_l = J_l`` with everything upstream
+fixed and everything downstream recomputed, so one batch of d vector-Jacobian
+products (one per row of ``o``) yields J for all requested layers at once.
+
+Running the suffix through the model's own forward keeps masks, RoPE variants,
+sliding windows and embedding scales the model's business: no hand-rolled
+layer loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lre_pl.models import LanguageModel
+from lre_pl.prompts import EncodedPrompt
+
+Layer = int | str
+
+
+@dataclass
+class JacobianResult:
+    """Per-layer Jacobians and states of one batch of prompts."""
+
+    jacobians: dict[Layer, torch.Tensor]  # layer -> [batch, d, d], J[b, i, j] = d o_i / d s_j
+    subject_states: dict[Layer, torch.Tensor]  # layer -> [batch, d] s at the subject token
+    output_states: torch.Tensor  # [batch, d] o: last block output at the last token, pre-norm
+
+    def biases(self, layer: Layer) -> torch.Tensor:
+        """b_i = o_i - J_i s_i, [batch, d]."""
+        jacobian, state = self.jacobians[layer], self.subject_states[layer]
+        return self.output_states - torch.einsum("bij,bj->bi", jacobian, state)
+
+
+@dataclass
+class _SplitBatch:
+    """Prompts split at the subject token: prefix left-padded to P columns, suffix right-padded."""
+
+    input_ids: torch.Tensor  # [batch, P + S]
+    attention_mask: torch.Tensor  # [batch, P + S]
+    position_ids: torch.Tensor  # [batch, P + S]
+    prefix_width: int  # P: the subject token of every row is column P
+    last_index: torch.Tensor  # [batch] column of the last real token, counted from P
+
+
+def _split_at_subject(prompts: Sequence[EncodedPrompt], pad_token_id: int) -> _SplitBatch:
+    prefix_width = max(p.subject_index for p in prompts)
+    suffix_width = max(len(p.input_ids) - p.subject_index for p in prompts)
+    shape = (len(prompts), prefix_width + suffix_width)
+    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros(shape, dtype=torch.long)
+    last_index = torch.empty(len(prompts), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        begin = prefix_width - prompt.subject_index
+        end = prefix_width + len(prompt.input_ids) - prompt.subject_index
+        input_ids[row, begin:end] = torch.tensor(prompt.input_ids)
+        attention_mask[row, begin:end] = 1
+        last_index[row] = end - 1 - prefix_width
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return _SplitBatch(input_ids, attention_mask, position_ids, prefix_width, last_index)
+
+
+def _replace_output(output, hidden: torch.Tensor):
+    """A module output with its hidden-state tensor replaced (blocks of some versions return tuples)."""
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+def _hidden_of(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def auto_chunk_size(lm: LanguageModel, batch_size: int, tokens: int, layers_in_graph: int) -> int:
+    """How many vector-Jacobian products fit in half the free memory (at least 1, at most d)."""
+    d = lm.hidden_size
+    if lm.device.type == "cuda":
+        free = torch.cuda.mem_get_info(lm.device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    intermediate = getattr(lm.model.config, "intermediate_size", None) or 4 * d
+    # A product keeps a few activations of every block in the graph alive at once.
+    per_product = 4 * batch_size * tokens * layers_in_graph * (8 * d + 2 * intermediate) * lm.dtype.itemsize
+    return max(1, min(d, int(0.5 * free / max(per_product, 1))))
+
+
+def compute_jacobians(
+    lm: LanguageModel,
+    prompts: Sequence[EncodedPrompt],
+    layers: Sequence[Layer],
+    chunk_size: int | None = None,
+) -> JacobianResult:
+    """J, s and o for every prompt of the batch and every layer in ``layers``.
+
+    Args:
+        lm: the frozen model.
+        prompts: encoded prompts with their subject token index; any lengths.
+        layers: ``"emb"`` and/or block indices.
+        chunk_size: vector-Jacobian products per backward pass; ``None`` picks it from free memory.
+    """
+    layers = [lm.check_layer(layer) for layer in layers]
+    d = lm.hidden_size
+    split = _split_at_subject(prompts, lm.tokenizer.pad_token_id)
+    batch = split.input_ids.to(lm.device)
+    mask = split.attention_mask.to(lm.device)
+    positions = split.position_ids.to(lm.device)
+    p = split.prefix_width
+    rows = torch.arange(len(prompts), device=lm.device)
+
+    cache = None
+    if p > 0:  # a subject at position 0 leaves no prefix to cache
+        with torch.no_grad():
+            cache = lm.base_model(
+                input_ids=batch[:, :p], attention_mask=mask[:, :p], position_ids=positions[:, :p], use_cache=True
+            ).past_key_values
+
+    deltas = {layer: torch.zeros(len(prompts), d, device=lm.device, dtype=lm.dtype, requires_grad=True)
+              for layer in layers}  # fmt: skip
+    states: dict[Layer, torch.Tensor] = {}
+    last_block = lm.num_blocks - 1
+    captured: dict[str, torch.Tensor] = {}
+
+    def perturb(layer: Layer):
+        def hook(module, args, output):
+            hidden = _hidden_of(output)  # [batch, suffix, d]
+            if layer in deltas:
+                states[layer] = hidden[:, 0].detach()
+                hidden = torch.cat([hidden[:, :1] + deltas[layer][:, None], hidden[:, 1:]], dim=1)
+            if layer == last_block:
+                captured["o"] = hidden[rows, split.last_index.to(lm.device)]
+            return _replace_output(output, hidden)
+
+        return hook
+
+    hooked = set(layers) | {last_block}
+    handles = [lm.layer_module(layer).register_forward_hook(perturb(layer)) for layer in hooked]
+    try:
+        with torch.enable_grad():
+            lm.base_model(
+                input_ids=batch[:, p:],
+                attention_mask=mask,
+                position_ids=positions[:, p:],
+                # The suffix forward appends to the cache it is given: give it a copy.
+                use_cache=cache is not None,
+                **{lm.cache_argument: copy.deepcopy(cache) if cache is not None else None},
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+    output = captured["o"]  # [batch, d]
+
+    layers_in_graph = lm.num_blocks - min(-1 if layer == "emb" else layer for layer in layers)
+    chunk = chunk_size or auto_chunk_size(lm, len(prompts), batch.shape[1] - p, layers_in_graph)
+    jacobians = {layer: torch.empty(len(prompts), d, d, device=lm.device, dtype=lm.dtype) for layer in layers}
+    eye = torch.eye(d, device=lm.device, dtype=lm.dtype)
+    inputs = [deltas[layer] for layer in layers]
+    for start in range(0, d, chunk):
+        stop = min(start + chunk, d)
+        # cotangents[k, b, :] = e_{start + k} for every sample b: row start+k of each J_b.
+        cotangents = eye[start:stop, None, :].expand(stop - start, len(prompts), d)
+        grads = torch.autograd.grad(
+            output, inputs, grad_outputs=cotangents, is_grads_batched=True, retain_graph=stop < d,
+            allow_unused=True,
+        )  # fmt: skip
+        for layer, grad in zip(layers, grads):
+            jacobians[layer][:, start:stop] = 0 if grad is None else grad.transpose(0, 1)
+    return JacobianResult(jacobians, states, output.detach())

