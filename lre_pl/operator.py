@@ -1,0 +1,91 @@
+"""The linear relational embedding LRE(s) = beta * W s + b, its file format and its use on a subject."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+import lre_pl
+from lre_pl.errors import InputError
+from lre_pl.models import LanguageModel, load_language_model
+from lre_pl.prompts import encode_prompt
+
+#: Marks where the subject goes in ``test_prompt_template`` (a plain ``{}`` would clash with braces in data).
+SUBJECT_SLOT = "{}"
+
+
+def fill_subject(template: str, subject: str) -> str:
+    """Put ``subject`` into the last subject slot of a few-shot prompt template."""
+    head, slot, tail = template.rpartition(SUBJECT_SLOT)
+    if not slot:
+        raise InputError(f"prompt template {template!r} has no {SUBJECT_SLOT} slot for the subject")
+    return head + subject + tail
+
+
+@dataclass
+class LinearRelationOperator:
+    """An estimated LRE and everything needed to re-run it."""
+
+    weight: torch.Tensor  # [d, d] W = mean of the per-sample Jacobians
+    bias: torch.Tensor  # [d] b = mean of o_i - J_i s_i
+    beta: float
+    """Scale on W s."""
+    layer: int | str
+    """Where s is read: ``"emb"`` or the output of block ``layer``."""
+    relation: str
+    model: str
+    """The model spec string it was estimated on."""
+    n_train: int
+    seed: int
+    train_prompts: list[str] = field(default_factory=list)
+    """Exactly the strings that were run for the training samples."""
+    train_subject_token_index: list[int] = field(default_factory=list)
+    """Subject token positions in ``train_prompts`` as the model's tokenizer encodes them by default."""
+    test_prompt_template: str = SUBJECT_SLOT
+    """The few-shot prompt of test samples, the subject's place marked by ``{}``."""
+    version: str = lre_pl.__version__
+
+    def __call__(self, subject_state: torch.Tensor) -> torch.Tensor:
+        """LRE(s) for s [..., d] -> [..., d]."""
+        weight = self.weight.to(subject_state)
+        return self.beta * subject_state @ weight.T + self.bias.to(subject_state)
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (a crash never leaves a truncated file under the final name)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = asdict(self)
+        payload["weight"] = self.weight.detach().float().cpu().contiguous()
+        payload["bias"] = self.bias.detach().float().cpu().contiguous()
+        partial = path.with_name(path.name + ".partial")
+        torch.save(payload, partial)
+        os.replace(partial, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LinearRelationOperator:
+        payload = torch.load(path, weights_only=True)
+        return cls(**{key: payload[key] for key in cls.__dataclass_fields__ if key in payload})
+
+    def predict(self, subject: str, lm: LanguageModel | None = None, k: int = 5) -> list[tuple[str, float]]:
+        """Top-k (token, probability) of decode(LRE(s)) for ``subject`` on the test prompt."""
+        lm = lm or load_language_model(self.model)
+        prompt = encode_prompt(lm.tokenizer, fill_subject(self.test_prompt_template, subject), subject)
+        captured = {}
+
+        def capture(module, args, output):
+            captured["s"] = (output[0] if isinstance(output, tuple) else output)[0, prompt.subject_index]
+
+        handle = lm.layer_module(self.layer).register_forward_hook(capture)
+        try:
+            with torch.no_grad():
+                lm.base_model(input_ids=torch.tensor([prompt.input_ids], device=lm.device))
+        finally:
+            handle.remove()
+        with torch.no_grad():
+            probabilities = lm.decode(self(captured["s"])).softmax(-1)
+        top = probabilities.topk(k)
+        return list(zip(lm.token_strings(top.indices), top.values.tolist()))

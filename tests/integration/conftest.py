@@ -1,0 +1,12 @@
+import pytest
+from tiny_models import tiny_llama
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama saved like a hub checkpoint: the model spec of a local directory."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    lm = tiny_llama(hidden=32, blocks=3)
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return str(path)

@@ -1,0 +1,35 @@
+"""Run one estimation fit on a model directory; used by the DDP test as a subprocess.
+
+python fit_tiny.py MODEL_DIR OUT_DIR DEVICES
+"""
+
+import sys
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lre_pl.data import RelationDataModule
+from lre_pl.module import LinearRelationModule
+
+
+def run(model_dir: str, out_dir: str, devices: int) -> LinearRelationModule:
+    module = LinearRelationModule(model=model_dir, layers=[1, "emb"], chunk_size=11)
+    data = RelationDataModule(
+        relation="country capital city", model=model_dir, n_train=5, batch_size=2, filter_known=False
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        max_epochs=1,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        logger=TensorBoardLogger(out_dir, name="", version="run", default_hp_metric=False),
+    )
+    trainer.fit(module, datamodule=data)
+    return module
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], sys.argv[2], int(sys.argv[3]))
