@@ -80,7 +80,7 @@ class LinearRelationModule(L.LightningModule):
         self.recall = nn.ModuleList(PrefixRecallAtK(sorted({1, top_k})) for _ in self.layers)
         self.lm: LanguageModel | None = None
         self.last_metrics: dict[str, float] = {}
-        self._started = 0.0
+        self._started = time.perf_counter()  # the summary's wall time: model load, knowns filter, fit
 
     # ----------------------------------------------------------------------------------- set-up
     def configure_model(self) -> None:
@@ -103,6 +103,8 @@ class LinearRelationModule(L.LightningModule):
         return self.trainer.strategy.root_device if self._trainer is not None else self.device
 
     def setup(self, stage: str) -> None:
+        # trainer.log_dir is a broadcast under DDP: read it here, where every rank runs.
+        self._run_dir_path = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and datamodule.hparams.model != self.hparams.model:
             raise InputError(
@@ -157,7 +159,6 @@ class LinearRelationModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------- estimation
     def on_fit_start(self) -> None:
-        self._started = time.perf_counter()
         self._reset_sums()
         self.estimated = False
 
@@ -286,7 +287,7 @@ class LinearRelationModule(L.LightningModule):
         return getattr(self.logger, "experiment", None) if self.trainer.is_global_zero else None
 
     def _run_dir(self) -> Path:
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        return self._run_dir_path
 
     def _hparams_for_logger(self) -> dict:
         data = self.trainer.datamodule.hparams
