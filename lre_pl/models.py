@@ -74,7 +74,7 @@ ADAPTERS: dict[str, ArchitectureAdapter] = {
         base_model="gpt_neox",
         blocks="gpt_neox.layers",
         final_norm="gpt_neox.final_layer_norm",
-        unembedding="embed_out",
+        unembedding="lm_head",
         token_embedding="gpt_neox.embed_in",
         prepend_eos=True,
     ),
