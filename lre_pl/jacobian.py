@@ -197,60 +197,61 @@ def compute_jacobians(
                 use_cache=True,
             )[1]  # the cache (transformers 5 names it `cache`, earlier versions `past_key_values`)
 
-    deltas = {
-        layer: torch.zeros(len(prompts), d, device=lm.device, dtype=lm.dtype, requires_grad=True)
-        for layer in layers
-    }
-    states: dict[Layer, torch.Tensor] = {}
     last_block = lm.num_blocks - 1
-    captured: dict[str, torch.Tensor] = {}
+    last_index = split.last_index.to(lm.device)
 
-    def perturb(layer: Layer):
-        def hook(module, args, output):
-            hidden = _hidden_of(output)  # [batch, suffix, d]
-            if layer in deltas:
-                states[layer] = hidden[:, 0].detach()
-                hidden = torch.cat([hidden[:, :1] + deltas[layer][:, None], hidden[:, 1:]], dim=1)
-            if layer == last_block:
-                captured["o"] = hidden[rows, split.last_index.to(lm.device)]
-            return _replace_output(output, hidden)
+    def suffix_output(*deltas: torch.Tensor) -> tuple[torch.Tensor, dict[Layer, torch.Tensor]]:
+        """(o [batch, d], s per layer) with ``deltas[i]`` [batch, d] added to layer i's subject state."""
+        delta_of = dict(zip(layers, deltas))
+        states: dict[Layer, torch.Tensor] = {}
+        captured: dict[str, torch.Tensor] = {}
 
-        return hook
+        def perturb(layer: Layer):
+            def hook(module, args, output):
+                hidden = _hidden_of(output)  # [batch, suffix, d]
+                if layer in delta_of:
+                    states[layer] = hidden[:, 0]
+                    hidden = torch.cat([hidden[:, :1] + delta_of[layer][:, None], hidden[:, 1:]], dim=1)
+                if layer == last_block:
+                    captured["o"] = hidden[rows, last_index]
+                return _replace_output(output, hidden)
 
-    hooked = set(layers) | {last_block}
-    handles = [lm.layer_module(layer).register_forward_hook(perturb(layer)) for layer in hooked]
-    try:
-        with torch.enable_grad(), _attention_implementation(lm, SPLIT_PREFIX_ATTENTION):
-            lm.base_model(
-                input_ids=batch[:, p:],
-                attention_mask=mask,
-                position_ids=positions[:, p:],
-                # The suffix forward appends to the cache it is given: give it a copy.
-                use_cache=cache is not None,
-                **{lm.cache_argument: copy.deepcopy(cache) if cache is not None else None},
-            )
-    finally:
-        for handle in handles:
-            handle.remove()
-    output = captured["o"]  # [batch, d]
+            return hook
+
+        handles = [
+            lm.layer_module(layer).register_forward_hook(perturb(layer)) for layer in {*layers, last_block}
+        ]
+        try:
+            with _attention_implementation(lm, SPLIT_PREFIX_ATTENTION):
+                lm.base_model(
+                    input_ids=batch[:, p:],
+                    attention_mask=mask,
+                    position_ids=positions[:, p:],
+                    use_cache=cache is not None,
+                    # The suffix forward appends to the cache it is given: give it a copy.
+                    **{lm.cache_argument: copy.deepcopy(cache) if cache is not None else None},
+                )
+        finally:
+            for handle in handles:
+                handle.remove()
+        return captured["o"], states
+
+    zeros = [torch.zeros(len(prompts), d, device=lm.device, dtype=lm.dtype) for _ in layers]
+    # torch.func: one forward, then batches of vector-Jacobian products by vmap over the backward
+    # (its batching rules cover every op here; autograd.grad(is_grads_batched=True) falls back to a
+    # per-row loop for silu and softmax backward).
+    with torch.enable_grad():
+        output, products, states = torch.func.vjp(suffix_output, *zeros, has_aux=True)  # output [batch, d]
 
     layers_in_graph = lm.num_blocks - min(-1 if layer == "emb" else layer for layer in layers)
     chunk = chunk_size or auto_chunk_size(lm, len(prompts), batch.shape[1] - p, layers_in_graph)
     jacobians = {layer: torch.empty(len(prompts), d, d, device=lm.device, dtype=lm.dtype) for layer in layers}
     eye = torch.eye(d, device=lm.device, dtype=lm.dtype)
-    inputs = [deltas[layer] for layer in layers]
     for start in range(0, d, chunk):
         stop = min(start + chunk, d)
         # cotangents[k, b, :] = e_{start + k} for every sample b: row start+k of each J_b.
         cotangents = eye[start:stop, None, :].expand(stop - start, len(prompts), d)
-        grads = torch.autograd.grad(
-            output,
-            inputs,
-            grad_outputs=cotangents,
-            is_grads_batched=True,
-            retain_graph=stop < d,
-            allow_unused=True,
-        )
+        grads = torch.func.vmap(products)(cotangents)  # per layer [chunk, batch, d]
         for layer, grad in zip(layers, grads):
-            jacobians[layer][:, start:stop] = 0 if grad is None else grad.transpose(0, 1)
+            jacobians[layer][:, start:stop] = grad.transpose(0, 1)
     return JacobianResult(jacobians, states, output.detach())

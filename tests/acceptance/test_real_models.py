@@ -32,11 +32,16 @@ def projected_reference(lm, prompt, layer, directions):
     def read(module, args, output):
         captured["o"] = output[0, -1]
 
-    handles = [lm.layer_module(layer).register_forward_hook(capture), lm.blocks[-1].register_forward_hook(read)]
+    handles = [
+        lm.layer_module(layer).register_forward_hook(capture),
+        lm.blocks[-1].register_forward_hook(read),
+    ]
     try:
         with torch.enable_grad():
             lm.base_model(input_ids=ids, use_cache=False)
-            rows = [torch.autograd.grad(captured["o"], captured["s"], u, retain_graph=True)[0] for u in directions]
+            rows = [
+                torch.autograd.grad(captured["o"], captured["s"], u, retain_graph=True)[0] for u in directions
+            ]
     finally:
         for handle in handles:
             handle.remove()
@@ -49,7 +54,8 @@ def test_engine_matches_full_forward_on_real_models(spec):
     relation = load_relation("country capital city")
     template, samples = relation.prompt_templates[0], relation.samples
     prompts = [
-        encode_prompt(lm.tokenizer, make_prompt(template, s.subject, samples[5:9]), s.subject) for s in samples[:2]
+        encode_prompt(lm.tokenizer, make_prompt(template, s.subject, samples[5:9]), s.subject)
+        for s in samples[:2]
     ]
     at_start = "France" if spec == "smollm2-135m" else None  # SmolLM2 adds no BOS: the subject can be token 0
     if at_start:
@@ -92,6 +98,8 @@ def test_quickstart_end_to_end(tmp_path):
 
 
 def test_gemma3_fit(tmp_path):
-    faithfulness, known, total, operator = run_fit(tmp_path, "--model.model", "gemma3-270m", "--model.layers", "GEMMA_LAYER")
-    assert operator.weight.shape == (640, 640) and known >= 10
-    assert faithfulness >= GEMMA_MIN
+    faithfulness, known, total, operator = run_fit(
+        tmp_path, "--model.model", "gemma3-270m", "--model.layers", "8"
+    )
+    assert operator.weight.shape == (640, 640) and (known, total) == (15, 19)
+    assert faithfulness >= 0.86  # measured 0.933 (14 of 15) at block 8

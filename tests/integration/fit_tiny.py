@@ -12,8 +12,8 @@ from lre_pl.data import RelationDataModule
 from lre_pl.module import LinearRelationModule
 
 
-def run(model_dir: str, out_dir: str, devices: int) -> LinearRelationModule:
-    module = LinearRelationModule(model=model_dir, layers=[1, "emb"], chunk_size=11)
+def run(model_dir: str, out_dir: str, devices: int, **module_options) -> LinearRelationModule:
+    module = LinearRelationModule(model=model_dir, layers=[1, "emb"], chunk_size=11, **module_options)
     data = RelationDataModule(
         relation="country capital city", model=model_dir, n_train=5, batch_size=2, filter_known=False
     )

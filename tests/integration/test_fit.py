@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from fit_tiny import run
 from reference import full_forward_map, reference_jacobian
@@ -89,3 +90,16 @@ def test_two_ddp_processes_estimate_what_one_process_does(tiny_model_dir, tmp_pa
     table_one = (tmp_path / "1" / "run" / "predictions.tsv").read_text().splitlines()
     table_two = (tmp_path / "2" / "run" / "predictions.tsv").read_text().splitlines()
     assert sorted(table_one) == sorted(table_two)
+
+
+def test_learned_beta_lowers_the_training_loss_and_is_saved(tiny_model_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    module = run(tiny_model_dir, str(tmp_path), devices=1, learn_beta=True, beta_steps=40, beta_lr=0.1)
+    assert module.last_metrics["beta_loss_final"] < module.last_metrics["beta_loss_initial"] - 1e-3
+    operator = LinearRelationOperator.load(tmp_path / "run" / "operator.pt")
+    assert operator.beta == module.beta != 1.0
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    betas = [event.value for event in events.Scalars("beta/value")]
+    assert len(betas) == 41 and betas[0] == 1.0 and betas[-1] == pytest.approx(operator.beta, rel=1e-5)
