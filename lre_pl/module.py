@@ -199,15 +199,17 @@ class LinearRelationModule(L.LightningModule):
         shards = gather_objects(self._train_states)
         states = torch.cat([s for shard in shards for s, _ in shard]).to(self.device)  # [n_train, d]
         targets = torch.cat([t for shard in shards for _, t in shard]).to(self.device)
-        trajectory = learn_beta(
-            states.to(self.weights) @ self.weights[0].T,
-            self.biases[0],
-            targets,
-            self._decode,
-            initial_beta=self.beta,
-            steps=self.hparams.beta_steps,
-            lr=self.hparams.beta_lr,
-        )
+        # Called from on_validation_epoch_start too, where Lightning runs under inference mode.
+        with torch.inference_mode(False), torch.enable_grad():
+            trajectory = learn_beta(
+                states.to(self.weights) @ self.weights[0].T,
+                self.biases[0],
+                targets,
+                self._decode,
+                initial_beta=self.beta,
+                steps=self.hparams.beta_steps,
+                lr=self.hparams.beta_lr,
+            )
         self.log_beta.data.fill_(math.log(trajectory.betas[-1]))
         experiment = self._experiment()
         if experiment is not None:
