@@ -161,6 +161,8 @@ class LinearRelationModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._reset_sums()
         self.estimated = False
+        # Set on every rank, even one whose shard is all padding: finalizing is a collective.
+        self._pending = True
 
     def training_step(self, batch, batch_idx: int) -> None:
         if not batch:  # only padding: this rank's shard is shorter
@@ -175,7 +177,6 @@ class LinearRelationModule(L.LightningModule):
         self._count += len(batch)
         targets = torch.tensor([item.target_token_id for item in batch])
         self._train_states.append((result.subject_states[self.layers[0]].cpu(), targets))
-        self._pending = True
         self.log(
             "train/seconds_per_sample", (time.perf_counter() - started) / len(batch), batch_size=len(batch)
         )

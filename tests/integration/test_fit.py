@@ -11,7 +11,7 @@ from reference import full_forward_map, reference_jacobian
 
 from lre_pl.models import load_language_model
 from lre_pl.operator import LinearRelationOperator, fill_subject
-from lre_pl.prompts import encode_prompt
+from lre_pl.prompts import EncodedPrompt, encode_prompt
 
 HERE = Path(__file__).parent
 
@@ -31,7 +31,7 @@ def test_fit_writes_the_mean_jacobian_operator(tiny_model_dir, tmp_path):
     jacobians, biases = [], []
     for text, index in zip(operator.train_prompts, operator.train_subject_token_index):
         ids = lm.tokenizer(text)["input_ids"]
-        prompt = type(encode_prompt(lm.tokenizer, text, text[:1]))(text, tuple(ids), index)
+        prompt = EncodedPrompt(text, tuple(ids), index)
         jacobian, output = reference_jacobian(lm, prompt, 1)
         _, state = full_forward_map(lm, prompt, 1)
         jacobians.append(jacobian)
