@@ -176,7 +176,8 @@ def compute_jacobians(
         lm: the frozen model.
         prompts: encoded prompts with their subject token index; any lengths.
         layers: ``"emb"`` and/or block indices.
-        chunk_size: vector-Jacobian products per backward pass; ``None`` picks it from free memory.
+        chunk_size: vector-Jacobian products per backward pass; ``None`` picks it from free memory
+            and, on a CPU, the size that runs fastest (see ``auto_chunk_size``).
     """
     layers = [lm.check_layer(layer) for layer in layers]
     d = lm.hidden_size

@@ -49,7 +49,7 @@ class LinearRelationModule(L.LightningModule):
         beta_steps: Adam steps of the beta fit.
         beta_lr: Adam learning rate of log(beta).
         top_k: recall@1 and recall@top_k are reported.
-        chunk_size: vector-Jacobian products per backward pass; ``None`` sizes it from free memory.
+        chunk_size: vector-Jacobian products per backward pass; ``None`` sizes it automatically.
         operator_path: an ``operator.pt`` to validate instead of estimating one.
         reference_hparams: ``gptj``, ``gpt2-xl`` or ``llama``: take the layer from the paper's best
             hyper-parameters of that model for the data module's relation (replaces ``layers``).
