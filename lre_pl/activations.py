@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from lre_pl.models import LanguageModel
+from lre_pl.models import LanguageModel, hidden_of
 from lre_pl.prompts import EncodedPrompt, pad_left
 
 
@@ -33,7 +33,7 @@ def collect_states(
         at_subject: list[torch.Tensor] = []  # one [batch, d] per layer, in lm.layer_names() order
 
         def capture(module, args, output, rows=rows, batch=batch, at_subject=at_subject):
-            hidden = output[0] if isinstance(output, tuple) else output  # [batch, pos, d]
+            hidden = hidden_of(output)  # [batch, pos, d]
             at_subject.append(hidden[rows, batch.subject_index.to(hidden.device)])
             if module is lm.blocks[-1]:
                 output_states.append(hidden[:, -1])

@@ -12,6 +12,16 @@ from lre_pl.data import RelationDataModule
 from lre_pl.module import Layer, LinearRelationModule
 from lre_pl.operator import LinearRelationOperator
 
+#: Estimation is one pass with no optimizer step: one epoch, no sanity check, no ModelCheckpoint
+#: (it never saves at global_step 0; the module saves its operator and checkpoint itself).
+ESTIMATION_TRAINER_DEFAULTS = {
+    "max_epochs": 1,
+    "num_sanity_val_steps": 0,
+    "enable_checkpointing": False,
+    "log_every_n_steps": 1,
+    "devices": 1,
+}
+
 
 def estimate(
     relation: str,
@@ -36,11 +46,7 @@ def estimate(
     module = LinearRelationModule(model=model, layers=list(layers), beta=beta)
     data = RelationDataModule(relation=relation, model=model, n_train=n_train, seed=seed, **data_options)
     settings = {
-        "max_epochs": 1,
-        "num_sanity_val_steps": 0,
-        "enable_checkpointing": False,
-        "log_every_n_steps": 1,
-        "devices": 1,
+        **ESTIMATION_TRAINER_DEFAULTS,
         "logger": TensorBoardLogger(".", name="lightning_logs", default_hp_metric=False),
         **(trainer or {}),
     }

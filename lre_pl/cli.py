@@ -13,19 +13,14 @@ import sys
 
 from lightning.pytorch.cli import LightningCLI
 
+from lre_pl.api import ESTIMATION_TRAINER_DEFAULTS
 from lre_pl.data import RelationDataModule
 from lre_pl.errors import InputError
 from lre_pl.module import LinearRelationModule
 from lre_pl.relations import CATEGORIES, list_relations
 
-#: Estimation is one pass with no optimizer step: one epoch, no sanity check, no ModelCheckpoint
-#: (it never saves at global_step 0; the module saves its operator and checkpoint itself).
 TRAINER_DEFAULTS = {
-    "max_epochs": 1,
-    "num_sanity_val_steps": 0,
-    "enable_checkpointing": False,
-    "log_every_n_steps": 1,
-    "devices": 1,
+    **ESTIMATION_TRAINER_DEFAULTS,
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},

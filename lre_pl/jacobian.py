@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lre_pl.models import LanguageModel
+from lre_pl.models import LanguageModel, hidden_of
 from lre_pl.prompts import EncodedPrompt
 
 Layer = int | str
@@ -76,10 +76,6 @@ def _split_at_subject(prompts: Sequence[EncodedPrompt], pad_token_id: int) -> _S
 def _replace_output(output, hidden: torch.Tensor):
     """A module output with its hidden-state tensor replaced (blocks of some versions return tuples)."""
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-
-def _hidden_of(output) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
 
 
 #: On a CPU, backward passes of about this many rows (products x samples) run fastest: larger ones
@@ -209,7 +205,7 @@ def compute_jacobians(
 
         def perturb(layer: Layer):
             def hook(module, args, output):
-                hidden = _hidden_of(output)  # [batch, suffix, d]
+                hidden = hidden_of(output)  # [batch, suffix, d]
                 if layer in delta_of:
                     states[layer] = hidden[:, 0]
                     hidden = torch.cat([hidden[:, :1] + delta_of[layer][:, None], hidden[:, 1:]], dim=1)

@@ -10,7 +10,7 @@ import torch
 
 import lre_pl
 from lre_pl.errors import InputError
-from lre_pl.models import LanguageModel, load_language_model
+from lre_pl.models import LanguageModel, hidden_of, load_language_model
 from lre_pl.prompts import encode_prompt
 
 #: Marks where the subject goes in ``test_prompt_template`` (a plain ``{}`` would clash with braces in data).
@@ -77,7 +77,7 @@ class LinearRelationOperator:
         captured = {}
 
         def capture(module, args, output):
-            captured["s"] = (output[0] if isinstance(output, tuple) else output)[0, prompt.subject_index]
+            captured["s"] = hidden_of(output)[0, prompt.subject_index]
 
         handle = lm.layer_module(self.layer).register_forward_hook(capture)
         try:
