@@ -23,11 +23,15 @@ class PromptStates:
 
 @torch.no_grad()
 def collect_states(
-    lm: LanguageModel, prompts: Sequence[EncodedPrompt], batch_size: int = 16, progress: bool = False
+    lm: LanguageModel, prompts: Sequence[EncodedPrompt], batch_size: int = 16, progress: str | None = None
 ) -> PromptStates:
-    """Run ``prompts`` in left-padded batches and read s at every layer, o and the top-1 token."""
+    """Run ``prompts`` in left-padded batches and read s at every layer, o and the top-1 token.
+
+    ``progress``: the label of a progress bar over prompts (``None``: no bar).
+    """
     subject_states, output_states = [], []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="hidden states", disable=not progress):
+    bar = tqdm(total=len(prompts), desc=progress, unit="prompt", disable=progress is None, leave=False)
+    for start in range(0, len(prompts), batch_size):
         batch = pad_left(prompts[start : start + batch_size], lm.tokenizer.pad_token_id)
         rows = torch.arange(len(batch.input_ids))
         at_subject: list[torch.Tensor] = []  # one [batch, d] per layer, in lm.layer_names() order
@@ -50,5 +54,7 @@ def collect_states(
             for handle in handles:
                 handle.remove()
         subject_states.append(torch.stack(at_subject, dim=1))
+        bar.update(len(batch.input_ids))
+    bar.close()
     outputs = torch.cat(output_states)
     return PromptStates(torch.cat(subject_states), outputs, lm.decode(outputs).argmax(-1))

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
-from lightning.pytorch.loggers import TensorBoardLogger
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import TensorBoardLogger
 
+from lre_pl.callbacks import SampleProgressBar
 from lre_pl.data import RelationDataModule
 from lre_pl.module import Layer, LinearRelationModule
 from lre_pl.operator import LinearRelationOperator
@@ -20,6 +21,7 @@ ESTIMATION_TRAINER_DEFAULTS = {
     "enable_checkpointing": False,
     "log_every_n_steps": 1,
     "devices": 1,
+    "enable_model_summary": False,  # the frozen LM is not a submodule: the table would say "1 parameter"
 }
 
 
@@ -42,13 +44,14 @@ def estimate(
     >>> operators = estimate("country capital city", layers=["emb", *range(30)])  # a layer sweep
     >>> operators[18].predict("France")  # [(' Paris', 0.93), ...]
     """
-    L.seed_everything(seed, verbose=False)
+    pl.seed_everything(seed, verbose=False)
     module = LinearRelationModule(model=model, layers=list(layers), beta=beta)
     data = RelationDataModule(relation=relation, model=model, n_train=n_train, seed=seed, **data_options)
     settings = {
         **ESTIMATION_TRAINER_DEFAULTS,
         "logger": TensorBoardLogger(".", name="lightning_logs", default_hp_metric=False),
+        "callbacks": [SampleProgressBar()],
         **(trainer or {}),
     }
-    L.Trainer(**settings).fit(module, datamodule=data)
+    pl.Trainer(**settings).fit(module, datamodule=data)
     return {layer: module.operator(layer) for layer in module.layers}

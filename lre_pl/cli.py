@@ -1,19 +1,29 @@
 """The ``lre-pl`` command: LightningCLI (fit, validate, ...) plus ``lre-pl relations``.
 
-lre-pl fit --config configs/quickstart.yaml
+lre-pl fit --config configs/quickstart.yaml [-v | --verbose]
 lre-pl fit --config configs/quickstart.yaml --print_config
 lre-pl validate --config configs/quickstart.yaml --model.operator_path RUN/operator.pt
 lre-pl relations [--category factual]
+
+Bad input ends in one line ``lre-pl: error: ...`` and a non-zero exit code, and leaves no run
+folder: what needs no model is checked before the model is loaded, and a run that fails later
+removes the folder it created (:class:`~lre_pl.callbacks.FailedRunCleanup`). SIGTERM stops a run at
+once with exit code 143. Without ``--verbose`` only the progress of the real work and the summary
+are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 
-from lightning.pytorch.cli import LightningCLI
+from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.cli import LightningCLI
 
 from lre_pl.api import ESTIMATION_TRAINER_DEFAULTS
+from lre_pl.callbacks import RunTerminated, SampleProgressBar, install_sigterm_handler
 from lre_pl.data import RelationDataModule
 from lre_pl.errors import InputError
 from lre_pl.module import LinearRelationModule
@@ -22,16 +32,44 @@ from lre_pl.relations import CATEGORIES, list_relations
 TRAINER_DEFAULTS = {
     **ESTIMATION_TRAINER_DEFAULTS,
     "logger": {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
         "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
     },
 }
+
+#: Libraries whose INFO lines (GPU/TPU availability, tips, "Seed set") and warnings are shown only with --verbose.
+QUIET_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning", "transformers")
 
 
 class LRECLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.model", "data.model")
         parser.link_arguments("model.dtype", "data.dtype")
+
+    def instantiate_trainer(self, **kwargs):
+        """The trainer, with the per-sample progress bar unless the config disables or replaces it."""
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = list(config.get("callbacks") or [])
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, SampleProgressBar()]
+        return super().instantiate_trainer(**kwargs)
+
+    def _check_before_running(self) -> None:
+        # Cheap cross-checks (model, dtype, the operator's relation) before the run loads anything.
+        self.model.check_datamodule(self.datamodule)
+
+    before_fit = before_validate = _check_before_running
+
+
+def quiet_libraries() -> None:
+    """Keep Lightning's and transformers' INFO lines and library warnings off the console."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in (*QUIET_LOGGERS, "torch"):
+        warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
 
 
 def print_relations(argv: list[str]) -> None:
@@ -45,11 +83,27 @@ def print_relations(argv: list[str]) -> None:
         print(f"{name:<{width}}  {category:<11}  {count:>7}")
 
 
+def take_verbose_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """Remove ``-v`` / a bare ``--verbose`` (``validate --verbose true`` stays Lightning's own option)."""
+    kept, verbose = [], False
+    for i, arg in enumerate(argv):
+        value_follows = i + 1 < len(argv) and argv[i + 1].lower() in {"true", "false"}
+        if arg == "-v" or (arg == "--verbose" and not value_follows):
+            verbose = True
+        else:
+            kept.append(arg)
+    return kept, verbose
+
+
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] == "relations":
         print_relations(argv[1:])
         return
+    argv, verbose = take_verbose_flag(argv)
+    if not verbose:
+        quiet_libraries()
+    install_sigterm_handler()
     try:
         LRECLI(
             LinearRelationModule,
@@ -57,10 +111,15 @@ def main(args: list[str] | None = None) -> None:
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
-            args=args,
+            parser_kwargs={"prog": "lre-pl"},
+            args=argv,
         )
     except InputError as error:  # bad input: one line, no traceback
-        sys.exit(f"lre-pl: error: {error}")
+        print(f"lre-pl: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except RunTerminated:
+        print("lre-pl: error: terminated by SIGTERM; the run folder was removed", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

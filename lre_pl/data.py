@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import lightning as L
+import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
@@ -19,20 +19,41 @@ from lre_pl.activations import PromptStates, collect_states
 from lre_pl.distributed import PaddedDataset, UnrepeatedDistributedSampler, gather_objects, rank_and_world
 from lre_pl.errors import InputError
 from lre_pl.metrics import is_prefix_match
-from lre_pl.models import LanguageModel, load_language_model
-from lre_pl.operator import SUBJECT_SLOT, fill_subject
-from lre_pl.prompts import EncodedPrompt, encode_prompt, make_prompt
+from lre_pl.models import LanguageModel, check_dtype, check_model_spec, load_language_model
+from lre_pl.prompts import SUBJECT_SLOT, EncodedPrompt, encode_prompt, fill_subject, make_prompt
 from lre_pl.relations import Relation, RelationSample, load_relation
+
+
+def check_trial(relation: Relation, n_train: int, template_index: int = 0) -> None:
+    """Raise a one-line error unless ``n_train`` leaves a test sample and the template exists."""
+    templates = relation.prompt_templates
+    if not 0 <= template_index < len(templates):
+        raise InputError(
+            f"template_index={template_index} out of range: {relation.name!r} has {len(templates)} "
+            f"templates (0..{len(templates) - 1})"
+        )
+    count = len(relation.samples)
+    dropped = (
+        f" ({relation.duplicates_dropped} duplicate samples dropped)" if relation.duplicates_dropped else ""
+    )
+    if count < 2:
+        raise InputError(
+            f"relation {relation.name!r} ({relation.source}) has {count} distinct sample{'s' * (count != 1)}{dropped}: "
+            "an LRE needs at least 2 (one to train on, one to test); add samples"
+        )
+    if not 1 <= n_train < count:
+        raise InputError(
+            f"n_train={n_train} must be between 1 and {count - 1}: relation {relation.name!r} has {count} samples{dropped}"
+        )
 
 
 def split_samples(
     samples: Sequence[RelationSample], n_train: int, seed: int
 ) -> tuple[list[RelationSample], list[RelationSample]]:
-    """Seeded shuffle, then training samples round-robin across distinct objects; the rest is test."""
-    if not 1 <= n_train < len(samples):
-        raise InputError(
-            f"n_train={n_train} must be between 1 and {len(samples) - 1} (the relation has {len(samples)} samples)"
-        )
+    """Seeded shuffle, then training samples round-robin across distinct objects; the rest is test.
+
+    ``1 <= n_train < len(samples)`` (see :func:`check_trial`).
+    """
     shuffled = list(samples)
     random.Random(seed).shuffle(shuffled)
     by_object: dict[str, list[RelationSample]] = {}
@@ -78,23 +99,22 @@ class RelationPrompts:
     def build(
         cls, relation: Relation, lm: LanguageModel, n_train: int, seed: int, template_index: int = 0
     ) -> RelationPrompts:
-        if not 0 <= template_index < len(relation.prompt_templates):
-            raise InputError(
-                f"template_index={template_index} out of range: {relation.name!r} has {len(relation.prompt_templates)} templates"
-            )
+        check_trial(relation, n_train, template_index)
         template = relation.prompt_templates[template_index]
-        prefix = f"{lm.tokenizer.eos_token} " if lm.adapter.prepend_eos else ""
+        # The paper prefixes GPT-style prompts with the end-of-text token and no space.
+        prefix = lm.tokenizer.eos_token if lm.adapter.prepend_eos else ""
         train_samples, test_samples = split_samples(relation.samples, n_train, seed)
         train = []
         for sample in train_samples:
             examples = [other for other in train_samples if other is not sample]
             text = make_prompt(template, sample.subject, examples, prefix)
-            prompt = encode_prompt(lm.tokenizer, text, sample.subject)
-            train.append(TrainingItem(sample, prompt, object_token_id(lm.tokenizer, text, sample.object)))
-        test_template = make_prompt(template, SUBJECT_SLOT, train_samples, prefix)
+            prompt = encode_prompt(lm.tokenizer, text)
+            train.append(
+                TrainingItem(sample, prompt, object_token_id(lm.tokenizer, text.text, sample.object))
+            )
+        test_template = make_prompt(template, SUBJECT_SLOT, train_samples, prefix).text
         test_prompts = [
-            encode_prompt(lm.tokenizer, fill_subject(test_template, s.subject), s.subject)
-            for s in test_samples
+            encode_prompt(lm.tokenizer, fill_subject(test_template, s.subject)) for s in test_samples
         ]
         return cls(relation, train, test_samples, test_prompts, test_template)
 
@@ -124,7 +144,12 @@ def filter_known(
     """
     rank, world = rank_and_world()
     mine = list(range(rank, len(prompts.test_prompts), world))
-    states = collect_states(lm, [prompts.test_prompts[i] for i in mine], batch_size, progress)
+    states = collect_states(
+        lm,
+        [prompts.test_prompts[i] for i in mine],
+        batch_size,
+        "knowns filter" if progress and rank == 0 else None,
+    )
     shards = gather_objects(
         (mine, states.subject_states.cpu(), states.output_states.cpu(), states.top_token_ids.cpu())
     )
@@ -172,7 +197,7 @@ def _collate_known(batch: list[dict | None]) -> dict | None:
     }
 
 
-class RelationDataModule(L.LightningDataModule):
+class RelationDataModule(pl.LightningDataModule):
     """Training samples to ``fit`` (the Jacobian estimate), known test samples to validation.
 
     Args:
@@ -183,7 +208,7 @@ class RelationDataModule(L.LightningDataModule):
         seed: seed of the train/test split.
         template_index: which of the relation's prompt templates to use.
         batch_size: prompts per batch for Jacobians and hidden states.
-        min_known: fewest known test samples to go on with; fewer is an error.
+        min_known: fewest known test samples to go on with (at least 1); fewer is an error.
         filter_known: validate on known test samples only (the paper); ``False`` validates on all.
     """
 
@@ -201,6 +226,14 @@ class RelationDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        # Everything that needs no model is checked here, before any model is loaded.
+        check_model_spec(model)
+        check_dtype(dtype)
+        self.relation = load_relation(relation)
+        check_trial(self.relation, n_train, template_index)
+        for name, value in (("min_known", min_known), ("batch_size", batch_size)):
+            if value < 1:
+                raise InputError(f"{name}={value} must be at least 1")
         self.prompts: RelationPrompts | None = None
         self.known: KnownTestSet | None = None
 
@@ -214,9 +247,8 @@ class RelationDataModule(L.LightningDataModule):
         if self.known is not None:
             return
         lm = self.language_model()
-        relation = load_relation(self.hparams.relation)
         self.prompts = RelationPrompts.build(
-            relation, lm, self.hparams.n_train, self.hparams.seed, self.hparams.template_index
+            self.relation, lm, self.hparams.n_train, self.hparams.seed, self.hparams.template_index
         )
         self.known = filter_known(
             lm,

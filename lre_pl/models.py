@@ -147,19 +147,19 @@ class LanguageModel:
 
     def check_layer(self, layer: int | str) -> int | str:
         """Normalise ``layer`` (``"emb"``, an int, or a negative int) or raise a one-line error."""
+        layer = parse_layer(layer)
         if layer == "emb":
             return "emb"
-        if isinstance(layer, str) and layer.lstrip("-").isdigit():
-            layer = int(layer)
-        if not isinstance(layer, int) or not -self.num_blocks <= layer < self.num_blocks:
+        if not -self.num_blocks <= layer < self.num_blocks:
             raise InputError(
-                f"layer {layer!r} is out of range for {self.spec}: use 'emb' or a block index "
+                f"layer {layer} is out of range for {self.spec}: use 'emb' or a block index "
                 f"0..{self.num_blocks - 1} (negative counts from the end)"
             )
         return layer % self.num_blocks
 
     def state_index(self, layer: int | str) -> int:
         """Position of ``layer`` in a stack of states ordered like :meth:`layer_names`."""
+        layer = self.check_layer(layer)
         return 0 if layer == "emb" else layer + 1
 
     def layer_module(self, layer: int | str) -> nn.Module:
@@ -174,6 +174,28 @@ class LanguageModel:
         """Each id decoded alone (what prefix matching against an object compares)."""
         ids = token_ids.tolist() if isinstance(token_ids, torch.Tensor) else token_ids
         return [self.tokenizer.decode([i]) for i in ids]
+
+
+def parse_layer(layer) -> int | str:
+    """``"emb"`` or an int (``"8"`` and ``8`` alike), or a one-line error; the range needs the model."""
+    if isinstance(layer, str) and layer.strip().lstrip("-").isdigit():
+        return int(layer)
+    if layer == "emb" or (isinstance(layer, int) and not isinstance(layer, bool)):
+        return layer
+    raise InputError(
+        f"layer {layer!r} is not a layer: use 'emb' (the token embedding) or a block index such as 8 "
+        "(negative counts from the end)"
+    )
+
+
+def check_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype named ``dtype``, or a one-line error."""
+    value = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise InputError(
+            f"dtype {dtype!r} is not a floating-point torch dtype: use float32, bfloat16 or float16"
+        )
+    return value
 
 
 def hidden_of(output) -> torch.Tensor:
@@ -210,9 +232,62 @@ def resolve_model_spec(spec: str) -> tuple[str, str | None]:
     if spec.endswith(".gguf"):
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise InputError(f"GGUF file {spec!r} does not exist")
+            raise InputError(f"GGUF file {spec!r} does not exist: check the path")
         return str(path.parent), path.name
     return spec, None
+
+
+#: Seconds to wait for the Hugging Face hub before calling it unreachable (transformers itself
+#: retries for about a minute).
+HUB_TIMEOUT_S = 10.0
+
+
+@functools.lru_cache(maxsize=16)
+def check_model_spec(spec: str) -> None:
+    """Fail fast, before any loading, on a spec that names no model this machine can get.
+
+    An alias, a ``.gguf`` file or a local directory is checked on disk. Anything else is a hub
+    name: it passes when the hub cache has it, and otherwise needs the hub to answer within
+    ``HUB_TIMEOUT_S`` that the repository exists.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise InputError(
+            f"model {spec!r} is empty: give {', '.join(EMBEDDED_MODELS)}, a .gguf file or a hub name"
+        )
+    if spec in EMBEDDED_MODELS or spec.endswith(".gguf"):
+        resolve_model_spec(
+            spec
+        )  # finds the file (assembling Gemma's chunks once, ~0.4 s) or says what to install
+        return
+    if Path(spec).expanduser().is_dir():
+        return
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    what = (
+        f"model {spec!r} is not an embedded model ({', '.join(EMBEDDED_MODELS)}), a .gguf file or a local "
+        "directory"
+    )
+    try:
+        if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+            return
+    except HFValidationError:
+        raise InputError(f"{what}, nor a valid hub name: check the spelling") from None
+    if constants.HF_HUB_OFFLINE:
+        raise InputError(
+            f"{what}, and it is not in the hub cache while HF_HUB_OFFLINE is set: download it first"
+        )
+    try:
+        model_info(spec, timeout=HUB_TIMEOUT_S)
+    except (RepositoryNotFoundError, HFValidationError):
+        raise InputError(f"{what}, nor a model on the Hugging Face hub: check the spelling") from None
+    except GatedRepoError:
+        return  # exists; from_pretrained reports the access problem with the user's token
+    except Exception as error:  # connection refused, DNS failure, timeout, ...
+        raise InputError(
+            f"{what}, and the Hugging Face hub is unreachable ({type(error).__name__}): connect to the hub, "
+            "or give a local model"
+        ) from None
 
 
 @functools.lru_cache(maxsize=2)
@@ -224,11 +299,12 @@ def load_language_model(spec: str, dtype: str = "float32", device: str = "cpu") 
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_model_spec(spec)
     source, gguf_file = resolve_model_spec(spec)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=getattr(torch, dtype), attn_implementation="eager", **kwargs
+        source, dtype=check_dtype(dtype), attn_implementation="eager", **kwargs
     )
     adapter_for(model)  # fail on an unsupported architecture before moving weights around
     return LanguageModel(model.to(device), tokenizer, spec)

@@ -4,39 +4,55 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 
-import lightning as L
+import pytorch_lightning as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lre_pl.beta import learn_beta
+from lre_pl.callbacks import FailedRunCleanup
 from lre_pl.distributed import gather_objects
 from lre_pl.errors import InputError
 from lre_pl.jacobian import compute_jacobians
 from lre_pl.metrics import PrefixRecallAtK
-from lre_pl.models import LanguageModel, load_language_model
+from lre_pl.models import LanguageModel, check_dtype, check_model_spec, load_language_model, parse_layer
 from lre_pl.operator import LinearRelationOperator
-from lre_pl.relations import load_relation, reference_hparams
+from lre_pl.relations import HPARAMS_MODELS, load_relation, reference_hparams
+from lre_pl.reports import layer_table, plot_faithfulness_by_layer, save_figure, write_hparams
 
 Layer = int | str
 
+# Noise that this module's design causes on purpose: estimation has no optimizer, and Lightning's
+# own pytree helper trips a torch deprecation. Neither says anything to a user.
+warnings.filterwarnings("ignore", message=r".*configure_optimizers` returned `None`")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
-class LinearRelationModule(L.LightningModule):
+
+class LinearRelationModule(pl.LightningModule):
     """Estimates W and b of an LRE over the training samples and measures its faithfulness.
 
     Nothing of the LM is trained; ``fit`` is one pass of Jacobians. Hooks, in the order they run:
 
+    - ``__init__``: checks everything that needs no model (model spec, dtype, layer syntax, top_k,
+      the operator file and that it is of this model), so bad input fails before any loading.
+    - ``configure_callbacks``: :class:`~lre_pl.callbacks.FailedRunCleanup` (SIGTERM stops the run at
+      once; a failed run removes the run folder it created).
+    - ``setup``: checks the data module against this module (model, dtype, the operator's relation);
+      takes the layer from the paper's hyper-parameters if asked.
     - ``configure_model``: load the frozen LM (a plain attribute, never a submodule, so its weights
-      stay out of ``state_dict``, checkpoints and DDP); allocate W and b; load ``operator_path``.
+      stay out of ``state_dict``, checkpoints and DDP); normalise and de-duplicate the layers;
+      allocate W, b, one beta and one recall metric per layer; load ``operator_path``.
     - ``training_step``: Jacobians of a batch of training prompts at every requested layer; adds
       sum J_i and sum b_i to rank-local sums. Returns no loss: no optimizer step happens.
     - ``on_validation_epoch_start`` / ``on_train_epoch_end``: whichever comes first after the
       training pass reduces the sums and counts across ranks into W = mean J_i, b = mean b_i
-      (Lightning validates *before* ``on_train_epoch_end``), then learns beta if asked.
+      (Lightning validates *before* ``on_train_epoch_end``), then learns one beta per layer if asked.
+      Lightning's sanity validation (before any estimate) is skipped; later epochs are not run.
     - ``validation_step``: decode(beta W s + b) for the known test samples; recall@k metrics.
-    - ``on_validation_epoch_end``: logs metrics, the per-sample table, singular values of W, hparams.
+    - ``on_validation_epoch_end``: logs metrics, the per-sample table, singular values of W, hparams,
+      and for several layers the faithfulness-vs-layer plot.
     - ``on_fit_end``: writes ``operator.pt`` (and one file per layer), a checkpoint, a summary.
 
     Args:
@@ -45,7 +61,8 @@ class LinearRelationModule(L.LightningModule):
         layers: layer of s (``"emb"`` or a block index), or a list: all are estimated in one pass
             and validated; the first one is the operator of ``operator.pt``.
         beta: scale on W s (the paper: 2.25 for GPT-J and GPT-2-XL, 8.0 for LLaMA-13B).
-        learn_beta: after estimating, fit beta by cross-entropy on the training samples' objects.
+        learn_beta: after estimating, fit one beta per layer by cross-entropy on the training
+            samples' objects.
         beta_steps: Adam steps of the beta fit.
         beta_lr: Adam learning rate of log(beta).
         top_k: recall@1 and recall@top_k are reported.
@@ -71,24 +88,86 @@ class LinearRelationModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        if beta <= 0:
-            raise InputError(f"beta={beta} must be positive")
+        check_model_spec(model)
+        check_dtype(dtype)
+        for name, value, minimum in (("beta", beta, 0), ("beta_lr", beta_lr, 0)):
+            if not value > minimum:
+                raise InputError(f"{name}={value} must be positive")
+        for name, value in (("top_k", top_k), ("beta_steps", beta_steps), ("chunk_size", chunk_size or 1)):
+            if value < 1:
+                raise InputError(f"{name}={value} must be at least 1")
+        requested = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+        if not requested:
+            raise InputError("layers is empty: give a layer such as 8, or a list such as [emb, 8, 18]")
+        self.layers: list[Layer] = [parse_layer(layer) for layer in requested]
+        if reference_hparams is not None and reference_hparams not in HPARAMS_MODELS:
+            raise InputError(
+                f"reference_hparams={reference_hparams!r} is not one of {', '.join(HPARAMS_MODELS)}"
+            )
+        self.loaded_operator = LinearRelationOperator.load(operator_path) if operator_path else None
+        if self.loaded_operator is not None:
+            self._check_operator(self.loaded_operator)
         self.automatic_optimization = False
-        self.layers: list[Layer] = list(layers) if isinstance(layers, (list, tuple)) else [layers]
-        # Trainable in the learnable-beta variant; its presence also lets DDP wrap this module.
-        self.log_beta = nn.Parameter(torch.tensor(math.log(beta)))
-        self.recall = nn.ModuleList(PrefixRecallAtK(sorted({1, top_k})) for _ in self.layers)
         self.lm: LanguageModel | None = None
         self.last_metrics: dict[str, float] = {}
         self._started = time.perf_counter()  # the summary's wall time: model load, knowns filter, fit
 
+    def _check_operator(self, operator: LinearRelationOperator) -> None:
+        """The operator file must be of this model and layer (a negative layer waits for the model)."""
+        path = self.hparams.operator_path
+        if operator.model != self.hparams.model:
+            raise InputError(
+                f"{path} was estimated on model {operator.model!r}, not model.model={self.hparams.model!r}: "
+                f"set model.model={operator.model!r}"
+            )
+        (layer, *others) = self.layers
+        if others or (
+            layer != operator.layer and not (isinstance(layer, int) and layer < 0 and self.lm is None)
+        ):
+            raise InputError(
+                f"{path} holds the LRE of layer {operator.layer!r}, not model.layers={self.layers}: "
+                f"set model.layers={operator.layer!r}"
+            )
+
     # ----------------------------------------------------------------------------------- set-up
+    def configure_callbacks(self):
+        return [FailedRunCleanup(self.trainer)]
+
+    def setup(self, stage: str) -> None:
+        # trainer.log_dir is a broadcast under DDP: read it here, where every rank runs.
+        self._run_dir_path = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            self.check_datamodule(datamodule)
+        if self.hparams.reference_hparams:
+            relation = load_relation(datamodule.hparams.relation).name
+            self.layers = [reference_hparams(self.hparams.reference_hparams, relation)["h_layer"]]
+
+    def check_datamodule(self, datamodule) -> None:
+        """One-line errors for a data module that does not fit this module."""
+        data = datamodule.hparams
+        for name in ("model", "dtype"):
+            if data[name] != self.hparams[name]:
+                raise InputError(
+                    f"data.{name}={data[name]!r} differs from model.{name}={self.hparams[name]!r}: give both the same"
+                )
+        operator = self.loaded_operator
+        if operator is not None and load_relation(data.relation).name != operator.relation:
+            raise InputError(
+                f"{self.hparams.operator_path} is an LRE of {operator.relation!r}, not of data.relation="
+                f"{data.relation!r}: set data.relation={operator.relation!r}"
+            )
+
     def configure_model(self) -> None:
         if self.lm is not None:
             return
         self.lm = load_language_model(self.hparams.model, self.hparams.dtype, str(self._root_device()))
-        self.layers = [self.lm.check_layer(layer) for layer in self.layers]
+        # -1 and 29 are one layer of a 30-block model: estimate and report it once.
+        self.layers = list(dict.fromkeys(self.lm.check_layer(layer) for layer in self.layers))
         d, n = self.lm.hidden_size, len(self.layers)
+        # One beta per layer: trainable in the learnable-beta variant; its presence lets DDP wrap us.
+        self.log_beta = nn.Parameter(torch.full((n,), math.log(self.hparams.beta)))
+        self.recall = nn.ModuleList(PrefixRecallAtK(sorted({1, self.hparams.top_k})) for _ in self.layers)
         # W and b are plain tensors, not buffers: DDP would broadcast buffers on every step (a
         # collective that hangs when shards have different numbers of batches). Checkpoints get
         # them through on_save_checkpoint.
@@ -96,42 +175,24 @@ class LinearRelationModule(L.LightningModule):
         self.biases = torch.zeros(n, d, device=self._root_device())  # [layer, d]
         self.estimated = False
         self._reset_sums()
-        if self.hparams.operator_path:
-            self._load_operator(self.hparams.operator_path)
+        if self.loaded_operator is not None:
+            operator = self.loaded_operator
+            self._check_operator(operator)
+            self.weights[0] = operator.weight
+            self.biases[0] = operator.bias
+            self.log_beta.data.fill_(math.log(operator.beta))
+            self.estimated = True
 
     def _root_device(self) -> torch.device:
         return self.trainer.strategy.root_device if self._trainer is not None else self.device
-
-    def setup(self, stage: str) -> None:
-        # trainer.log_dir is a broadcast under DDP: read it here, where every rank runs.
-        self._run_dir_path = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and datamodule.hparams.model != self.hparams.model:
-            raise InputError(
-                f"data.model={datamodule.hparams.model!r} differs from model.model={self.hparams.model!r}: give both the same spec"
-            )
-        if self.hparams.reference_hparams:
-            relation = load_relation(datamodule.hparams.relation).name
-            self.layers = [reference_hparams(self.hparams.reference_hparams, relation)["h_layer"]]
 
     def _reset_sums(self) -> None:
         d, n = self.lm.hidden_size, len(self.layers)
         self._jacobian_sum = torch.zeros(n, d, d, device=self._root_device())  # [layer, d, d]
         self._bias_sum = torch.zeros(n, d, device=self._root_device())  # [layer, d]
         self._count = 0
-        self._train_states: list[tuple[torch.Tensor, torch.Tensor]] = []  # (s [batch, d], target ids)
+        self._train_states: list[tuple[torch.Tensor, torch.Tensor]] = []  # (s [batch, layer, d], target ids)
         self._pending = False
-
-    def _load_operator(self, path: str) -> None:
-        operator = LinearRelationOperator.load(path)
-        if len(self.layers) != 1 or self.layers[0] != operator.layer or operator.model != self.hparams.model:
-            raise InputError(
-                f"{path} holds layer {operator.layer!r} of {operator.model!r}: set model.layers={operator.layer!r} and model.model={operator.model!r}"
-            )
-        self.weights[0] = operator.weight
-        self.biases[0] = operator.bias
-        self.log_beta.data.fill_(math.log(operator.beta))
-        self.estimated = True
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lre"] = {"layers": self.layers, "weights": self.weights.cpu(), "biases": self.biases.cpu(),
@@ -151,8 +212,9 @@ class LinearRelationModule(L.LightningModule):
         return self.lm.decode(hidden.to(self.lm.dtype)).float()
 
     @property
-    def beta(self) -> float:
-        return self.log_beta.exp().item()
+    def betas(self) -> list[float]:
+        """beta of every layer, in ``self.layers`` order."""
+        return self.log_beta.detach().exp().tolist()
 
     def configure_optimizers(self):
         return None  # beta, when learned, is fitted in closed loop by lre_pl.beta.learn_beta
@@ -176,7 +238,10 @@ class LinearRelationModule(L.LightningModule):
             self._bias_sum[i] += result.biases(layer).sum(0)
         self._count += len(batch)
         targets = torch.tensor([item.target_token_id for item in batch])
-        self._train_states.append((result.subject_states[self.layers[0]].cpu(), targets))
+        states = torch.stack(
+            [result.subject_states[layer] for layer in self.layers], dim=1
+        )  # [batch, layer, d]
+        self._train_states.append((states.cpu(), targets))
         self.log(
             "train/seconds_per_sample", (time.perf_counter() - started) / len(batch), batch_size=len(batch)
         )
@@ -194,54 +259,58 @@ class LinearRelationModule(L.LightningModule):
         self.biases.copy_(strategy.reduce(self._bias_sum, reduce_op="sum") / count)
         self.estimated = True
         if self.hparams.learn_beta:
-            self._learn_beta()
+            self._learn_betas()
 
-    def _learn_beta(self) -> None:
+    def _learn_betas(self) -> None:
+        """One beta per layer, each fitted on that layer's W s_i + b (never one layer's beta for all)."""
         shards = gather_objects(self._train_states)
-        states = torch.cat([s for shard in shards for s, _ in shard]).to(self.device)  # [n_train, d]
-        targets = torch.cat([t for shard in shards for _, t in shard]).to(self.device)
-        # Called from on_validation_epoch_start too, where Lightning runs under inference mode.
-        with torch.inference_mode(False), torch.enable_grad():
-            trajectory = learn_beta(
-                states.to(self.weights) @ self.weights[0].T,
-                self.biases[0],
-                targets,
-                self._decode,
-                initial_beta=self.beta,
-                steps=self.hparams.beta_steps,
-                lr=self.hparams.beta_lr,
-            )
-        self.log_beta.data.fill_(math.log(trajectory.betas[-1]))
+        states = torch.cat([s for shard in shards for s, _ in shard]).to(self.weights)  # [n_train, layer, d]
+        targets = torch.cat([t for shard in shards for _, t in shard]).to(self.device)  # [n_train]
         experiment = self._experiment()
-        if experiment is not None:
-            for step, (beta, loss) in enumerate(zip(trajectory.betas, trajectory.losses)):
-                experiment.add_scalar("beta/value", beta, step)
-                experiment.add_scalar("beta/train_cross_entropy", loss, step)
-        self.last_metrics.update(
-            beta_loss_initial=trajectory.losses[0], beta_loss_final=trajectory.losses[-1]
-        )
+        for i, layer in enumerate(self.layers):
+            # Called from on_validation_epoch_start too, where Lightning runs under inference mode.
+            with torch.inference_mode(False), torch.enable_grad():
+                trajectory = learn_beta(
+                    states[:, i] @ self.weights[i].T,
+                    self.biases[i],
+                    targets,
+                    self._decode,
+                    initial_beta=self.hparams.beta,
+                    steps=self.hparams.beta_steps,
+                    lr=self.hparams.beta_lr,
+                )
+            self.log_beta.data[i] = math.log(trajectory.betas[-1])
+            tag = "beta" if len(self.layers) == 1 else f"beta/layer_{layer}"
+            if experiment is not None:
+                for step, (beta, loss) in enumerate(zip(trajectory.betas, trajectory.losses)):
+                    experiment.add_scalar(f"{tag}/value", beta, step)
+                    experiment.add_scalar(f"{tag}/train_cross_entropy", loss, step)
+            self.last_metrics[f"beta_loss_initial/layer_{layer}"] = trajectory.losses[0]
+            self.last_metrics[f"beta_loss_final/layer_{layer}"] = trajectory.losses[-1]
 
     def on_validation_epoch_start(self) -> None:
+        if self.trainer.sanity_checking:
+            return  # a default Trainer validates before fitting: there is nothing to validate yet
         self._finalize_estimate()
         if not self.estimated:
-            raise RuntimeError("no LRE to validate: run fit first, or give model.operator_path")
+            raise InputError("no LRE to validate: run fit first, or give model.operator_path")
         self._table: list[dict] = []
 
     def on_train_epoch_end(self) -> None:
         self._finalize_estimate()
+        self.trainer.should_stop = True  # one pass estimates W and b; more epochs would only repeat it
 
     # ------------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict | None, batch_idx: int) -> None:
-        if batch is None:  # only padding: this rank's shard is shorter
+        if batch is None or self.trainer.sanity_checking:  # padding of a shorter shard / no estimate yet
             return
         lm, k = self.lm, max(self.recall[0].top_k)
+        betas = self.betas
         for i, layer in enumerate(self.layers):
             states = batch["subject_states"][:, lm.state_index(layer)].to(self.weights)  # [batch, d]
             projections = states @ self.weights[i].T  # [batch, d] W s
-            probabilities = self._decode(self.beta * projections + self.biases[i]).softmax(
-                -1
-            )  # [batch, vocab]
-            top = probabilities.topk(k)
+            logits = self._decode(betas[i] * projections + self.biases[i])  # [batch, vocab]
+            top = logits.softmax(-1).topk(k)
             ranked = [lm.token_strings(row) for row in top.indices]
             self.recall[i].update(ranked, batch["object"])
             if i == 0:
@@ -261,18 +330,21 @@ class LinearRelationModule(L.LightningModule):
                     )
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
         metrics: dict[str, float] = {}
         for i, layer in enumerate(self.layers):
             for k, value in self.recall[i].compute().items():
                 metrics[f"val/layer_{layer}/faithfulness@{k}"] = value.item()
                 if i == 0:
                     metrics[f"val/faithfulness@{k}"] = value.item()
+            metrics[f"val/layer_{layer}/beta"] = self.betas[i]
             self.recall[i].reset()
         known = self.trainer.datamodule.known
         metrics.update(
             {"val/lm_accuracy": known.lm_accuracy, "val/known_test_samples": float(len(known.samples))}
         )
-        metrics["val/beta"] = self.beta
+        metrics["val/beta"] = self.betas[0]
         for name, value in metrics.items():
             self.log(name, value, rank_zero_only=True)
         self.last_metrics.update(metrics)
@@ -280,9 +352,14 @@ class LinearRelationModule(L.LightningModule):
         if self.trainer.is_global_zero:
             self._write_table(table)
             self._log_weight_spectrum()
-            if self.logger is not None:
-                self.logger.log_hyperparams(
-                    self._hparams_for_logger(), {k: v for k, v in metrics.items() if "/layer_" not in k}
+            if len(self.layers) > 1:
+                self._plot_layers(metrics)
+            experiment = self._experiment()
+            if experiment is not None and hasattr(experiment, "_get_file_writer"):
+                write_hparams(
+                    experiment,
+                    self._hparams_for_logger(),
+                    {k: v for k, v in metrics.items() if "/layer_" not in k},
                 )
 
     # -------------------------------------------------------------------------------- outputs
@@ -329,6 +406,19 @@ class LinearRelationModule(L.LightningModule):
                 self.global_step,
             )
 
+    def _plot_layers(self, metrics: dict[str, float]) -> None:
+        """faithfulness_by_layer.png in the run folder, and the same figure in TensorBoard."""
+        figure = plot_faithfulness_by_layer(self.layers, metrics, self.recall[0].top_k)
+        self._run_dir().mkdir(parents=True, exist_ok=True)
+        save_figure(figure, self._run_dir() / "faithfulness_by_layer.png")
+        experiment = self._experiment()
+        if experiment is not None and hasattr(experiment, "add_figure"):
+            experiment.add_figure("val/faithfulness_by_layer", figure, self.global_step)  # closes it
+        else:
+            from matplotlib import pyplot as plt
+
+            plt.close(figure)
+
     def operator(self, layer: Layer | None = None) -> LinearRelationOperator:
         """The estimated LRE of ``layer`` (default: the first requested layer)."""
         i = 0 if layer is None else self.layers.index(self.lm.check_layer(layer))
@@ -337,7 +427,7 @@ class LinearRelationModule(L.LightningModule):
         return LinearRelationOperator(
             weight=self.weights[i].detach().cpu(),
             bias=self.biases[i].detach().cpu(),
-            beta=self.beta,
+            beta=self.betas[i],
             layer=self.layers[i],
             relation=prompts.relation.name,
             model=self.hparams.model,
@@ -351,37 +441,45 @@ class LinearRelationModule(L.LightningModule):
     def on_fit_end(self) -> None:
         self._finalize_estimate()
         run_dir = self._run_dir()
-        self.trainer.save_checkpoint(run_dir / "checkpoints" / "lre.ckpt")
+        self.trainer.save_checkpoint(run_dir / "checkpoints" / "lre.ckpt", weights_only=False)
         if not self.trainer.is_global_zero:
             return
-        self.operator().save(run_dir / "operator.pt")
         if len(self.layers) > 1:
             for layer in self.layers:
                 self.operator(layer).save(run_dir / "operators" / f"layer_{layer}.pt")
-        self._print_summary(run_dir, time.perf_counter() - self._started)
+        self.operator().save(run_dir / "operator.pt")  # last: its presence means the run completed
+        self._print_summary(run_dir)
 
-    def _print_summary(self, run_dir: Path, seconds: float) -> None:
+    def on_validation_end(self) -> None:
+        if self.trainer.state.fn == "validate" and self.trainer.is_global_zero:
+            self._print_summary(None)
+
+    def _print_summary(self, run_dir: Path | None) -> None:
+        """The run's result on stdout (global rank 0): what a user reads when the run ends."""
         m = self.last_metrics
         datamodule = self.trainer.datamodule
-        known = datamodule.known
+        known, relation = datamodule.known, datamodule.prompts.relation
+        top_k = self.recall[0].top_k
+        samples = f"{len(relation.samples)}"
+        if relation.duplicates_dropped:
+            samples += f" ({relation.duplicates_dropped} duplicates dropped)"
         lines = [
-            f"lre_pl: {datamodule.prompts.relation.name!r} on {self.hparams.model}, layer {self.layers[0]}, beta {self.beta:.3g}",
+            f"lre_pl: {relation.name!r} on {self.hparams.model}, layer {self.layers[0]}, beta {self.betas[0]:.3g}",
+            f"  samples             {samples}, n_train {datamodule.hparams.n_train}",
             f"  known test samples  {len(known.samples)} of {known.n_test} (LM accuracy {known.lm_accuracy:.3f})",
-            "  faithfulness        "
-            + "  ".join(
-                f"@{k} {m[f'val/faithfulness@{k}']:.3f}"
-                for k in self.recall[0].top_k
-                if f"val/faithfulness@{k}" in m
-            ),
+            "  faithfulness        " + "  ".join(f"@{k} {m[f'val/faithfulness@{k}']:.3f}" for k in top_k),
         ]
         if len(self.layers) > 1:
-            best = max(self.layers, key=lambda layer: m.get(f"val/layer_{layer}/faithfulness@1", -1))
+            best = max(self.layers, key=lambda layer: m[f"val/layer_{layer}/faithfulness@1"])
             lines.append(
                 f"  best layer          {best} (faithfulness@1 {m[f'val/layer_{best}/faithfulness@1']:.3f})"
             )
-        lines += [
-            f"  wall time           {seconds:.1f} s",
-            f"  logs                {run_dir}  (tensorboard --logdir {run_dir.parent})",
-            f"  operator            {run_dir / 'operator.pt'}",
-        ]
-        rank_zero_info("\n".join(lines))
+            lines += ["  by layer"] + [f"    {row}" for row in layer_table(self.layers, m, top_k, self.betas)]
+        lines.append(f"  wall time           {time.perf_counter() - self._started:.1f} s")
+        run_dir = run_dir or self._run_dir()
+        lines.append(f"  logs                {run_dir}  (tensorboard --logdir {run_dir.parent})")
+        if self.trainer.state.fn == "fit":
+            lines.append(f"  operator            {run_dir / 'operator.pt'}")
+            if len(self.layers) > 1:
+                lines.append(f"  by-layer plot       {run_dir / 'faithfulness_by_layer.png'}")
+        print("\n".join(lines), flush=True)

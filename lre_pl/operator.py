@@ -11,18 +11,10 @@ import torch
 import lre_pl
 from lre_pl.errors import InputError
 from lre_pl.models import LanguageModel, hidden_of, load_language_model
-from lre_pl.prompts import encode_prompt
+from lre_pl.prompts import SUBJECT_SLOT, encode_prompt, fill_subject
 
-#: Marks where the subject goes in ``test_prompt_template`` (a plain ``{}`` would clash with braces in data).
-SUBJECT_SLOT = "{}"
-
-
-def fill_subject(template: str, subject: str) -> str:
-    """Put ``subject`` into the last subject slot of a few-shot prompt template."""
-    head, slot, tail = template.rpartition(SUBJECT_SLOT)
-    if not slot:
-        raise InputError(f"prompt template {template!r} has no {SUBJECT_SLOT} slot for the subject")
-    return head + subject + tail
+#: Fields an operator file must hold.
+REQUIRED_FIELDS = ("weight", "bias", "beta", "layer", "relation", "model")
 
 
 @dataclass
@@ -45,7 +37,7 @@ class LinearRelationOperator:
     train_subject_token_index: list[int] = field(default_factory=list)
     """Subject token positions in ``train_prompts`` as the model's tokenizer encodes them by default."""
     test_prompt_template: str = SUBJECT_SLOT
-    """The few-shot prompt of test samples, the subject's place marked by ``{}``."""
+    """The few-shot prompt of test samples; the subject goes, literally, in place of its LAST ``{}``."""
     version: str = lre_pl.__version__
 
     def __call__(self, subject_state: torch.Tensor) -> torch.Tensor:
@@ -58,8 +50,9 @@ class LinearRelationOperator:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = asdict(self)
-        payload["weight"] = self.weight.detach().float().cpu().contiguous()
-        payload["bias"] = self.bias.detach().float().cpu().contiguous()
+        # clone(): a view of one layer of a [layer, d, d] stack would save the whole stack's storage.
+        payload["weight"] = self.weight.detach().float().cpu().clone()
+        payload["bias"] = self.bias.detach().float().cpu().clone()
         partial = path.with_name(path.name + ".partial")
         torch.save(payload, partial)
         os.replace(partial, path)
@@ -67,13 +60,31 @@ class LinearRelationOperator:
 
     @classmethod
     def load(cls, path: str | Path) -> LinearRelationOperator:
-        payload = torch.load(path, weights_only=True)
+        """Read an operator file, or raise a one-line InputError saying what is wrong with it."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(
+                f"operator file {str(path)!r} does not exist: give the operator.pt of an earlier run "
+                "(lightning_logs/version_N/operator.pt)"
+            )
+        try:
+            payload = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as error:  # torch's own message advises weights_only=False: never do that here
+            raise InputError(
+                f"{str(path)!r} is not a readable lre_pl operator file ({type(error).__name__}: corrupt, "
+                "truncated or another format): re-create it with lre-pl fit"
+            ) from None
+        missing = [key for key in REQUIRED_FIELDS if not isinstance(payload, dict) or key not in payload]
+        if missing:
+            raise InputError(
+                f"{str(path)!r} is not an lre_pl operator file (no {', '.join(missing)}): re-create it with lre-pl fit"
+            )
         return cls(**{key: payload[key] for key in cls.__dataclass_fields__ if key in payload})
 
     def predict(self, subject: str, lm: LanguageModel | None = None, k: int = 5) -> list[tuple[str, float]]:
         """Top-k (token, probability) of decode(LRE(s)) for ``subject`` on the test prompt."""
         lm = lm or load_language_model(self.model)
-        prompt = encode_prompt(lm.tokenizer, fill_subject(self.test_prompt_template, subject), subject)
+        prompt = encode_prompt(lm.tokenizer, fill_subject(self.test_prompt_template, subject))
         captured = {}
 
         def capture(module, args, output):

@@ -1,9 +1,12 @@
 """Few-shot prompts, their tokenization and the subject token index.
 
-The subject token is the last token of the last occurrence of the subject in
-the prompt, located on the real tokenization through the tokenizer's character
-offsets, so leading spaces, BPE merges across the subject boundary and special
-prefix tokens (BOS, end-of-text) need no special cases.
+Subjects and objects are data, never format strings: a template's one ``{}`` is replaced
+literally, so a subject holding braces stays as it is. The prompt builder knows where it put the
+query subject (its character span), and the subject token is the token covering the span's last
+character, located on the real tokenization through the tokenizer's character offsets: leading
+spaces, BPE merges across the subject boundary and special prefix tokens (BOS, end-of-text) need no
+special cases, and the subject is never searched for in the text (where "cat" would be found inside
+"category").
 """
 
 from __future__ import annotations
@@ -16,14 +19,40 @@ import torch
 from lre_pl.errors import InputError
 from lre_pl.relations import RelationSample
 
+#: Where the subject goes in a prompt template (the relation files' convention).
+SUBJECT_SLOT = "{}"
+
+
+@dataclass(frozen=True)
+class PromptText:
+    """A prompt string and the character span of its query subject."""
+
+    text: str
+    subject_start: int
+    """Offset of the query subject's first character in ``text``."""
+    subject_end: int
+    """Offset one past the query subject's last character."""
+
+
+def fill_subject(template: str, subject: str, prefix: str = "") -> PromptText:
+    """``prefix`` + ``template`` with its LAST ``{}`` replaced by ``subject``, literally."""
+    head, slot, tail = template.rpartition(SUBJECT_SLOT)
+    if not slot:
+        raise InputError(f"prompt template {template!r} has no {SUBJECT_SLOT} slot for the subject")
+    start = len(prefix) + len(head)
+    return PromptText(prefix + head + subject + tail, start, start + len(subject))
+
 
 def make_prompt(
     template: str, subject: str, examples: Sequence[RelationSample] = (), prefix: str = ""
-) -> str:
-    """``prefix`` + one ``template.format(subj) + " " + obj`` line per example, then the query line."""
-    lines = [f"{template.format(example.subject)} {example.object}" for example in examples]
-    lines.append(template.format(subject))
-    return prefix + "\n".join(lines)
+) -> PromptText:
+    """``prefix`` + one ``template(subj) + " " + obj`` line per example, then the query line.
+
+    GPT-style models get their end-of-text token as ``prefix``, with no space after it (as the
+    paper's ``maybe_prefix_eos`` does).
+    """
+    lines = "".join(f"{fill_subject(template, e.subject).text} {e.object}\n" for e in examples)
+    return fill_subject(template, subject, prefix + lines)
 
 
 @dataclass(frozen=True)
@@ -35,23 +64,26 @@ class EncodedPrompt:
     input_ids: tuple[int, ...]
     """Token ids, special tokens (BOS) included."""
     subject_index: int
-    """Position in ``input_ids`` of the last token of the last occurrence of the subject."""
+    """Position in ``input_ids`` of the query subject's last token."""
 
 
-def encode_prompt(tokenizer, text: str, subject: str) -> EncodedPrompt:
-    """Tokenize ``text`` and locate ``subject`` in it, or raise a one-line ValueError."""
-    start = text.rfind(subject)
-    if not subject or start < 0:
-        raise InputError(f"subject {subject!r} not found in the prompt {text!r}: check the template")
-    encoding = tokenizer(text, return_offsets_mapping=True)
-    last_char = start + len(subject) - 1
+def encode_prompt(tokenizer, prompt: PromptText) -> EncodedPrompt:
+    """Tokenize ``prompt.text`` and find the token that covers the query subject's last character."""
+    if prompt.subject_end <= prompt.subject_start:
+        raise InputError(f"empty subject in the prompt {prompt.text!r}: give a non-empty subject")
+    encoding = tokenizer(prompt.text, return_offsets_mapping=True)
+    last_char = prompt.subject_end - 1
     subject_index = None
     for index, (begin, end) in enumerate(encoding["offset_mapping"]):
         if begin <= last_char < end:
             subject_index = index
     if subject_index is None:
-        raise InputError(f"no token covers the end of subject {subject!r} in {text!r}")
-    return EncodedPrompt(text, tuple(encoding["input_ids"]), subject_index)
+        subject = prompt.text[prompt.subject_start : prompt.subject_end]
+        raise InputError(
+            f"no token covers the end of subject {subject!r} in {prompt.text!r}: the tokenizer gives no "
+            "character offsets for it (use a fast tokenizer)"
+        )
+    return EncodedPrompt(prompt.text, tuple(encoding["input_ids"]), subject_index)
 
 
 @dataclass

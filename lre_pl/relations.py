@@ -121,6 +121,9 @@ class Relation:
     source: str
     """Path of the file the relation was read from."""
 
+    duplicates_dropped: int = 0
+    """How many duplicate (subject, object) pairs of the file were dropped."""
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -275,8 +278,8 @@ def _properties(data: dict[str, Any], source: str) -> tuple[str, str, str, bool]
     return category, names[0], names[1], symmetric
 
 
-def _samples(data: dict[str, Any], source: str) -> tuple[RelationSample, ...]:
-    """Validate, repair, strip and de-duplicate the ``samples`` list."""
+def _samples(data: dict[str, Any], source: str) -> tuple[tuple[RelationSample, ...], int]:
+    """Validate, repair, strip and de-duplicate the ``samples`` list: (samples, duplicates dropped)."""
     if "samples" not in data:
         raise RelationDataError(
             f'{source}: field \'samples\' is missing; add a list of {{"subject": ..., "object": ...}} objects'
@@ -306,7 +309,7 @@ def _samples(data: dict[str, Any], source: str) -> tuple[RelationSample, ...]:
             continue
         seen.add((subject, obj))
         samples.append(RelationSample(subject=subject, object=obj))
-    return tuple(samples)
+    return tuple(samples), len(raw) - len(samples)
 
 
 def _parse_relation(data: Any, source: str) -> Relation:
@@ -320,7 +323,7 @@ def _parse_relation(data: Any, source: str) -> Relation:
     prompt_templates = _templates(data, "prompt_templates", source, required=True)
     prompt_templates_zs = _templates(data, "prompt_templates_zs", source, required=False)
     category, domain_name, range_name, symmetric = _properties(data, source)
-    samples = _samples(data, source)
+    samples, duplicates = _samples(data, source)
     return Relation(
         name=name,
         category=category,
@@ -331,6 +334,7 @@ def _parse_relation(data: Any, source: str) -> Relation:
         symmetric=symmetric,
         samples=samples,
         source=source,
+        duplicates_dropped=duplicates,
     )
 
 

@@ -10,3 +10,9 @@ def tiny_model_dir(tmp_path_factory):
     lm.model.save_pretrained(path)
     lm.tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_args(tiny_model_dir):
+    """CLI arguments of a fit on the tiny model: every test sample validated, block 1."""
+    return ["--model.model", tiny_model_dir, "--data.filter_known", "false", "--model.layers", "1"]

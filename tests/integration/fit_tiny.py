@@ -5,19 +5,20 @@ python fit_tiny.py MODEL_DIR OUT_DIR DEVICES
 
 import sys
 
-import lightning as L
-from lightning.pytorch.loggers import TensorBoardLogger
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from lre_pl.data import RelationDataModule
 from lre_pl.module import LinearRelationModule
 
 
 def run(model_dir: str, out_dir: str, devices: int, **module_options) -> LinearRelationModule:
-    module = LinearRelationModule(model=model_dir, layers=[1, "emb"], chunk_size=11, **module_options)
+    module_options = {"layers": [1, "emb"], **module_options}
+    module = LinearRelationModule(model=model_dir, chunk_size=11, **module_options)
     data = RelationDataModule(
         relation="country capital city", model=model_dir, n_train=5, batch_size=2, filter_known=False
     )
-    trainer = L.Trainer(
+    trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,
         strategy="ddp" if devices > 1 else "auto",

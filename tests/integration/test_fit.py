@@ -10,8 +10,8 @@ from fit_tiny import run
 from reference import full_forward_map, reference_jacobian
 
 from lre_pl.models import load_language_model
-from lre_pl.operator import LinearRelationOperator, fill_subject
-from lre_pl.prompts import EncodedPrompt, encode_prompt
+from lre_pl.operator import LinearRelationOperator
+from lre_pl.prompts import EncodedPrompt, PromptText, encode_prompt, fill_subject
 
 HERE = Path(__file__).parent
 
@@ -44,12 +44,30 @@ def test_fit_writes_the_mean_jacobian_operator(tiny_model_dir, tmp_path):
     for item, text, index in zip(
         data.prompts.train, operator.train_prompts, operator.train_subject_token_index
     ):
-        assert encode_prompt(lm.tokenizer, text, item.sample.subject).subject_index == index
+        start = text.rindex(
+            item.sample.subject
+        )  # the query line is last; its subject is the last occurrence here
+        assert (
+            encode_prompt(
+                lm.tokenizer, PromptText(text, start, start + len(item.sample.subject))
+            ).subject_index
+            == index
+        )
 
-    # Every requested layer has its own operator; the checkpoint holds no LM weight.
-    assert LinearRelationOperator.load(run_dir / "operators" / "layer_emb.pt").layer == "emb"
+    # Every requested layer has its own operator file, holding its own layer only (a view of one
+    # layer of the [layer, d, d] stack used to save the whole stack); the checkpoint holds no LM weight.
+    for layer in (1, "emb"):
+        payload = torch.load(run_dir / "operators" / f"layer_{layer}.pt", weights_only=True)
+        assert payload["layer"] == layer and payload["weight"].untyped_storage().nbytes() == 32 * 32 * 4
+        assert payload["bias"].untyped_storage().nbytes() == 32 * 4
+    assert (
+        torch.load(run_dir / "operator.pt", weights_only=True)["weight"].untyped_storage().nbytes()
+        == 32 * 32 * 4
+    )
     checkpoint = torch.load(run_dir / "checkpoints" / "lre.ckpt", weights_only=False)
-    assert set(checkpoint["state_dict"]) == {"log_beta"}
+    assert set(checkpoint["state_dict"]) == {"log_beta"} and checkpoint["state_dict"]["log_beta"].shape == (
+        2,
+    )
     torch.testing.assert_close(checkpoint["lre"]["weights"][0], operator.weight)
     assert checkpoint["hyper_parameters"]["model"] == tiny_model_dir
 
@@ -61,7 +79,7 @@ def test_fit_writes_the_mean_jacobian_operator(tiny_model_dir, tmp_path):
     # The API applies the operator to a subject: decode(beta W s + b) of the test prompt.
     subject = data.prompts.test_samples[0].subject
     top = operator.predict(subject, lm, k=3)
-    prompt = encode_prompt(lm.tokenizer, fill_subject(operator.test_prompt_template, subject), subject)
+    prompt = encode_prompt(lm.tokenizer, fill_subject(operator.test_prompt_template, subject))
     assert prompt.text.endswith(subject + " is")
     assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
 
@@ -92,15 +110,81 @@ def test_two_ddp_processes_estimate_what_one_process_does(tiny_model_dir, tmp_pa
     assert sorted(table_one) == sorted(table_two)
 
 
-def test_learned_beta_lowers_the_training_loss_and_is_saved(tiny_model_dir, tmp_path):
+def test_learned_beta_is_fitted_per_layer_and_saved(tiny_model_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from lre_pl.beta import learn_beta
+
     module = run(tiny_model_dir, str(tmp_path), devices=1, learn_beta=True, beta_steps=40, beta_lr=0.1)
-    # A random tiny LM decodes almost uniformly: the loss moves little, but it must move down.
-    assert module.last_metrics["beta_loss_final"] < module.last_metrics["beta_loss_initial"]
-    operator = LinearRelationOperator.load(tmp_path / "run" / "operator.pt")
-    assert operator.beta == module.beta != 1.0
+    assert module.layers == [1, "emb"]
+    states = torch.cat([s for s, _ in module._train_states])  # [n_train, layer, d]
+    targets = torch.cat([t for _, t in module._train_states])
     events = EventAccumulator(str(tmp_path / "run"))
     events.Reload()
-    betas = [event.value for event in events.Scalars("beta/value")]
-    assert len(betas) == 41 and betas[0] == 1.0 and betas[-1] == pytest.approx(operator.beta, rel=1e-5)
+    for i, layer in enumerate(module.layers):
+        # Each layer's beta is what learn_beta gives on that layer's own W s_i + b, run independently.
+        expected = learn_beta(
+            states[:, i] @ module.weights[i].T, module.biases[i], targets, module._decode, steps=40, lr=0.1
+        )
+        assert module.betas[i] == pytest.approx(expected.betas[-1], rel=1e-5) and module.betas[i] != 1.0
+        # A random tiny LM decodes almost uniformly: the loss moves little, but it must move down.
+        assert expected.losses[-1] < expected.losses[0]
+        operator = LinearRelationOperator.load(tmp_path / "run" / "operators" / f"layer_{layer}.pt")
+        assert operator.beta == pytest.approx(module.betas[i], rel=1e-6)
+        betas = [event.value for event in events.Scalars(f"beta/layer_{layer}/value")]
+        assert len(betas) == 41 and betas[0] == 1.0 and betas[-1] == pytest.approx(operator.beta, rel=1e-5)
+        assert module.last_metrics[f"val/layer_{layer}/beta"] == pytest.approx(operator.beta)
+    assert module.betas[0] != module.betas[1]
+    # The validation scalars are written once (log_hyperparams used to write them a second time).
+    assert (
+        len(events.Scalars("val/faithfulness@1")) == 1
+        and len(events.Scalars("val/layer_emb/faithfulness@1")) == 1
+    )
+
+
+def test_duplicate_layers_are_estimated_once(tiny_model_dir, tmp_path, monkeypatch):
+    import lre_pl.module
+
+    calls = []
+    original = lre_pl.module.compute_jacobians
+    monkeypatch.setattr(
+        lre_pl.module,
+        "compute_jacobians",
+        lambda lm, prompts, layers, *a: calls.append(layers) or original(lm, prompts, layers, *a),
+    )
+    module = run(tiny_model_dir, str(tmp_path), devices=1, layers=[1, "emb", "1", -2, "emb"])
+    assert module.layers == [1, "emb"] and all(layers == [1, "emb"] for layers in calls)
+    assert len(module.recall) == 2 and module.log_beta.shape == (2,)
+
+
+def test_a_plain_default_trainer_fits_and_skips_the_sanity_check(tiny_model_dir, tmp_path):
+    """The design card's script: pl.Trainer(max_epochs=...) with every other default (sanity validation
+    before fitting, ModelCheckpoint, Lightning's logger); more epochs do not repeat the estimate."""
+    import pytorch_lightning as pl
+
+    from lre_pl import LinearRelationModule, RelationDataModule
+
+    reference = run(tiny_model_dir, str(tmp_path / "reference"), devices=1, layers=1)
+    module = LinearRelationModule(model=tiny_model_dir, layers=1)
+    data = RelationDataModule(model=tiny_model_dir, filter_known=False, batch_size=2)
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    assert trainer.current_epoch == 1 and module._count == 5
+    operator = LinearRelationOperator.load(next(tmp_path.glob("lightning_logs/version_*/operator.pt")))
+    torch.testing.assert_close(operator.weight, reference.weights[0].cpu(), atol=1e-6, rtol=1e-5)
+
+
+def test_data_module_of_another_dtype_is_refused(tiny_model_dir, tmp_path):
+    import pytorch_lightning as pl
+
+    from lre_pl import LinearRelationModule, RelationDataModule
+    from lre_pl.errors import InputError
+
+    module = LinearRelationModule(model=tiny_model_dir, layers=1)
+    data = RelationDataModule(model=tiny_model_dir, dtype="float64", filter_known=False)
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False
+    )
+    with pytest.raises(InputError, match=r"data.dtype='float64' differs from model.dtype='float32'"):
+        trainer.fit(module, datamodule=data)
+    assert not list(tmp_path.glob("lightning_logs/*"))  # the failed run's folder is gone

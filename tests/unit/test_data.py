@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from lre_pl.data import RelationPrompts, filter_known, object_token_id, split_samples
+from lre_pl.data import RelationPrompts, check_trial, filter_known, object_token_id, split_samples
 from lre_pl.errors import InputError
-from lre_pl.relations import RelationSample, load_relation
+from lre_pl.relations import Relation, RelationSample, load_relation
 
 
 def test_split_is_seeded_and_round_robin_over_objects():
@@ -17,11 +17,46 @@ def test_split_is_seeded_and_round_robin_over_objects():
     assert split_samples(samples, 4, seed=4) != (train, test)
 
 
+def _relation(samples, duplicates=0):
+    return Relation(
+        name="toy", category="unknown", prompt_templates=("{} is",), prompt_templates_zs=(), domain_name="",
+        range_name="", symmetric=False, source="toy.json", samples=tuple(samples), duplicates_dropped=duplicates,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("n_train", [0, 10, 11])
-def test_split_rejects_impossible_sizes(n_train):
-    samples = [RelationSample(f"s{i}", "o") for i in range(10)]
-    with pytest.raises(InputError, match=f"n_train={n_train} must be between 1 and 9"):
-        split_samples(samples, n_train, seed=0)
+def test_impossible_n_train_is_a_one_line_error(n_train):
+    relation = _relation(RelationSample(f"s{i}", "o") for i in range(10))
+    with pytest.raises(
+        InputError, match=rf"n_train={n_train} must be between 1 and 9: relation 'toy' has 10 samples$"
+    ):
+        check_trial(relation, n_train)
+
+
+def test_a_relation_of_duplicates_says_how_many_were_dropped(tmp_path):
+    path = tmp_path / "dups.json"
+    path.write_text(
+        '{"name": "dups", "prompt_templates": ["{} is"], "samples": ['
+        + ", ".join(['{"subject": "a", "object": "b"}'] * 4)
+        + "]}"
+    )
+    relation = load_relation(str(path))
+    assert relation.duplicates_dropped == 3 and len(relation.samples) == 1
+    with pytest.raises(
+        InputError, match=r"has 1 distinct sample \(3 duplicate samples dropped\): an LRE needs at least 2"
+    ):
+        check_trial(relation, 5)
+    relation = _relation([RelationSample("a", "b"), RelationSample("c", "d")], duplicates=2)
+    with pytest.raises(
+        InputError,
+        match=r"n_train=2 must be between 1 and 1: .* has 2 samples \(2 duplicate samples dropped\)",
+    ):
+        check_trial(relation, 2)
+
+
+def test_template_index_out_of_range():
+    with pytest.raises(InputError, match=r"template_index=1 out of range: 'toy' has 1 templates \(0..0\)"):
+        check_trial(_relation([RelationSample("a", "b"), RelationSample("c", "d")]), 1, template_index=1)
 
 
 def test_training_prompts_hold_the_other_samples_and_test_prompts_all(gpt2):
@@ -30,7 +65,7 @@ def test_training_prompts_hold_the_other_samples_and_test_prompts_all(gpt2):
     subjects = [item.sample.subject for item in prompts.train]
     for item in prompts.train:
         lines = item.prompt.text.split("\n")
-        assert lines[0].startswith("<|endoftext|> ")  # GPT-style models get the end-of-text prefix
+        assert lines[0].startswith("<|endoftext|>The")  # GPT-style models: end-of-text prefix, no space
         assert len(lines) == 3 and lines[-1] == relation.prompt_templates[0].format(item.sample.subject)
         assert sum(subject in item.prompt.text for subject in subjects) == 3
     test_lines = prompts.test_prompts[0].text.split("\n")

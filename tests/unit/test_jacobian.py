@@ -8,30 +8,28 @@ from reference import full_forward_map, reference_jacobian, relative_error
 
 from lre_pl.jacobian import compute_jacobians
 from lre_pl.models import LanguageModel
-from lre_pl.prompts import encode_prompt, make_prompt
+from lre_pl.prompts import encode_prompt, fill_subject, make_prompt
 from lre_pl.relations import load_relation
 
 
 def _prompts(lm):
     relation = load_relation("country capital city")
     template = relation.prompt_templates[0]
-    prefix = f"{lm.tokenizer.eos_token} " if lm.adapter.prepend_eos else ""
+    prefix = lm.tokenizer.eos_token if lm.adapter.prepend_eos else ""
     samples = relation.samples
     prompts = [  # different numbers of examples: different prefix and suffix lengths, so padding on both sides
-        encode_prompt(
-            lm.tokenizer, make_prompt(template, s.subject, samples[i + 1 : i + 1 + i], prefix), s.subject
-        )
+        encode_prompt(lm.tokenizer, make_prompt(template, s.subject, samples[i + 1 : i + 1 + i], prefix))
         for i, s in enumerate(samples[:3])
     ]
     prompts.append(
-        encode_prompt(lm.tokenizer, f"{prefix}{samples[7].subject} has the capital", samples[7].subject)
+        encode_prompt(lm.tokenizer, fill_subject("{} has the capital", samples[7].subject, prefix))
     )
     return prompts
 
 
 def _subject_at_zero(lm):
     subject = next(t for t in ("The", "F") if len(lm.tokenizer(t)["input_ids"]) == 1)
-    return encode_prompt(lm.tokenizer, f"{subject} capital of France is", subject)
+    return encode_prompt(lm.tokenizer, fill_subject("{} capital of France is", subject))
 
 
 @pytest.mark.parametrize("model", ["llama", "gpt2"])

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from transformers import (
@@ -14,7 +16,14 @@ from transformers import (
 )
 
 from lre_pl.errors import InputError
-from lre_pl.models import ADAPTERS, LanguageModel, adapter_for, resolve_model_spec
+from lre_pl.models import (
+    ADAPTERS,
+    LanguageModel,
+    adapter_for,
+    check_dtype,
+    check_model_spec,
+    resolve_model_spec,
+)
 
 SMALL = {
     "vocab_size": 64,
@@ -62,16 +71,64 @@ def test_unsupported_architecture_lists_the_supported_ones():
     assert set(ADAPTERS) >= {"gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "gemma3_text"}
 
 
-@pytest.mark.parametrize("layer", [3, -4, "ten", "embedding"])
+@pytest.mark.parametrize("layer", [3, -4, "3"])
 def test_layer_out_of_range(llama, layer):
     with pytest.raises(
         InputError,
-        match=rf"layer {layer!r} is out of range for tiny-llama: use 'emb' or a block index 0\.\.2",
+        match=rf"layer {int(layer)} is out of range for tiny-llama: use 'emb' or a block index 0\.\.2",
     ):
         llama.check_layer(layer)
     assert llama.check_layer(-1) == 2 and llama.check_layer("emb") == "emb" and llama.check_layer("1") == 1
 
 
+@pytest.mark.parametrize("layer", ["ten", "embedding", "", 1.5, None, True])
+def test_a_non_numeric_layer_is_not_called_out_of_range(llama, layer):
+    with pytest.raises(InputError, match=rf"^layer {re.escape(repr(layer))} is not a layer: use 'emb'"):
+        llama.check_layer(layer)
+
+
+def test_state_index_normalises_negative_layers(llama):
+    # Stacks of states are ordered [emb, block 0, block 1, block 2]: block -1 is the last, never emb.
+    assert [llama.state_index(layer) for layer in ("emb", 0, 2, -1, -3)] == [0, 1, 3, 3, 1]
+    with pytest.raises(InputError, match="out of range"):
+        llama.state_index(-4)
+
+
+@pytest.mark.parametrize("dtype", ["float64x", "int32", "nn"])
+def test_bad_dtype(dtype):
+    with pytest.raises(InputError, match=rf"dtype '{dtype}' is not a floating-point torch dtype"):
+        check_dtype(dtype)
+    assert check_dtype("bfloat16") is torch.bfloat16
+
+
 def test_missing_gguf_file_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="GGUF file .*nothing.gguf' does not exist"):
         resolve_model_spec(str(tmp_path / "nothing.gguf"))
+
+
+def test_an_unknown_model_spec_fails_fast_without_the_hub(monkeypatch):
+    """No 54 s of retries: the hub is asked once, with a short timeout, and the error says what to give."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    started = time.perf_counter()
+    with pytest.raises(InputError) as error:
+        check_model_spec("lre-pl-tests/no-such-model-4f1c")
+    assert time.perf_counter() - started < 15
+    message = str(error.value)
+    assert message.startswith(
+        "model 'lre-pl-tests/no-such-model-4f1c' is not an embedded model (smollm2-135m, gemma3-270m), a .gguf "
+        "file or a local directory"
+    )
+    assert "hub is unreachable" in message or "nor a model on the Hugging Face hub" in message
+    with pytest.raises(InputError, match="nor a valid hub name"):
+        check_model_spec("not a/valid//name")
+
+
+def test_an_uncached_hub_model_offline_says_so(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    check_model_spec.cache_clear()
+    with pytest.raises(InputError, match="not in the hub cache while HF_HUB_OFFLINE is set"):
+        check_model_spec("lre-pl-tests/offline-model")

@@ -2,69 +2,124 @@ import pytest
 import torch
 
 from lre_pl.activations import collect_states
+from lre_pl.data import RelationPrompts
 from lre_pl.errors import InputError
-from lre_pl.prompts import encode_prompt, make_prompt, pad_left
-from lre_pl.relations import RelationSample
+from lre_pl.prompts import PromptText, encode_prompt, fill_subject, make_prompt, pad_left
+from lre_pl.relations import Relation, RelationSample, load_relation
 
 
-def test_make_prompt_few_shot_layout():
+def test_make_prompt_few_shot_layout_and_subject_span():
     examples = [RelationSample("France", "Paris"), RelationSample("Peru", "Lima")]
-    text = make_prompt("The capital of {} is", "Chile", examples, prefix="<|endoftext|> ")
+    prompt = make_prompt("The capital of {} is", "Chile", examples, prefix="<|endoftext|>")
     assert (
-        text
-        == "<|endoftext|> The capital of France is Paris\nThe capital of Peru is Lima\nThe capital of Chile is"
+        prompt.text
+        == "<|endoftext|>The capital of France is Paris\nThe capital of Peru is Lima\nThe capital of Chile is"
     )
+    assert prompt.text[prompt.subject_start : prompt.subject_end] == "Chile"
 
 
-def _independent_index(tokenizer, text: str, subject: str) -> int:
-    """Tokens of the text up to the end of the subject's last occurrence, minus one."""
-    end = text.rfind(subject) + len(subject)
-    return len(tokenizer(text[:end])["input_ids"]) - 1
+def _tokens_up_to(tokenizer, prompt: PromptText) -> int:
+    """Independent subject index: the tokens of the text up to the subject's end, minus one."""
+    return len(tokenizer(prompt.text[: prompt.subject_end])["input_ids"]) - 1
 
 
 @pytest.mark.parametrize(
-    ("text", "subject"),
+    ("template", "subject", "examples"),
     [
-        ("The capital of France is", "France"),  # leading space inside the subject's token
-        ("France is in Europe\nThe capital of France is", "France"),  # last occurrence wins
-        ("The capital of United States is", "United States"),  # multi-token subject
-        ("The opposite of good is", "good"),
+        ("The capital of {} is", "France", []),  # leading space inside the subject's token
+        ("The capital of {} is", "France", [RelationSample("France", "Paris")]),  # the query's occurrence
+        ("The capital of {} is", "United States", []),  # multi-token subject
+        ("The opposite of {} is", "good", []),
     ],
 )
-def test_subject_index_matches_tokenizing_up_to_the_subject(llama, text, subject):
-    prompt = encode_prompt(llama.tokenizer, text, subject)
-    assert prompt.subject_index == _independent_index(llama.tokenizer, text, subject)
+def test_subject_index_matches_tokenizing_up_to_the_subject(llama, template, subject, examples):
+    prompt = make_prompt(template, subject, examples)
+    assert encode_prompt(llama.tokenizer, prompt).subject_index == _tokens_up_to(llama.tokenizer, prompt)
+
+
+def test_subject_inside_a_later_word_is_placed_by_its_slot(llama):
+    # "cat" also occurs inside "category", after the slot: searching the text found the wrong one.
+    prompt = make_prompt("A {} is in the category of a", "cat", [RelationSample("dog", "animal")])
+    assert prompt.text.rfind("cat") > prompt.subject_start  # what rfind would have picked
+    encoded = encode_prompt(llama.tokenizer, prompt)
+    assert encoded.subject_index == _tokens_up_to(llama.tokenizer, prompt)
+    begin, end = llama.tokenizer(prompt.text, return_offsets_mapping=True)["offset_mapping"][
+        encoded.subject_index
+    ]
+    assert begin < prompt.subject_end <= end < prompt.text.rindex("category")
+
+
+def test_relation_prompts_place_cat_before_category(llama):
+    relation = load_relation("object superclass")
+    prompts = RelationPrompts.build(relation, llama, n_train=5, seed=0)
+    cat = next(i for i, s in enumerate(prompts.test_samples) if s.subject == "cat")
+    prompt = prompts.test_prompts[cat]
+    slot = prompt.text.rindex("A cat is in the category") + len("A cat")
+    assert prompt.subject_index == len(llama.tokenizer(prompt.text[:slot])["input_ids"]) - 1
+
+
+@pytest.mark.parametrize("subject", ["{}", "x{0}y", "{subject}", "a}b{"])
+def test_subjects_and_objects_are_data_not_format_strings(llama, subject):
+    examples = [RelationSample("{0}", "{}")]
+    prompt = make_prompt("The capital of {} is", subject, examples)
+    assert prompt.text == f"The capital of {{0}} is {{}}\nThe capital of {subject} is"
+    assert prompt.text[prompt.subject_start : prompt.subject_end] == subject
+    encoded = encode_prompt(llama.tokenizer, prompt)
+    assert encoded.subject_index == _tokens_up_to(llama.tokenizer, prompt)
+
+
+def test_gpt_style_prompts_start_with_end_of_text_and_no_space(gpt2):
+    """Exact token ids: [eos] + the prompt's own tokens, as the paper's maybe_prefix_eos builds it."""
+    tokenizer = gpt2.tokenizer
+    relation = load_relation("country capital city")
+    prompts = RelationPrompts.build(relation, gpt2, n_train=3, seed=0)
+    eos = tokenizer.eos_token_id
+    for encoded in [item.prompt for item in prompts.train] + prompts.test_prompts[:3]:
+        assert encoded.text.startswith("<|endoftext|>The capital city of ")
+        body = encoded.text[len("<|endoftext|>") :]
+        assert list(encoded.input_ids) == [eos, *tokenizer(body)["input_ids"]]
+        assert not tokenizer.decode([encoded.input_ids[1]]).startswith(" ")
+    train = prompts.train[0]
+    expected = make_prompt(
+        relation.prompt_templates[0],
+        train.sample.subject,
+        [item.sample for item in prompts.train[1:]],
+        prefix="<|endoftext|>",
+    )
+    assert train.prompt.subject_index == _tokens_up_to(tokenizer, expected)
+
+
+def test_llama_style_prompts_get_no_prefix(llama):
+    prompts = RelationPrompts.build(load_relation("country capital city"), llama, n_train=3, seed=0)
+    assert prompts.train[0].prompt.text.startswith("The capital city of ")
 
 
 def test_subject_index_at_position_zero(llama):
     tokenizer = llama.tokenizer
     subject = next(t for t in ("The", "F") if len(tokenizer(t)["input_ids"]) == 1)
-    prompt = encode_prompt(tokenizer, f"{subject} capital of France is", subject)
-    assert prompt.subject_index == 0
+    assert encode_prompt(tokenizer, fill_subject("{} capital of France is", subject)).subject_index == 0
 
 
 def test_subject_token_merged_across_the_boundary(llama):
     # "Franc" ends inside the token that also holds "e": that token is the subject's last token.
-    text = "The capital of France is"
-    prompt = encode_prompt(llama.tokenizer, text, "Franc")
-    encoding = llama.tokenizer(text, return_offsets_mapping=True)
-    begin, end = encoding["offset_mapping"][prompt.subject_index]
-    assert begin <= text.rfind("Franc") + len("Franc") - 1 < end
-    assert end > text.rfind("Franc") + len("Franc")  # the token really crosses the boundary
+    prompt = PromptText("The capital of France is", 15, 20)
+    encoded = encode_prompt(llama.tokenizer, prompt)
+    begin, end = llama.tokenizer(prompt.text, return_offsets_mapping=True)["offset_mapping"][
+        encoded.subject_index
+    ]
+    assert begin <= 19 < end and end > 20  # the token really crosses the boundary
 
 
-def test_subject_not_found_is_a_one_line_error(llama):
-    with pytest.raises(InputError, match="subject 'Spain' not found in the prompt") as error:
-        encode_prompt(llama.tokenizer, "The capital of France is", "Spain")
-    assert "\n" not in str(error.value).replace("\\n", "")
+def test_template_without_slot_is_a_one_line_error():
+    with pytest.raises(InputError, match=r"has no \{\} slot for the subject"):
+        fill_subject("The capital of France is", "Spain")
 
 
 def test_left_padding_keeps_subject_token_and_states(llama):
-    texts = [
-        ("The capital of France is", "France"),
-        ("Peru is Lima\nThe capital of United States is", "United States"),
+    prompts = [
+        encode_prompt(llama.tokenizer, fill_subject("The capital of {} is", "France")),
+        encode_prompt(llama.tokenizer, fill_subject("Peru is Lima\nThe capital of {} is", "United States")),
     ]
-    prompts = [encode_prompt(llama.tokenizer, text, subject) for text, subject in texts]
     batch = pad_left(prompts, llama.tokenizer.pad_token_id)
     for row, prompt in enumerate(prompts):
         assert batch.input_ids[row, batch.subject_index[row]] == prompt.input_ids[prompt.subject_index]
@@ -77,3 +132,18 @@ def test_left_padding_keeps_subject_token_and_states(llama):
             together.subject_states[row], alone.subject_states[0], atol=1e-5, rtol=1e-4
         )
         torch.testing.assert_close(together.output_states[row], alone.output_states[0], atol=1e-5, rtol=1e-4)
+
+
+def test_relation_with_braces_in_data_builds_prompts(llama):
+    relation = Relation(
+        name="braces", category="unknown", prompt_templates=("The code of {} is",), prompt_templates_zs=(),
+        domain_name="", range_name="", symmetric=False, source="<test>",
+        samples=tuple(RelationSample(s, o) for s, o in [("a{}", "x"), ("{0}b", "y"), ("c", "{z}"), ("d", "w")]),
+    )  # fmt: skip
+    prompts = RelationPrompts.build(relation, llama, n_train=2, seed=0)
+    for sample, prompt in zip(prompts.test_samples, prompts.test_prompts):
+        assert prompt.text.endswith(f"The code of {sample.subject} is")
+    assert all(
+        f"{item.sample.subject} is {item.sample.object}" in prompts.test_prompts[0].text
+        for item in prompts.train
+    )

@@ -1,0 +1,72 @@
+"""What a run shows a person: the printed summary, the per-layer table and the faithfulness plot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+Layer = int | str
+
+
+def layer_table(
+    layers: Sequence[Layer], metrics: dict[str, float], top_k: Sequence[int], betas: Sequence[float]
+) -> list[str]:
+    """One line per layer: faithfulness@k for every k, and beta."""
+    header = "  ".join([f"{'layer':>5}", *(f"{'@' + str(k):>6}" for k in top_k), f"{'beta':>6}"])
+    rows = [header]
+    for layer, beta in zip(layers, betas):
+        values = [f"{metrics[f'val/layer_{layer}/faithfulness@{k}']:>6.3f}" for k in top_k]
+        rows.append("  ".join([f"{layer!s:>5}", *values, f"{beta:>6.3g}"]))
+    return rows
+
+
+def plot_faithfulness_by_layer(layers: Sequence[Layer], metrics: dict[str, float], top_k: Sequence[int]):
+    """A matplotlib figure of faithfulness@k against the layer of s (``emb`` first)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(max(5.0, 0.25 * len(layers) + 2), 3.5))
+    positions = range(len(layers))
+    for k in top_k:
+        axes.plot(
+            positions,
+            [metrics[f"val/layer_{layer}/faithfulness@{k}"] for layer in layers],
+            marker="o",
+            label=f"@{k}",
+        )
+    axes.set_xticks(list(positions), [str(layer) for layer in layers], fontsize=7)
+    axes.set_xlabel("layer of s")
+    axes.set_ylabel("faithfulness")
+    axes.set_ylim(-0.02, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def save_figure(figure, path: Path) -> Path:
+    """Write ``figure`` as a PNG atomically (never a truncated file under the final name)."""
+    partial = path.with_name(path.name + ".partial.png")
+    figure.savefig(partial, dpi=120)
+    partial.replace(path)
+    return path
+
+
+def write_hparams(experiment, params: dict, metrics: dict[str, float]) -> None:
+    """TensorBoard's hparams tab, with ``metrics`` as its columns, without logging them again as scalars.
+
+    (``TensorBoardLogger.log_hyperparams(params, metrics)`` also writes every metric as a scalar at
+    step 0: the ``val/*`` scalars would appear twice.)
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    clean = {
+        key: value if isinstance(value, (int, float, str, bool)) else str(value)
+        for key, value in params.items()
+        if not key.startswith("_")  # LightningCLI's _instantiator and the like
+    }
+    writer = experiment._get_file_writer()
+    for summary in hparams(clean, metrics):
+        writer.add_summary(summary)

@@ -1,0 +1,198 @@
+"""Bad input and killed runs: one line ``lre-pl: error: ...``, a non-zero exit code, no run folder.
+
+Most cases run ``lre_pl.cli.main`` in this process (one import of torch and Lightning for all);
+SIGTERM needs a real process.
+"""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lre_pl.cli import main
+from lre_pl.operator import LinearRelationOperator
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+def run_cli(tmp_path, monkeypatch, capsys):
+    """Run ``lre-pl ARGS`` in tmp_path; return (exit code, stderr)."""
+    monkeypatch.chdir(tmp_path)
+    handler = signal.getsignal(signal.SIGTERM)
+
+    def run(*args):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+        finally:
+            signal.signal(signal.SIGTERM, handler)
+        return code, capsys.readouterr().err
+
+    return run
+
+
+def assert_failed_cleanly(code, stderr, message, tmp_path):
+    assert code not in (0, None), stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("lre-pl: error: ") and message in last, last
+    assert "Traceback" not in stderr and "weights_only=False" not in stderr
+    assert not list(tmp_path.glob("lightning_logs/*")), "a failed run left its run folder behind"
+
+
+@pytest.fixture
+def operator_file(tmp_path, tiny_model_dir):
+    def write(name="op.pt", **changes):
+        fields = {
+            "weight": torch.zeros(32, 32), "bias": torch.zeros(32), "beta": 1.0, "layer": 1,
+            "relation": "country capital city", "model": tiny_model_dir, "n_train": 5, "seed": 0,
+        }  # fmt: skip
+        return str(LinearRelationOperator(**{**fields, **changes}).save(tmp_path / name))
+
+    return write
+
+
+def _duplicates_file(tmp_path):
+    path = tmp_path / "dups.json"
+    samples = ", ".join(['{"subject": "France", "object": "Paris"}'] * 3)
+    path.write_text(
+        '{"name": "dups", "prompt_templates": ["The capital of {} is"], "samples": [' + samples + "]}"
+    )
+    return str(path)
+
+
+BEFORE_LOADING = [  # (arguments, expected message): all fail before any model is loaded
+    (["--data.relation", "country capitol"], "unknown relation 'country capitol'"),
+    (["--data.relation", "missing.json"], "missing.json: relation file not found"),
+    (["--model.layers", "[]"], "layers is empty: give a layer such as 8"),
+    (["--model.layers", "ten"], "layer 'ten' is not a layer: use 'emb'"),
+    (["--model.layers", "[1, one]"], "layer 'one' is not a layer"),
+    (["--model.top_k", "0"], "top_k=0 must be at least 1"),
+    (["--model.beta", "0"], "beta=0.0 must be positive"),
+    (["--data.min_known", "0"], "min_known=0 must be at least 1"),
+    (
+        ["--data.n_train", "24"],
+        "n_train=24 must be between 1 and 23: relation 'country capital city' has 24 samples",
+    ),
+    (["--data.template_index", "3"], "template_index=3 out of range"),
+    (["--model.dtype", "float64x"], "dtype 'float64x' is not a floating-point torch dtype"),
+    (["--model.reference_hparams", "gpt4"], "reference_hparams='gpt4' is not one of gptj, gpt2-xl, llama"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BEFORE_LOADING)
+def test_bad_input_before_loading(run_cli, tmp_path, tiny_model_dir, override, message, monkeypatch):
+    import lre_pl.data
+    import lre_pl.models
+    import lre_pl.module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(lre_pl.models, "load_language_model", no_loading)
+    monkeypatch.setattr(lre_pl.module, "load_language_model", no_loading)
+    monkeypatch.setattr(lre_pl.data, "load_language_model", no_loading)
+    code, stderr = run_cli("fit", "--model.model", tiny_model_dir, "--data.filter_known", "false", *override)
+    assert_failed_cleanly(code, stderr, message, tmp_path)
+
+
+def test_bad_input_after_loading_removes_the_run_folder(run_cli, tmp_path, tiny_model_dir):
+    # The range of a layer needs the model: the run folder exists by then, and must go.
+    code, stderr = run_cli(
+        "fit", "--model.model", tiny_model_dir, "--data.filter_known", "false", "--model.layers", "99"
+    )
+    assert_failed_cleanly(code, stderr, "layer 99 is out of range for", tmp_path)
+
+
+def test_malformed_relation_file(run_cli, tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "x", "samples": [}')
+    code, stderr = run_cli("fit", "--model.model", tiny_model_dir, "--data.relation", str(bad))
+    assert_failed_cleanly(code, stderr, "malformed JSON at line 1", tmp_path)
+
+
+def test_relation_of_duplicates_says_how_many_were_dropped(run_cli, tmp_path, tiny_model_dir):
+    code, stderr = run_cli(
+        "fit", "--model.model", tiny_model_dir, "--data.relation", _duplicates_file(tmp_path)
+    )
+    assert_failed_cleanly(code, stderr, "has 1 distinct sample (2 duplicate samples dropped)", tmp_path)
+
+
+def test_unknown_model_spec_fails_fast(run_cli, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    started = time.perf_counter()
+    code, stderr = run_cli("fit", "--model.model", "lre-pl-tests/no-such-model-4f1c")
+    assert time.perf_counter() - started < 20
+    assert_failed_cleanly(
+        code, stderr, "model 'lre-pl-tests/no-such-model-4f1c' is not an embedded model", tmp_path
+    )
+
+
+def test_operator_file_errors(run_cli, tmp_path, tiny_args, operator_file):
+    validate = ("validate", *tiny_args)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 not a zip file at all")
+    not_operator = tmp_path / "tensor.pt"
+    torch.save({"weights": torch.zeros(2)}, not_operator)
+    cases = [
+        (str(tmp_path / "none.pt"), "does not exist: give the operator.pt of an earlier run"),
+        (str(corrupt), "is not a readable lre_pl operator file"),
+        (str(not_operator), "is not an lre_pl operator file (no weight, bias, beta, layer, relation, model)"),
+        (
+            operator_file("other.pt", model="smollm2-135m"),
+            "was estimated on model 'smollm2-135m', not model.model=",
+        ),
+        (
+            operator_file("layer2.pt", layer=2),
+            "holds the LRE of layer 2, not model.layers=[1]: set model.layers=2",
+        ),
+        (
+            operator_file("antonym.pt", relation="adjective antonym"),
+            "is an LRE of 'adjective antonym', not of data.relation",
+        ),
+    ]
+    for path, message in cases:
+        code, stderr = run_cli(*validate, "--model.operator_path", path)
+        assert_failed_cleanly(code, stderr, message, tmp_path)
+
+
+def test_sigterm_stops_the_run_at_once_and_leaves_nothing(tmp_path, tiny_args):
+    """The run is held inside its first Jacobian (a stand-in that sleeps) and killed there."""
+    started_file = tmp_path / "jacobians-started"
+    program = f"""
+import sys, time
+from pathlib import Path
+import lre_pl.module
+
+def slow_jacobians(*args, **kwargs):
+    Path({str(started_file)!r}).touch()
+    time.sleep(120)
+
+lre_pl.module.compute_jacobians = slow_jacobians
+from lre_pl.cli import main
+main(sys.argv[1:])
+"""
+    process = subprocess.Popen(
+        [sys.executable, "-c", program, "fit", *tiny_args],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not started_file.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.2)
+    assert (tmp_path / "lightning_logs").exists()  # the run folder existed while it ran
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - sent < 10
+    assert process.returncode == 143
+    assert (
+        stderr.strip().splitlines()[-1] == "lre-pl: error: terminated by SIGTERM; the run folder was removed"
+    )
+    assert not list(tmp_path.glob("lightning_logs/*")) and not list(tmp_path.rglob("operator.pt"))
