@@ -18,6 +18,7 @@ import argparse
 import logging
 import sys
 import warnings
+from argparse import ArgumentError
 
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.cli import LightningCLI
@@ -37,6 +38,8 @@ TRAINER_DEFAULTS = {
     },
 }
 
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
 #: Libraries whose INFO lines (GPU/TPU availability, tips, "Seed set") and warnings are shown only with --verbose.
 QUIET_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning", "transformers")
 
@@ -50,7 +53,9 @@ class LRECLI(LightningCLI):
         """The trainer, with the per-sample progress bar unless the config disables or replaces it."""
         config = self._get(self.config_init, "trainer", default={})
         callbacks = list(config.get("callbacks") or [])
-        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
             kwargs["callbacks"] = [*callbacks, SampleProgressBar()]
         return super().instantiate_trainer(**kwargs)
 
@@ -111,11 +116,17 @@ def main(args: list[str] | None = None) -> None:
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": "lre-pl"},
+            parser_kwargs={"prog": "lre-pl", "exit_on_error": False},
             args=argv,
         )
     except InputError as error:  # bad input: one line, no traceback
         print(f"lre-pl: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except ArgumentError as error:  # the parser's own: unknown option, wrong type, missing config file
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        message = " ".join(line if line.endswith(":") else line + ";" for line in lines).rstrip(";")
+        help_command = f"lre-pl {argv[0]} --help" if argv and argv[0] in SUBCOMMANDS else "lre-pl --help"
+        print(f"lre-pl: error: {message} (options: {help_command})", file=sys.stderr)
         sys.exit(2)
     except RunTerminated:
         print("lre-pl: error: terminated by SIGTERM; the run folder was removed", file=sys.stderr)

@@ -196,3 +196,24 @@ main(sys.argv[1:])
         stderr.strip().splitlines()[-1] == "lre-pl: error: terminated by SIGTERM; the run folder was removed"
     )
     assert not list(tmp_path.glob("lightning_logs/*")) and not list(tmp_path.rglob("operator.pt"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["fit", "--model.top_k", "abc"],
+            """Parser key "model.top_k": Expected a <class 'int'>. Got value: abc""",
+        ),
+        (["fit", "--model.nope", "3"], "unrecognized arguments: --model.nope 3 (options: lre-pl fit --help)"),
+        (["fit", "--config", "missing.yaml"], 'Parser key "config": File does not exist'),
+        (
+            ["fitt"],
+            "invalid choice: 'fitt' (choose from 'fit', 'validate', 'test', 'predict') (options: lre-pl --help)",
+        ),
+    ],
+)
+def test_parser_errors_are_one_line_too(run_cli, tmp_path, args, message):
+    code, stderr = run_cli(*args)
+    assert_failed_cleanly(code, stderr, message, tmp_path)
+    assert "usage:" not in stderr
