@@ -1,9 +1,8 @@
 """How fast is lre_pl's Jacobian engine against the paper's way of computing J = d o / d s?
 
-Model: SmolLM2-135M (d = 576, 30 blocks, float32, CPU). Prompts: the quickstart's, i.e. relation
-"country capital city", template ``prompt_templates[0]``, the first 5 samples as training samples, each
-prompt = ``make_prompt(template, subject, examples=<the other 4 training samples>)`` (no prefix: SmolLM2 is
-Llama-style), encoded with the model's tokenizer. ``s`` is the output of block ``layer`` (or of the token
+Model: SmolLM2-135M (d = 576, 30 blocks, float32, CPU). Prompts: exactly the quickstart's 5 training
+prompts (``RelationPrompts.build``: relation "country capital city", template 0, n_train 5, seed 0), each
+with the other 4 training samples as few-shot examples (no prefix: SmolLM2 is Llama-style). ``s`` is the output of block ``layer`` (or of the token
 embedding for ``"emb"``) at the subject token, ``o`` the last block's output at the last token (pre-norm).
 
 Methods (one table row each):
@@ -35,7 +34,8 @@ achieved rate is compared with a plain ``[1152, 576] @ [576, 1536]`` float32 mat
 process (the shape of down_proj's input-gradient product for 576 products x 2 suffix tokens).
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/jacobian_speed.py [--samples N] [--layer 8] [--threads 2]
-[--skip-paper-code]``. The last line printed is machine-readable::
+[--skip-paper-code]``. The whole report is also written to ``benchmarks/last_run_<cpu|cuda>.txt`` (the one
+place its numbers are kept; the READMEs quote none). The last line printed is machine-readable::
 
     ratios: one_layer=<(a')/(b)> all_layers=<31 layers of (a')/(c)> paper_code=<(a)/(b)> max_rel_diff=<x>
 """
@@ -47,6 +47,7 @@ import contextlib
 import copy
 import ctypes
 import gc
+import io
 import json
 import math
 import os
@@ -102,19 +103,12 @@ def _reset_peak() -> bool:
 
 
 def _training_prompts(lm):
-    """The quickstart's 5 training prompts, each with the other 4 training samples as examples."""
-    from lre_pl.prompts import encode_prompt, make_prompt
+    """Exactly the quickstart's 5 training prompts: seed-0 split, each with the other 4 as examples."""
+    from lre_pl.data import RelationPrompts
     from lre_pl.relations import load_relation
 
-    relation = load_relation(RELATION)
-    template = relation.prompt_templates[0]
-    train = relation.samples[:TRAINING_SAMPLES]
-    prompts = []
-    for i, sample in enumerate(train):
-        others = [example for j, example in enumerate(train) if j != i]
-        text = make_prompt(template, sample.subject, examples=others)
-        prompts.append(encode_prompt(lm.tokenizer, text, sample.subject))
-    return prompts
+    prompts = RelationPrompts.build(load_relation(RELATION), lm, n_train=TRAINING_SAMPLES, seed=0)
+    return [item.prompt for item in prompts.train]
 
 
 def _hidden(output) -> torch.Tensor:
@@ -628,8 +622,37 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     if args.method:
         run_child(args)
-    else:
+        return
+    # Printed as it runs, and kept whole in one file: the single source of the benchmark's numbers.
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
+        print(
+            f"command: {' '.join(['benchmarks/jacobian_speed.py', *(argv if argv is not None else sys.argv[1:])])}"
+        )
+        print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
         report(args)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = Path(__file__).with_name(f"last_run_{device}.txt")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(captured.getvalue())
+    partial.replace(path)
+    print(f"[jacobian_speed] report written to {path}", file=sys.stderr)
+
+
+class _Tee(io.TextIOBase):
+    """A text stream that writes to several streams."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
 
 
 if __name__ == "__main__":

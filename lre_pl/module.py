@@ -408,7 +408,9 @@ class LinearRelationModule(pl.LightningModule):
 
     def _plot_layers(self, metrics: dict[str, float]) -> None:
         """faithfulness_by_layer.png in the run folder, and the same figure in TensorBoard."""
-        figure = plot_faithfulness_by_layer(self.layers, metrics, self.recall[0].top_k)
+        data = self.trainer.datamodule
+        title = f"{data.prompts.relation.name} on {self.hparams.model} (n_train {data.hparams.n_train}, seed {data.hparams.seed})"
+        figure = plot_faithfulness_by_layer(self.layers, metrics, self.recall[0].top_k, title)
         self._run_dir().mkdir(parents=True, exist_ok=True)
         save_figure(figure, self._run_dir() / "faithfulness_by_layer.png")
         experiment = self._experiment()

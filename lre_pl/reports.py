@@ -20,7 +20,9 @@ def layer_table(
     return rows
 
 
-def plot_faithfulness_by_layer(layers: Sequence[Layer], metrics: dict[str, float], top_k: Sequence[int]):
+def plot_faithfulness_by_layer(
+    layers: Sequence[Layer], metrics: dict[str, float], top_k: Sequence[int], title: str = ""
+):
     """A matplotlib figure of faithfulness@k against the layer of s (``emb`` first)."""
     import matplotlib
 
@@ -40,6 +42,7 @@ def plot_faithfulness_by_layer(layers: Sequence[Layer], metrics: dict[str, float
     axes.set_xlabel("layer of s")
     axes.set_ylabel("faithfulness")
     axes.set_ylim(-0.02, 1.02)
+    axes.set_title(title, fontsize=9)
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()

@@ -102,3 +102,18 @@ def test_gemma3_fit(tmp_path):
     )
     assert operator.weight.shape == (640, 640) and (known, total) == (15, 19)
     assert faithfulness >= 0.86  # measured 0.933 (14 of 15) at block 8
+
+
+def test_the_plain_trainer_example_script(tmp_path):
+    """examples/fit_with_a_plain_trainer.py: pl.Trainer(max_epochs=1) with every other default."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "fit_with_a_plain_trainer.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "check the training dataloader" not in result.stderr
+    assert "lre_pl: 'country capital city' on smollm2-135m, layer 8, beta 1" in result.stdout
+    operator = LinearRelationOperator.load(next(tmp_path.glob("lightning_logs/version_0/operator.pt")))
+    assert operator.layer == 8 and operator.n_train == 5 and operator.weight.abs().max() > 0
+    faithfulness = float(re.search(r"faithfulness\s+@1 ([0-9.]+)", result.stdout).group(1))
+    assert faithfulness >= 0.5  # measured 0.643 (9 of 14) at block 8

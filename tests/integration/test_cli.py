@@ -87,3 +87,17 @@ def test_fit_prints_progress_and_summary_only(tiny_model_dir, tiny_args, tmp_pat
 
     verbose = lre_pl("fit", *tiny_args, "-v", cwd=tmp_path)
     assert verbose.returncode == 0 and "GPU available" in verbose.stdout + verbose.stderr
+
+
+def test_validate_an_operator_file_reproduces_the_fit(tiny_args, tmp_path):
+    fit = lre_pl("fit", *tiny_args, cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    operator = tmp_path / "lightning_logs" / "version_0" / "operator.pt"
+    validate = lre_pl("validate", *tiny_args, "--model.operator_path", str(operator), cwd=tmp_path)
+    assert validate.returncode == 0, validate.stderr
+
+    def faithfulness(output):
+        return next(line for line in output.splitlines() if line.strip().startswith("faithfulness"))
+
+    assert faithfulness(validate.stdout) == faithfulness(fit.stdout)
+    assert "operator " not in validate.stdout  # validation writes no operator
