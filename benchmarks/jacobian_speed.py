@@ -111,10 +111,6 @@ def _training_prompts(lm):
     return [item.prompt for item in prompts.train]
 
 
-def _hidden(output) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
-
-
 def suffix_function(lm, prompt, layer, inplace: bool):
     """(f, s0) of the paper's construction for one prompt: f(s) [d] -> o [d].
 
@@ -122,6 +118,8 @@ def suffix_function(lm, prompt, layer, inplace: bool):
     an in-place write of a vmapped tensor into a plain one is not allowed, so (a') writes s with an
     out-of-place ``torch.cat``; both compute the same values through the same graph.
     """
+    from lre_pl.hooks import capture, patched
+
     ids = torch.tensor([prompt.input_ids])  # [1, T]
     k = prompt.subject_index
     suffix = ids[:, k:]  # [1, T - k]: subject token first
@@ -136,32 +134,24 @@ def suffix_function(lm, prompt, layer, inplace: bool):
     def run(state: torch.Tensor | None) -> dict[str, torch.Tensor]:
         captured = {}
 
-        def write(mod, args, output):
-            hidden = _hidden(output)  # [1, T - k, d]
+        def write(_, hidden):  # hidden [1, T - k, d]
             captured["s"] = hidden[0, 0]
             if state is None:
-                return output
+                return hidden
             if inplace:
                 hidden[0, 0] = state
-            else:
-                hidden = torch.cat([state[None, None], hidden[:, 1:]], dim=1)
-            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+                return hidden
+            return torch.cat([state[None, None], hidden[:, 1:]], dim=1)
 
-        def read(mod, args, output):
-            captured["o"] = _hidden(output)[0, -1]  # [d]
-
-        # Registered in this order, so that when both sit on the last block `read` sees the written output.
-        handles = [module.register_forward_hook(write), lm.blocks[-1].register_forward_hook(read)]
-        try:
+        # Entered in this order, so that when both sit on the last block `read` sees the written output.
+        with patched({layer: module}, write), capture({"o": lm.blocks[-1]}, lambda _, h: h[0, -1]) as read:
             lm.base_model(
                 input_ids=suffix,
                 position_ids=positions,
                 use_cache=cache is not None,
                 **{lm.cache_argument: copy.deepcopy(cache)},  # the suffix run appends to the cache
             )
-        finally:
-            for handle in handles:
-                handle.remove()
+        captured["o"] = read["o"]  # [d]
         return captured
 
     with torch.no_grad():

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from lre_pl.models import LanguageModel, hidden_of
+from lre_pl.hooks import capture
+from lre_pl.models import LanguageModel
 from lre_pl.prompts import EncodedPrompt, pad_left
 
 
@@ -30,30 +31,28 @@ def collect_states(
     ``progress``: the label of a progress bar over prompts (``None``: no bar).
     """
     subject_states, output_states = [], []
+    layers = {layer: lm.layer_module(layer) for layer in lm.layer_names()}
     bar = tqdm(total=len(prompts), desc=progress, unit="prompt", disable=progress is None, leave=False)
     for start in range(0, len(prompts), batch_size):
         batch = pad_left(prompts[start : start + batch_size], lm.tokenizer.pad_token_id)
-        rows = torch.arange(len(batch.input_ids))
-        at_subject: list[torch.Tensor] = []  # one [batch, d] per layer, in lm.layer_names() order
-
-        def capture(module, args, output, rows=rows, batch=batch, at_subject=at_subject):
-            hidden = hidden_of(output)  # [batch, pos, d]
-            at_subject.append(hidden[rows, batch.subject_index.to(hidden.device)])
-            if module is lm.blocks[-1]:
-                output_states.append(hidden[:, -1])
-
-        handles = [lm.layer_module(layer).register_forward_hook(capture) for layer in lm.layer_names()]
-        try:
+        rows = torch.arange(len(batch.input_ids), device=lm.device)
+        columns = batch.subject_index.to(lm.device)
+        with (
+            capture(
+                layers, lambda _, hidden, rows=rows, columns=columns: hidden[rows, columns]
+            ) as at_subject,
+            capture({"o": lm.blocks[-1]}, lambda _, hidden: hidden[:, -1]) as last,
+        ):
             lm.base_model(
                 input_ids=batch.input_ids.to(lm.device),
                 attention_mask=batch.attention_mask.to(lm.device),
                 position_ids=batch.position_ids.to(lm.device),
                 use_cache=False,
             )
-        finally:
-            for handle in handles:
-                handle.remove()
-        subject_states.append(torch.stack(at_subject, dim=1))
+        output_states.append(last["o"])  # [batch, d]
+        subject_states.append(
+            torch.stack([at_subject[layer] for layer in layers], dim=1)
+        )  # [batch, layer, d]
         bar.update(len(batch.input_ids))
     bar.close()
     outputs = torch.cat(output_states)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lre_pl.models import LanguageModel, hidden_of
+from lre_pl.hooks import patched
+from lre_pl.models import LanguageModel
 from lre_pl.prompts import EncodedPrompt
 
 Layer = int | str
@@ -71,11 +72,6 @@ def _split_at_subject(prompts: Sequence[EncodedPrompt], pad_token_id: int) -> _S
         last_index[row] = end - 1 - prefix_width
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     return _SplitBatch(input_ids, attention_mask, position_ids, prefix_width, last_index)
-
-
-def _replace_output(output, hidden: torch.Tensor):
-    """A module output with its hidden-state tensor replaced (blocks of some versions return tuples)."""
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
 #: On a CPU, backward passes of about this many rows (products x samples) run fastest: larger ones
@@ -203,34 +199,24 @@ def compute_jacobians(
         states: dict[Layer, torch.Tensor] = {}
         captured: dict[str, torch.Tensor] = {}
 
-        def perturb(layer: Layer):
-            def hook(module, args, output):
-                hidden = hidden_of(output)  # [batch, suffix, d]
-                if layer in delta_of:
-                    states[layer] = hidden[:, 0]
-                    hidden = torch.cat([hidden[:, :1] + delta_of[layer][:, None], hidden[:, 1:]], dim=1)
-                if layer == last_block:
-                    captured["o"] = hidden[rows, last_index]
-                return _replace_output(output, hidden)
+        def perturb(layer: Layer, hidden: torch.Tensor) -> torch.Tensor:  # hidden [batch, suffix, d]
+            if layer in delta_of:
+                states[layer] = hidden[:, 0]
+                hidden = torch.cat([hidden[:, :1] + delta_of[layer][:, None], hidden[:, 1:]], dim=1)
+            if layer == last_block:
+                captured["o"] = hidden[rows, last_index]
+            return hidden
 
-            return hook
-
-        handles = [
-            lm.layer_module(layer).register_forward_hook(perturb(layer)) for layer in {*layers, last_block}
-        ]
-        try:
-            with _attention_implementation(lm, SPLIT_PREFIX_ATTENTION):
-                lm.base_model(
-                    input_ids=batch[:, p:],
-                    attention_mask=mask,
-                    position_ids=positions[:, p:],
-                    use_cache=cache is not None,
-                    # The suffix forward appends to the cache it is given: give it a copy.
-                    **{lm.cache_argument: copy.deepcopy(cache) if cache is not None else None},
-                )
-        finally:
-            for handle in handles:
-                handle.remove()
+        modules = {layer: lm.layer_module(layer) for layer in {*layers, last_block}}
+        with patched(modules, perturb), _attention_implementation(lm, SPLIT_PREFIX_ATTENTION):
+            lm.base_model(
+                input_ids=batch[:, p:],
+                attention_mask=mask,
+                position_ids=positions[:, p:],
+                use_cache=cache is not None,
+                # The suffix forward appends to the cache it is given: give it a copy.
+                **{lm.cache_argument: copy.deepcopy(cache) if cache is not None else None},
+            )
         return captured["o"], states
 
     zeros = [torch.zeros(len(prompts), d, device=lm.device, dtype=lm.dtype) for _ in layers]

@@ -198,11 +198,6 @@ def check_dtype(dtype: str) -> torch.dtype:
     return value
 
 
-def hidden_of(output) -> torch.Tensor:
-    """The hidden-state tensor of a layer module's output (blocks of some versions return tuples)."""
-    return output[0] if isinstance(output, tuple) else output
-
-
 def resolve_model_spec(spec: str) -> tuple[str, str | None]:
     """``spec`` -> (directory or hub name, gguf file name or None)."""
     if spec == "smollm2-135m":

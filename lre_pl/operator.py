@@ -10,7 +10,8 @@ import torch
 
 import lre_pl
 from lre_pl.errors import InputError
-from lre_pl.models import LanguageModel, hidden_of, load_language_model
+from lre_pl.hooks import capture
+from lre_pl.models import LanguageModel, load_language_model
 from lre_pl.prompts import SUBJECT_SLOT, encode_prompt, fill_subject
 
 #: Fields an operator file must hold.
@@ -85,18 +86,9 @@ class LinearRelationOperator:
         """Top-k (token, probability) of decode(LRE(s)) for ``subject`` on the test prompt."""
         lm = lm or load_language_model(self.model)
         prompt = encode_prompt(lm.tokenizer, fill_subject(self.test_prompt_template, subject))
-        captured = {}
-
-        def capture(module, args, output):
-            captured["s"] = hidden_of(output)[0, prompt.subject_index]
-
-        handle = lm.layer_module(self.layer).register_forward_hook(capture)
-        try:
-            with torch.no_grad():
-                lm.base_model(input_ids=torch.tensor([prompt.input_ids], device=lm.device))
-        finally:
-            handle.remove()
-        with torch.no_grad():
-            probabilities = lm.decode(self(captured["s"])).softmax(-1)
+        module = {self.layer: lm.layer_module(self.layer)}
+        with torch.no_grad(), capture(module, lambda layer, hidden: hidden[0, prompt.subject_index]) as state:
+            lm.base_model(input_ids=torch.tensor([prompt.input_ids], device=lm.device))
+            probabilities = lm.decode(self(state[self.layer])).softmax(-1)  # [vocab]
         top = probabilities.topk(k)
         return list(zip(lm.token_strings(top.indices), top.values.tolist()))

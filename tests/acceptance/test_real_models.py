@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lre_pl.hooks import capture, patched
 from lre_pl.jacobian import compute_jacobians
 from lre_pl.models import load_language_model
 from lre_pl.operator import LinearRelationOperator
@@ -21,30 +22,22 @@ ROOT = Path(__file__).parents[2]
 def projected_reference(lm, prompt, layer, directions):
     """U J by plain autograd through a full forward of the whole prompt (no cache, no batching)."""
     ids = torch.tensor([prompt.input_ids])
-    captured = {}
+    leaf = {}
 
-    def capture(module, args, output):
-        captured["s"] = output[0, prompt.subject_index].detach().clone().requires_grad_(True)
-        output = output.clone()
-        output[0, prompt.subject_index] = captured["s"]
-        return output
+    def make_leaf(_, hidden):
+        leaf["s"] = hidden[0, prompt.subject_index].detach().clone().requires_grad_(True)
+        hidden = hidden.clone()
+        hidden[0, prompt.subject_index] = leaf["s"]
+        return hidden
 
-    def read(module, args, output):
-        captured["o"] = output[0, -1]
-
-    handles = [
-        lm.layer_module(layer).register_forward_hook(capture),
-        lm.blocks[-1].register_forward_hook(read),
-    ]
-    try:
-        with torch.enable_grad():
-            lm.base_model(input_ids=ids, use_cache=False)
-            rows = [
-                torch.autograd.grad(captured["o"], captured["s"], u, retain_graph=True)[0] for u in directions
-            ]
-    finally:
-        for handle in handles:
-            handle.remove()
+    module = {layer: lm.layer_module(layer)}
+    with (
+        torch.enable_grad(),
+        patched(module, make_leaf),
+        capture({"o": lm.blocks[-1]}, lambda _, h: h[0, -1]) as out,
+    ):
+        lm.base_model(input_ids=ids, use_cache=False)
+    rows = [torch.autograd.grad(out["o"], leaf["s"], u, retain_graph=True)[0] for u in directions]
     return torch.stack(rows)
 
 

@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from lre_pl.errors import InputError
+from lre_pl.hooks import capture
 from lre_pl.models import (
     ADAPTERS,
     LanguageModel,
@@ -52,10 +53,8 @@ def test_adapter_names_the_real_modules(cls, config, llama):
     ids = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0, -1]
-        hidden = {}
-        handle = lm.blocks[-1].register_forward_hook(lambda m, a, o: hidden.update(o=o[0, -1]) or None)
-        lm.base_model(input_ids=ids)
-        handle.remove()
+        with capture({"o": lm.blocks[-1]}, lambda _, output: output[0, -1]) as hidden:
+            lm.base_model(input_ids=ids)
     torch.testing.assert_close(lm.decode(hidden["o"]), logits, atol=1e-4, rtol=1e-4)
 
 
