@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lre_pl.operator import relation_readout
+
 
 @dataclass
 class BetaTrajectory:
@@ -35,7 +37,7 @@ def learn_beta(
     optimizer = torch.optim.Adam([log_beta], lr=lr)
     trajectory = BetaTrajectory([], [])
     for step in range(steps + 1):
-        loss = F.cross_entropy(decode(log_beta.exp() * projections + bias), target_token_ids)
+        loss = F.cross_entropy(decode(relation_readout(projections, bias, log_beta.exp())), target_token_ids)
         trajectory.betas.append(log_beta.exp().item())
         trajectory.losses.append(loss.item())
         if step == steps:

@@ -18,7 +18,7 @@ from lre_pl.errors import InputError
 from lre_pl.jacobian import compute_jacobians
 from lre_pl.metrics import PrefixRecallAtK
 from lre_pl.models import LanguageModel, check_dtype, check_model_spec, load_language_model, parse_layer
-from lre_pl.operator import LinearRelationOperator
+from lre_pl.operator import LinearRelationOperator, relation_readout
 from lre_pl.relations import HPARAMS_MODELS, load_relation, reference_hparams
 from lre_pl.reports import layer_table, plot_faithfulness_by_layer, save_figure, write_hparams
 
@@ -309,7 +309,7 @@ class LinearRelationModule(pl.LightningModule):
         for i, layer in enumerate(self.layers):
             states = batch["subject_states"][:, lm.state_index(layer)].to(self.weights)  # [batch, d]
             projections = states @ self.weights[i].T  # [batch, d] W s
-            logits = self._decode(betas[i] * projections + self.biases[i])  # [batch, vocab]
+            logits = self._decode(relation_readout(projections, self.biases[i], betas[i]))  # [batch, vocab]
             top = logits.softmax(-1).topk(k)
             ranked = [lm.token_strings(row) for row in top.indices]
             self.recall[i].update(ranked, batch["object"])

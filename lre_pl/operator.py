@@ -1,7 +1,14 @@
-"""The linear relational embedding LRE(s) = beta * W s + b, its file format and its use on a subject."""
+"""The linear relational embedding LRE(s) = beta * W s + b, its file format and its use on a subject.
+
+The maths lives here as small shared pieces: :func:`relation_readout` is the one place that forms
+beta * W s + b, and :class:`WeightSpectrum` gives the low-rank and pseudo-inverse views of W
+(one SVD, reused for every rank of a sweep).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +23,54 @@ from lre_pl.prompts import SUBJECT_SLOT, encode_prompt, fill_subject
 
 #: Fields an operator file must hold.
 REQUIRED_FIELDS = ("weight", "bias", "beta", "layer", "relation", "model")
+
+
+def relation_readout(
+    projection: torch.Tensor, bias: torch.Tensor, beta: float | torch.Tensor
+) -> torch.Tensor:
+    """beta * (W s) + b from the projection W s [..., d]: the one place the LRE's output is formed."""
+    return beta * projection + bias
+
+
+@dataclass(frozen=True)
+class WeightSpectrum:
+    """The SVD W = U diag(sigma) V^T of an (unscaled) W, and its rank-r views.
+
+    ``rank`` counts singular values from the largest; singular values at or below
+    ``tolerance * sigma_max`` count as zero, so a pseudo-inverse never divides by them.
+    """
+
+    u: torch.Tensor  # [d, k]
+    sigma: torch.Tensor  # [k], descending
+    vh: torch.Tensor  # [k, d]
+    tolerance: float = 1e-6
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, tolerance: float = 1e-6) -> WeightSpectrum:
+        u, sigma, vh = torch.linalg.svd(weight.double(), full_matrices=False)
+        return cls(u, sigma, vh, tolerance)
+
+    @property
+    def full_rank(self) -> int:
+        """Number of singular values above the tolerance."""
+        if not len(self.sigma):
+            return 0
+        return int((self.sigma > self.tolerance * self.sigma[0]).sum())
+
+    def _rank(self, rank: int) -> int:
+        if not 0 <= rank <= len(self.sigma):
+            raise InputError(f"rank={rank} out of range: use 0..{len(self.sigma)} (the dimension of W)")
+        return min(rank, self.full_rank)
+
+    def low_rank(self, rank: int) -> torch.Tensor:
+        """W_r = U_r diag(sigma_r) V_r^T [d, d], float32: the best rank-r approximation of W."""
+        r = self._rank(rank)
+        return ((self.u[:, :r] * self.sigma[:r]) @ self.vh[:r]).float()
+
+    def pinv(self, rank: int) -> torch.Tensor:
+        """W_r^+ = V_r diag(1 / sigma_r) U_r^T [d, d], float32: the paper's low-rank pseudo-inverse."""
+        r = self._rank(rank)
+        return ((self.vh[:r].T / self.sigma[:r]) @ self.u[:, :r].T).float()
 
 
 @dataclass
@@ -43,8 +98,17 @@ class LinearRelationOperator:
 
     def __call__(self, subject_state: torch.Tensor) -> torch.Tensor:
         """LRE(s) for s [..., d] -> [..., d]."""
-        weight = self.weight.to(subject_state)
-        return self.beta * subject_state @ weight.T + self.bias.to(subject_state)
+        projection = subject_state @ self.weight.to(subject_state).T  # [..., d] W s
+        return relation_readout(projection, self.bias.to(subject_state), self.beta)
+
+    @functools.cached_property
+    def spectrum(self) -> WeightSpectrum:
+        """The SVD of the unscaled W (beta plays no part), computed once."""
+        return WeightSpectrum.of(self.weight)
+
+    def low_rank(self, rank: int) -> LinearRelationOperator:
+        """This operator with W replaced by its best rank-``rank`` approximation."""
+        return dataclasses.replace(self, weight=self.spectrum.low_rank(rank))
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (a crash never leaves a truncated file under the final name)."""

@@ -10,9 +10,8 @@ def test_capture_reads_every_layer_and_removes_its_hooks(llama):
     with torch.no_grad():
         expected = llama.model(input_ids=ids, output_hidden_states=True).hidden_states  # emb, block 0, ...
     before = {layer: dict(module._forward_hooks) for layer, module in modules.items()}  # transformers' own
-    with torch.no_grad():
-        with capture(modules, lambda _, hidden: hidden[0, -1]) as captured:
-            llama.base_model(input_ids=ids)
+    with torch.no_grad(), capture(modules, lambda _, hidden: hidden[0, -1]) as captured:
+        llama.base_model(input_ids=ids)
     assert list(captured) == llama.layer_names()  # filled in forward order
     for i, layer in enumerate(llama.layer_names()[:-1]):  # the last hidden state is after the final norm
         torch.testing.assert_close(captured[layer], expected[i][0, -1])

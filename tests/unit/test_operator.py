@@ -1,0 +1,70 @@
+"""The operator's maths: the readout, low-rank views and the low-rank pseudo-inverse, against torch.linalg."""
+
+import pytest
+import torch
+
+from lre_pl.errors import InputError
+from lre_pl.operator import LinearRelationOperator, WeightSpectrum, relation_readout
+
+
+def _weight(d=12, rank=None, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(d, d, generator=generator)
+    if rank is not None:  # a product of [d, rank] and [rank, d]: exactly rank `rank`
+        weight = torch.randn(d, rank, generator=generator) @ torch.randn(rank, d, generator=generator)
+    return weight
+
+
+def test_full_rank_views_are_w_and_its_inverse():
+    weight = _weight()
+    spectrum = WeightSpectrum.of(weight)
+    torch.testing.assert_close(spectrum.low_rank(12), weight, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        spectrum.pinv(12), torch.linalg.inv(weight.double()).float(), atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(spectrum.pinv(12) @ weight, torch.eye(12), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("rank", [1, 4, 9])
+def test_low_rank_is_the_truncated_svd(rank):
+    weight = _weight(seed=rank)
+    sigma = torch.linalg.svdvals(weight.double())
+    approximation = WeightSpectrum.of(weight).low_rank(rank)
+    assert torch.linalg.matrix_rank(approximation.double(), rtol=1e-6) == rank
+    # Eckart-Young: the error of the best rank-r approximation is the norm of the dropped singular values.
+    error = torch.linalg.norm((weight - approximation).double())
+    torch.testing.assert_close(error, sigma[rank:].norm(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rank", [0, 3, 5])
+def test_pinv_of_rank_r_is_the_pseudo_inverse_of_w_r(rank):
+    weight = _weight(seed=10 + rank)
+    spectrum = WeightSpectrum.of(weight)
+    expected = torch.linalg.pinv(spectrum.low_rank(rank).double(), rtol=1e-6).float()
+    torch.testing.assert_close(spectrum.pinv(rank), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_singular_values_of_zero_are_never_inverted():
+    weight = _weight(rank=3)  # sigma_4.. are ~1e-7 of sigma_1: numerically zero
+    spectrum = WeightSpectrum.of(weight)
+    assert spectrum.full_rank == 3
+    assert torch.isfinite(spectrum.pinv(12)).all()
+    torch.testing.assert_close(spectrum.pinv(12), spectrum.pinv(3))
+    torch.testing.assert_close(weight @ spectrum.pinv(12) @ weight, weight, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rank", [-1, 13])
+def test_rank_out_of_range(rank):
+    with pytest.raises(InputError, match=rf"rank={rank} out of range: use 0..12"):
+        WeightSpectrum.of(_weight()).pinv(rank)
+
+
+def test_operator_applies_beta_w_s_plus_b_and_its_low_rank_view():
+    weight, bias = _weight(), torch.randn(12, generator=torch.Generator().manual_seed(1))
+    operator = LinearRelationOperator(weight, bias, 2.5, 8, "r", "m", 5, 0)
+    states = torch.randn(3, 12, generator=torch.Generator().manual_seed(2))  # [batch, d]
+    torch.testing.assert_close(operator(states), 2.5 * states @ weight.T + bias)
+    torch.testing.assert_close(relation_readout(states @ weight.T, bias, 2.5), operator(states))
+    reduced = operator.low_rank(2)
+    torch.testing.assert_close(reduced(states), 2.5 * states @ operator.spectrum.low_rank(2).T + bias)
+    assert operator.weight is weight and reduced.beta == 2.5 and reduced.layer == 8
