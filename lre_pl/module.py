@@ -11,10 +11,12 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from lre_pl.activations import collect_states
 from lre_pl.beta import learn_beta
 from lre_pl.callbacks import FailedRunCleanup
 from lre_pl.distributed import gather_objects
 from lre_pl.errors import InputError
+from lre_pl.estimators import Estimator, JacobianMean, TrainingStatistics
 from lre_pl.jacobian import compute_jacobians
 from lre_pl.metrics import PrefixRecallAtK
 from lre_pl.models import LanguageModel, check_dtype, check_model_spec, load_language_model, parse_layer
@@ -44,11 +46,13 @@ class LinearRelationModule(pl.LightningModule):
     - ``configure_model``: load the frozen LM (a plain attribute, never a submodule, so its weights
       stay out of ``state_dict``, checkpoints and DDP); normalise and de-duplicate the layers;
       allocate W, b, one beta and one recall metric per layer; load ``operator_path``.
-    - ``training_step``: Jacobians of a batch of training prompts at every requested layer; adds
-      sum J_i and sum b_i to rank-local sums. Returns no loss: no optimizer step happens.
+    - ``training_step``: Jacobians of a batch of training prompts at every requested layer (one
+      forward only for an estimator that needs none); adds sum J_i and sum b_i to rank-local sums and
+      keeps s_i, o_i. Returns no loss: no optimizer step happens.
     - ``on_validation_epoch_start`` / ``on_train_epoch_end``: whichever comes first after the
-      training pass reduces the sums and counts across ranks into W = mean J_i, b = mean b_i
-      (Lightning validates *before* ``on_train_epoch_end``), then learns one beta per layer if asked.
+      training pass reduces the sums across ranks (mean J_i, mean b_i), gathers s_i and o_i, lets the
+      estimator make W and b of every layer (Lightning validates *before* ``on_train_epoch_end``),
+      then learns one beta per layer if asked.
       Lightning's sanity validation (before any estimate) is skipped; later epochs are not run.
     - ``validation_step``: decode(beta W s + b) for the known test samples; recall@k metrics.
     - ``on_validation_epoch_end``: logs metrics, the per-sample table, singular values of W, hparams,
@@ -70,6 +74,9 @@ class LinearRelationModule(pl.LightningModule):
         operator_path: an ``operator.pt`` to validate instead of estimating one.
         reference_hparams: ``gptj``, ``gpt2-xl`` or ``llama``: take the layer from the paper's best
             hyper-parameters of that model for the data module's relation (replaces ``layers``).
+        estimator: how (W, b) come from the training samples (``lre_pl.estimators``): ``None`` is
+            the paper's LRE (:class:`~lre_pl.estimators.JacobianMean`); the baselines
+            ``Translation``, ``LinearRegression`` and ``Identity`` need no Jacobian.
     """
 
     def __init__(
@@ -85,6 +92,7 @@ class LinearRelationModule(pl.LightningModule):
         chunk_size: int | None = None,
         operator_path: str | None = None,
         reference_hparams: str | None = None,
+        estimator: Estimator | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -107,6 +115,7 @@ class LinearRelationModule(pl.LightningModule):
         self.loaded_operator = LinearRelationOperator.load(operator_path) if operator_path else None
         if self.loaded_operator is not None:
             self._check_operator(self.loaded_operator)
+        self.estimator: Estimator = estimator or JacobianMean()
         self.automatic_optimization = False
         self.lm: LanguageModel | None = None
         self.last_metrics: dict[str, float] = {}
@@ -191,7 +200,8 @@ class LinearRelationModule(pl.LightningModule):
         self._jacobian_sum = torch.zeros(n, d, d, device=self._root_device())  # [layer, d, d]
         self._bias_sum = torch.zeros(n, d, device=self._root_device())  # [layer, d]
         self._count = 0
-        self._train_states: list[tuple[torch.Tensor, torch.Tensor]] = []  # (s [batch, layer, d], target ids)
+        # Per batch: s [batch, layer, d], o [batch, d], the objects' first tokens [batch].
+        self._train_samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._pending = False
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -230,24 +240,27 @@ class LinearRelationModule(pl.LightningModule):
         if not batch:  # only padding: this rank's shard is shorter
             return
         started = time.perf_counter()
-        result = compute_jacobians(
-            self.lm, [item.prompt for item in batch], self.layers, self.hparams.chunk_size
-        )
-        for i, layer in enumerate(self.layers):
-            self._jacobian_sum[i] += result.jacobians[layer].sum(0)
-            self._bias_sum[i] += result.biases(layer).sum(0)
+        prompts = [item.prompt for item in batch]
+        if self.estimator.needs_jacobians:
+            result = compute_jacobians(self.lm, prompts, self.layers, self.hparams.chunk_size)
+            for i, layer in enumerate(self.layers):
+                self._jacobian_sum[i] += result.jacobians[layer].sum(0)
+                self._bias_sum[i] += result.biases(layer).sum(0)
+            states = torch.stack([result.subject_states[layer] for layer in self.layers], dim=1)
+            outputs = result.output_states
+        else:  # the baselines need s and o only: one forward, no Jacobian
+            collected = collect_states(self.lm, prompts, batch_size=len(prompts))
+            states = collected.subject_states[:, [self.lm.state_index(layer) for layer in self.layers]]
+            outputs = collected.output_states
         self._count += len(batch)
         targets = torch.tensor([item.target_token_id for item in batch])
-        states = torch.stack(
-            [result.subject_states[layer] for layer in self.layers], dim=1
-        )  # [batch, layer, d]
-        self._train_states.append((states.cpu(), targets))
+        self._train_samples.append((states.detach().float().cpu(), outputs.detach().float().cpu(), targets))
         self.log(
             "train/seconds_per_sample", (time.perf_counter() - started) / len(batch), batch_size=len(batch)
         )
 
     def _finalize_estimate(self) -> None:
-        """Reduce the rank-local sums into W and b, once per fit (a collective: every rank calls it)."""
+        """W and b of every layer from all ranks' samples, once per fit (a collective: every rank calls it)."""
         if not self._pending:
             return
         self._pending = False
@@ -255,17 +268,31 @@ class LinearRelationModule(pl.LightningModule):
         count = strategy.reduce(torch.tensor(float(self._count), device=self.device), reduce_op="sum")
         if count.item() == 0:
             raise RuntimeError("no training sample reached the estimate: check the training dataloader")
-        self.weights.copy_(strategy.reduce(self._jacobian_sum, reduce_op="sum") / count)
-        self.biases.copy_(strategy.reduce(self._bias_sum, reduce_op="sum") / count)
+        if self.estimator.needs_jacobians:  # d x d sums: reduced, never gathered
+            jacobian_means = strategy.reduce(self._jacobian_sum, reduce_op="sum") / count
+            bias_means = strategy.reduce(self._bias_sum, reduce_op="sum") / count
+        shards = gather_objects(self._train_samples)
+        states, outputs, targets = (
+            torch.cat([batch[k] for shard in shards for batch in shard]) for k in range(3)
+        )
+        self._gathered_train = (states.to(self.weights), outputs.to(self.weights), targets.to(self.device))
+        for i in range(len(self.layers)):
+            statistics = TrainingStatistics(
+                self._gathered_train[0][:, i],
+                self._gathered_train[1],
+                jacobian_means[i] if self.estimator.needs_jacobians else None,
+                bias_means[i] if self.estimator.needs_jacobians else None,
+            )
+            weight, bias = self.estimator(statistics)
+            self.weights[i] = weight
+            self.biases[i] = bias
         self.estimated = True
         if self.hparams.learn_beta:
             self._learn_betas()
 
     def _learn_betas(self) -> None:
         """One beta per layer, each fitted on that layer's W s_i + b (never one layer's beta for all)."""
-        shards = gather_objects(self._train_states)
-        states = torch.cat([s for shard in shards for s, _ in shard]).to(self.weights)  # [n_train, layer, d]
-        targets = torch.cat([t for shard in shards for _, t in shard]).to(self.device)  # [n_train]
+        states, _, targets = self._gathered_train  # [n_train, layer, d], _, [n_train]
         experiment = self._experiment()
         for i, layer in enumerate(self.layers):
             # Called from on_validation_epoch_start too, where Lightning runs under inference mode.
@@ -438,6 +465,7 @@ class LinearRelationModule(pl.LightningModule):
             train_prompts=[item.prompt.text for item in prompts.train],
             train_subject_token_index=[item.prompt.subject_index for item in prompts.train],
             test_prompt_template=prompts.test_prompt_template,
+            estimator=repr(self.estimator),
         )
 
     def on_fit_end(self) -> None:

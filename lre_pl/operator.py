@@ -94,6 +94,8 @@ class LinearRelationOperator:
     """Subject token positions in ``train_prompts`` as the model's tokenizer encodes them by default."""
     test_prompt_template: str = SUBJECT_SLOT
     """The few-shot prompt of test samples; the subject goes, literally, in place of its LAST ``{}``."""
+    estimator: str = "JacobianMean()"
+    """How W and b were made (``lre_pl.estimators``): the LRE, or a baseline."""
     version: str = lre_pl.__version__
 
     def __call__(self, subject_state: torch.Tensor) -> torch.Tensor:

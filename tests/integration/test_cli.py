@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).parents[2]
@@ -101,3 +102,19 @@ def test_validate_an_operator_file_reproduces_the_fit(tiny_args, tmp_path):
 
     assert faithfulness(validate.stdout) == faithfulness(fit.stdout)
     assert "operator " not in validate.stdout  # validation writes no operator
+
+
+def test_an_estimator_is_chosen_from_the_command_line(tiny_args, tmp_path):
+    result = lre_pl(
+        "fit", *tiny_args, "--model.estimator", "lre_pl.estimators.LinearRegression", "--model.estimator.ridge", "0.01",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    operator = torch.load(run_dir / "operator.pt", weights_only=True)
+    assert operator["estimator"] == "LinearRegression(ridge=0.01)"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["estimator"] == {
+        "class_path": "lre_pl.estimators.LinearRegression",
+        "init_args": {"ridge": 0.01},
+    }

@@ -117,8 +117,8 @@ def test_learned_beta_is_fitted_per_layer_and_saved(tiny_model_dir, tmp_path):
 
     module = run(tiny_model_dir, str(tmp_path), devices=1, learn_beta=True, beta_steps=40, beta_lr=0.1)
     assert module.layers == [1, "emb"]
-    states = torch.cat([s for s, _ in module._train_states])  # [n_train, layer, d]
-    targets = torch.cat([t for _, t in module._train_states])
+    states = torch.cat([s for s, _, _ in module._train_samples])  # [n_train, layer, d]
+    targets = torch.cat([t for _, _, t in module._train_samples])
     events = EventAccumulator(str(tmp_path / "run"))
     events.Reload()
     for i, layer in enumerate(module.layers):
@@ -188,3 +188,44 @@ def test_data_module_of_another_dtype_is_refused(tiny_model_dir, tmp_path):
     with pytest.raises(InputError, match=r"data.dtype='float64' differs from model.dtype='float32'"):
         trainer.fit(module, datamodule=data)
     assert not list(tmp_path.glob("lightning_logs/*"))  # the failed run's folder is gone
+
+
+@pytest.mark.parametrize("estimator", ["Translation", "LinearRegression", "Identity"])
+def test_baseline_estimators_fit_their_closed_form_on_independent_states(
+    tiny_model_dir, tmp_path, monkeypatch, estimator
+):
+    """W and b of a baseline from s_i and o_i read by the independent full-forward reference."""
+    import lre_pl.estimators as estimators
+    import lre_pl.module
+
+    calls = []
+    monkeypatch.setattr(lre_pl.module, "compute_jacobians", lambda *args, **kwargs: calls.append(args))
+    module = run(tiny_model_dir, str(tmp_path), devices=1, estimator=getattr(estimators, estimator)())
+    assert calls == []  # a baseline needs no Jacobian
+    operator = LinearRelationOperator.load(tmp_path / "run" / "operator.pt")
+    assert (
+        operator.estimator == f"{estimator}()"
+        if estimator != "LinearRegression"
+        else "ridge=0.001" in operator.estimator
+    )
+    lm = load_language_model(tiny_model_dir)
+    states, outputs = [], []
+    for text, index in zip(operator.train_prompts, operator.train_subject_token_index):
+        prompt = EncodedPrompt(text, tuple(lm.tokenizer(text)["input_ids"]), index)
+        function, state = full_forward_map(lm, prompt, 1)
+        with torch.no_grad():
+            outputs.append(function(state))
+        states.append(state)
+    s, o = torch.stack(states).double(), torch.stack(outputs).double()  # [n_train, d]
+    if estimator == "Translation":
+        expected = torch.eye(32), (o - s).mean(0)
+    elif estimator == "Identity":
+        expected = torch.eye(32), torch.zeros(32)
+    else:  # ridge, primal normal equations with lambda = 0.001 * mean |s_i - s_mean|^2
+        s_c, o_c = s - s.mean(0), o - o.mean(0)
+        penalty = 0.001 * (s_c**2).sum() / len(s)
+        weight = torch.linalg.solve(s_c.T @ s_c + penalty * torch.eye(32, dtype=s.dtype), s_c.T @ o_c).T
+        expected = weight, o.mean(0) - weight @ s.mean(0)
+    torch.testing.assert_close(operator.weight, expected[0].float(), atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(operator.bias, expected[1].float(), atol=1e-4, rtol=1e-3)
+    assert module.last_metrics["val/known_test_samples"] == 19
