@@ -1,8 +1,8 @@
 """The Jacobian engine: J_l = d o / d s_l for many layers and samples in one pass.
 
 For a batch of prompts, the tokens before the subject token (the *prefix*) run
-once without gradients and are kept as a key/value cache. The tokens from the
-subject on (the *suffix*) then run through the model's own forward, with a zero
+once without gradients and are kept as a key/value cache (:class:`lre_pl.suffix.SuffixRun`).
+The tokens from the subject on (the *suffix*) then run through the model's own forward, with a zero
 perturbation ``delta_l`` added to the output of every requested layer ``l`` at
 the subject token. ``o`` is the last block's output at the last token (before
 the final norm). Because ``delta_l`` enters the residual stream exactly where
@@ -18,16 +18,15 @@ layer loop.
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from lre_pl.hooks import patched
 from lre_pl.models import LanguageModel
 from lre_pl.prompts import EncodedPrompt
+from lre_pl.suffix import SuffixRun, add_at_subject
 
 Layer = int | str
 
@@ -44,34 +43,6 @@ class JacobianResult:
         """b_i = o_i - J_i s_i, [batch, d]."""
         jacobian, state = self.jacobians[layer], self.subject_states[layer]
         return self.output_states - torch.einsum("bij,bj->bi", jacobian, state)
-
-
-@dataclass
-class _SplitBatch:
-    """Prompts split at the subject token: prefix left-padded to P columns, suffix right-padded."""
-
-    input_ids: torch.Tensor  # [batch, P + S]
-    attention_mask: torch.Tensor  # [batch, P + S]
-    position_ids: torch.Tensor  # [batch, P + S]
-    prefix_width: int  # P: the subject token of every row is column P
-    last_index: torch.Tensor  # [batch] column of the last real token, counted from P
-
-
-def _split_at_subject(prompts: Sequence[EncodedPrompt], pad_token_id: int) -> _SplitBatch:
-    prefix_width = max(p.subject_index for p in prompts)
-    suffix_width = max(len(p.input_ids) - p.subject_index for p in prompts)
-    shape = (len(prompts), prefix_width + suffix_width)
-    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros(shape, dtype=torch.long)
-    last_index = torch.empty(len(prompts), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        begin = prefix_width - prompt.subject_index
-        end = prefix_width + len(prompt.input_ids) - prompt.subject_index
-        input_ids[row, begin:end] = torch.tensor(prompt.input_ids)
-        attention_mask[row, begin:end] = 1
-        last_index[row] = end - 1 - prefix_width
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return _SplitBatch(input_ids, attention_mask, position_ids, prefix_width, last_index)
 
 
 #: On a CPU, backward passes of about this many rows (products x samples) run fastest: larger ones
@@ -173,51 +144,19 @@ def compute_jacobians(
     """
     layers = [lm.check_layer(layer) for layer in layers]
     d = lm.hidden_size
-    split = _split_at_subject(prompts, lm.tokenizer.pad_token_id)
-    batch = split.input_ids.to(lm.device)
-    mask = split.attention_mask.to(lm.device)
-    positions = split.position_ids.to(lm.device)
-    p = split.prefix_width
-    rows = torch.arange(len(prompts), device=lm.device)
-
-    cache = None
-    if p > 0:  # a subject at position 0 leaves no prefix to cache
-        with torch.no_grad():
-            cache = lm.base_model(
-                input_ids=batch[:, :p],
-                attention_mask=mask[:, :p],
-                position_ids=positions[:, :p],
-                use_cache=True,
-            )[1]  # the cache (transformers 5 names it `cache`, earlier versions `past_key_values`)
-
-    last_block = lm.num_blocks - 1
-    last_index = split.last_index.to(lm.device)
+    run = SuffixRun.prepare(lm, prompts)
 
     def suffix_output(*deltas: torch.Tensor) -> tuple[torch.Tensor, dict[Layer, torch.Tensor]]:
         """(o [batch, d], s per layer) with ``deltas[i]`` [batch, d] added to layer i's subject state."""
         delta_of = dict(zip(layers, deltas))
         states: dict[Layer, torch.Tensor] = {}
-        captured: dict[str, torch.Tensor] = {}
 
         def perturb(layer: Layer, hidden: torch.Tensor) -> torch.Tensor:  # hidden [batch, suffix, d]
-            if layer in delta_of:
-                states[layer] = hidden[:, 0]
-                hidden = torch.cat([hidden[:, :1] + delta_of[layer][:, None], hidden[:, 1:]], dim=1)
-            if layer == last_block:
-                captured["o"] = hidden[rows, last_index]
-            return hidden
+            states[layer] = hidden[:, 0]
+            return add_at_subject(hidden, delta_of[layer])
 
-        modules = {layer: lm.layer_module(layer) for layer in {*layers, last_block}}
-        with patched(modules, perturb), _attention_implementation(lm, SPLIT_PREFIX_ATTENTION):
-            lm.base_model(
-                input_ids=batch[:, p:],
-                attention_mask=mask,
-                position_ids=positions[:, p:],
-                use_cache=cache is not None,
-                # The suffix forward appends to the cache it is given: give it a copy.
-                **{lm.cache_argument: copy.deepcopy(cache) if cache is not None else None},
-            )
-        return captured["o"], states
+        with _attention_implementation(lm, SPLIT_PREFIX_ATTENTION):
+            return run.forward(perturb, layers), states
 
     zeros = [torch.zeros(len(prompts), d, device=lm.device, dtype=lm.dtype) for _ in layers]
     # torch.func: one forward, then batches of vector-Jacobian products by vmap over the backward
@@ -227,7 +166,7 @@ def compute_jacobians(
         output, products, states = torch.func.vjp(suffix_output, *zeros, has_aux=True)  # output [batch, d]
 
     layers_in_graph = lm.num_blocks - min(-1 if layer == "emb" else layer for layer in layers)
-    chunk = chunk_size or auto_chunk_size(lm, len(prompts), batch.shape[1] - p, layers_in_graph)
+    chunk = chunk_size or auto_chunk_size(lm, len(prompts), run.suffix_tokens, layers_in_graph)
     jacobians = {layer: torch.empty(len(prompts), d, d, device=lm.device, dtype=lm.dtype) for layer in layers}
     eye = torch.eye(d, device=lm.device, dtype=lm.dtype)
     for start in range(0, d, chunk):

@@ -1,0 +1,109 @@
+"""Re-running prompts from their subject token on, many times, from one cached prefix.
+
+The tokens before the subject token (the *prefix*) run once, without gradients, into a key/value
+cache. The *suffix* (the subject token and what follows) then runs through the model's own forward
+as often as needed, each time from a fresh copy of that cache (transformers mutates a cache in
+place: reusing one would silently shift positions), with the outputs of chosen layers rewritten.
+The Jacobian engine and the causality edits both run on this: a rank sweep of edits costs one
+suffix forward per rank, never a forward of the whole prompt.
+
+Batching: prefixes are left-padded to one width and suffixes right-padded, so that the subject
+token of every prompt sits in one column (column 0 of the suffix), with explicit position ids.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lre_pl.hooks import patched
+from lre_pl.models import LanguageModel
+from lre_pl.prompts import EncodedPrompt
+
+Layer = int | str
+
+
+@dataclass
+class SuffixRun:
+    """A batch of prompts split at their subject tokens, with the prefix's key/value cache."""
+
+    lm: LanguageModel
+    input_ids: torch.Tensor  # [batch, P + S] prefix left-padded to P columns, suffix right-padded
+    attention_mask: torch.Tensor  # [batch, P + S]
+    position_ids: torch.Tensor  # [batch, P + S]
+    prefix_width: int  # P: the subject token of every row is column P
+    last_index: torch.Tensor  # [batch] column of each prompt's last token, counted from P
+    cache: object | None  # the prefix's key/value cache (None: every subject is at position 0)
+
+    @classmethod
+    def prepare(cls, lm: LanguageModel, prompts: Sequence[EncodedPrompt]) -> SuffixRun:
+        prefix_width = max(p.subject_index for p in prompts)
+        suffix_width = max(len(p.input_ids) - p.subject_index for p in prompts)
+        shape = (len(prompts), prefix_width + suffix_width)
+        input_ids = torch.full(shape, lm.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros(shape, dtype=torch.long)
+        last_index = torch.empty(len(prompts), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            begin = prefix_width - prompt.subject_index
+            end = prefix_width + len(prompt.input_ids) - prompt.subject_index
+            input_ids[row, begin:end] = torch.tensor(prompt.input_ids)
+            attention_mask[row, begin:end] = 1
+            last_index[row] = end - 1 - prefix_width
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        input_ids, attention_mask, position_ids, last_index = (
+            t.to(lm.device) for t in (input_ids, attention_mask, position_ids, last_index)
+        )
+        cache = None
+        if prefix_width > 0:  # a subject at position 0 leaves no prefix to cache
+            with torch.no_grad():
+                cache = lm.base_model(
+                    input_ids=input_ids[:, :prefix_width],
+                    attention_mask=attention_mask[:, :prefix_width],
+                    position_ids=position_ids[:, :prefix_width],
+                    use_cache=True,
+                )[1]  # the cache (transformers 5 names it `cache`, earlier versions `past_key_values`)
+        return cls(lm, input_ids, attention_mask, position_ids, prefix_width, last_index, cache)
+
+    @property
+    def suffix_tokens(self) -> int:
+        return self.input_ids.shape[1] - self.prefix_width
+
+    def forward(
+        self, rewrite: Callable[[Layer, torch.Tensor], torch.Tensor], layers: Iterable[Layer]
+    ) -> torch.Tensor:
+        """o [batch, d]: the last block's output at every prompt's last token (before the final norm).
+
+        ``rewrite(layer, hidden)`` replaces the output of each of ``layers``; ``hidden`` is
+        [batch, suffix, d] with the subject token in column 0.
+        """
+        lm, p = self.lm, self.prefix_width
+        layers = set(layers)
+        last_block = lm.num_blocks - 1
+        rows = torch.arange(len(self.input_ids), device=lm.device)
+        captured: dict[str, torch.Tensor] = {}
+
+        def hook(layer: Layer, hidden: torch.Tensor) -> torch.Tensor:
+            if layer in layers:
+                hidden = rewrite(layer, hidden)
+            if layer == last_block:
+                captured["o"] = hidden[rows, self.last_index]
+            return hidden
+
+        with patched({layer: lm.layer_module(layer) for layer in {*layers, last_block}}, hook):
+            lm.base_model(
+                input_ids=self.input_ids[:, p:],
+                attention_mask=self.attention_mask,
+                position_ids=self.position_ids[:, p:],
+                use_cache=self.cache is not None,
+                # The suffix forward appends to the cache it is given: give it a copy.
+                **{lm.cache_argument: copy.deepcopy(self.cache) if self.cache is not None else None},
+            )
+        return captured["o"]
+
+
+def add_at_subject(hidden: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``hidden`` [batch, suffix, d] with ``delta`` [batch, d] added at the subject token (column 0)."""
+    return torch.cat([hidden[:, :1] + delta[:, None], hidden[:, 1:]], dim=1)
