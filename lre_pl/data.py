@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from lre_pl.activations import PromptStates, collect_states
 from lre_pl.distributed import PaddedDataset, UnrepeatedDistributedSampler, gather_objects, rank_and_world
+from lre_pl.editing import EditSet
 from lre_pl.errors import InputError
 from lre_pl.metrics import is_prefix_match
 from lre_pl.models import LanguageModel, check_dtype, check_model_spec, load_language_model
@@ -128,6 +129,17 @@ class KnownTestSet:
     lm_predictions: list[str]
     lm_accuracy: float
     n_test: int
+    prompts: list[EncodedPrompt]
+    """Each known sample's test prompt (what causality edits re-run)."""
+
+    def edit_set(self) -> EditSet:
+        return EditSet(
+            self.prompts,
+            [s.subject for s in self.samples],
+            [s.object for s in self.samples],
+            self.states.subject_states,
+            self.states.output_states,
+        )
 
 
 def filter_known(
@@ -178,6 +190,7 @@ def filter_known(
         lm_predictions=[predictions[i] for i in known],
         lm_accuracy=accuracy,
         n_test=len(prompts.test_samples),
+        prompts=[prompts.test_prompts[i] for i in known],
     )
 
 

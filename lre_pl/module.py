@@ -14,7 +14,8 @@ from torch import nn
 from lre_pl.activations import collect_states
 from lre_pl.beta import learn_beta
 from lre_pl.callbacks import FailedRunCleanup
-from lre_pl.distributed import gather_objects
+from lre_pl.distributed import gather_objects, rank_and_world
+from lre_pl.editing import all_pairs, efficacy, pinv_edits, random_targets
 from lre_pl.errors import InputError
 from lre_pl.estimators import Estimator, JacobianMean, TrainingStatistics
 from lre_pl.jacobian import compute_jacobians
@@ -25,6 +26,9 @@ from lre_pl.relations import HPARAMS_MODELS, load_relation, reference_hparams
 from lre_pl.reports import layer_table, plot_faithfulness_by_layer, save_figure, write_hparams
 
 Layer = int | str
+
+#: How causality edits pick their targets (see ``LinearRelationModule``'s ``causality_targets``).
+CAUSALITY_TARGETS = ("random", "all_pairs")
 
 # Noise that this module's design causes on purpose: estimation has no optimizer, and Lightning's
 # own pytree helper trips a torch deprecation. Neither says anything to a user.
@@ -77,6 +81,10 @@ class LinearRelationModule(pl.LightningModule):
         estimator: how (W, b) come from the training samples (``lre_pl.estimators``): ``None`` is
             the paper's LRE (:class:`~lre_pl.estimators.JacobianMean`); the baselines
             ``Translation``, ``LinearRegression`` and ``Identity`` need no Jacobian.
+        ranks: also measure causality (the paper's edit Δs = W⁺_r (o' − o), W⁺_r the rank-r
+            pseudo-inverse of the unscaled W) at these ranks: ``val/causality@r<rank>``.
+        causality_targets: ``random`` (the paper: per known test sample one seeded random target
+            with a different subject and object) or ``all_pairs`` (every such pair; deterministic).
     """
 
     def __init__(
@@ -93,6 +101,8 @@ class LinearRelationModule(pl.LightningModule):
         operator_path: str | None = None,
         reference_hparams: str | None = None,
         estimator: Estimator | None = None,
+        ranks: list[int] | None = None,
+        causality_targets: str = "random",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -116,6 +126,13 @@ class LinearRelationModule(pl.LightningModule):
         if self.loaded_operator is not None:
             self._check_operator(self.loaded_operator)
         self.estimator: Estimator = estimator or JacobianMean()
+        self.ranks: list[int] = list(ranks or [])
+        if any(not isinstance(rank, int) or rank < 0 for rank in self.ranks):
+            raise InputError(f"ranks={ranks} must be non-negative integers, e.g. [16, 64, 256]")
+        if causality_targets not in CAUSALITY_TARGETS:
+            raise InputError(
+                f"causality_targets={causality_targets!r} is not one of {', '.join(CAUSALITY_TARGETS)}"
+            )
         self.automatic_optimization = False
         self.lm: LanguageModel | None = None
         self.last_metrics: dict[str, float] = {}
@@ -174,6 +191,10 @@ class LinearRelationModule(pl.LightningModule):
         # -1 and 29 are one layer of a 30-block model: estimate and report it once.
         self.layers = list(dict.fromkeys(self.lm.check_layer(layer) for layer in self.layers))
         d, n = self.lm.hidden_size, len(self.layers)
+        if any(rank > d for rank in self.ranks):
+            raise InputError(
+                f"ranks={self.ranks} out of range for {self.hparams.model}: W is {d} x {d}, use 0..{d}"
+            )
         # One beta per layer: trainable in the learnable-beta variant; its presence lets DDP wrap us.
         self.log_beta = nn.Parameter(torch.full((n,), math.log(self.hparams.beta)))
         self.recall = nn.ModuleList(PrefixRecallAtK(sorted({1, self.hparams.top_k})) for _ in self.layers)
@@ -371,6 +392,8 @@ class LinearRelationModule(pl.LightningModule):
         metrics.update(
             {"val/lm_accuracy": known.lm_accuracy, "val/known_test_samples": float(len(known.samples))}
         )
+        if self.ranks:
+            metrics.update(self._causality())
         metrics["val/beta"] = self.betas[0]
         for name, value in metrics.items():
             self.log(name, value, rank_zero_only=True)
@@ -388,6 +411,32 @@ class LinearRelationModule(pl.LightningModule):
                     self._hparams_for_logger(),
                     {k: v for k, v in metrics.items() if "/layer_" not in k},
                 )
+
+    def _causality(self) -> dict[str, float]:
+        """Efficacy of the rank-r pseudo-inverse edit at every layer; source samples sharded over ranks."""
+        datamodule = self.trainer.datamodule
+        edits = datamodule.known.edit_set()
+        if self.hparams.causality_targets == "all_pairs":
+            pairs = all_pairs(edits.subjects, edits.objects)
+        else:
+            pairs = random_targets(edits.subjects, edits.objects, datamodule.hparams.seed)
+        rank, world = rank_and_world()
+        metrics = {}
+        for i, layer in enumerate(self.layers):
+            edit_fns = pinv_edits(edits, self.weights[i], self.ranks)
+            counts = efficacy(
+                self.lm, edits, layer, pairs[rank::world], edit_fns, datamodule.hparams.batch_size
+            )
+            for r, (hits, total) in counts.items():
+                summed = self.trainer.strategy.reduce(
+                    torch.tensor([float(hits), float(total)], device=self.device), reduce_op="sum"
+                )
+                value = (summed[0] / summed[1]).item() if summed[1] > 0 else float("nan")
+                metrics[f"val/layer_{layer}/causality@r{r}"] = value
+                if i == 0:
+                    metrics[f"val/causality@r{r}"] = value
+        metrics["val/causality_edits"] = float(len(pairs))
+        return metrics
 
     # -------------------------------------------------------------------------------- outputs
     def _experiment(self):
@@ -499,6 +548,12 @@ class LinearRelationModule(pl.LightningModule):
             f"  known test samples  {len(known.samples)} of {known.n_test} (LM accuracy {known.lm_accuracy:.3f})",
             "  faithfulness        " + "  ".join(f"@{k} {m[f'val/faithfulness@{k}']:.3f}" for k in top_k),
         ]
+        if self.ranks:
+            lines.append(
+                "  causality           "
+                + "  ".join(f"r{r} {m[f'val/causality@r{r}']:.3f}" for r in self.ranks)
+                + f"  ({int(m['val/causality_edits'])} {self.hparams.causality_targets.replace('_', ' ')} edits)"
+            )
         if len(self.layers) > 1:
             best = max(self.layers, key=lambda layer: m[f"val/layer_{layer}/faithfulness@1"])
             lines.append(

@@ -44,3 +44,21 @@ def reference_jacobian(lm: LanguageModel, prompt: EncodedPrompt, layer) -> tuple
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).norm() / expected.norm()).item()
+
+
+def edited_output(lm: LanguageModel, prompt: EncodedPrompt, layer, delta: torch.Tensor) -> torch.Tensor:
+    """o [d] after adding ``delta`` at the subject token of ``layer``: the whole prompt, unpadded, no cache."""
+
+    def add(_, hidden):
+        hidden = hidden.clone()
+        hidden[0, prompt.subject_index] += delta
+        return hidden
+
+    last = {"o": lm.blocks[-1]}
+    with (
+        torch.no_grad(),
+        patched({layer: lm.layer_module(layer)}, add),
+        capture(last, lambda _, h: h[0, -1]) as out,
+    ):
+        lm.base_model(input_ids=torch.tensor([prompt.input_ids]), use_cache=False)
+    return out["o"]

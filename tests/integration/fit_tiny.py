@@ -1,6 +1,6 @@
 """Run one estimation fit on a model directory; used by the DDP test as a subprocess.
 
-python fit_tiny.py MODEL_DIR OUT_DIR DEVICES
+python fit_tiny.py MODEL_DIR OUT_DIR DEVICES   (with causality at ranks 4 and 32, all pairs)
 """
 
 import sys
@@ -33,4 +33,4 @@ def run(model_dir: str, out_dir: str, devices: int, **module_options) -> LinearR
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    run(sys.argv[1], sys.argv[2], int(sys.argv[3]), ranks=[4, 32], causality_targets="all_pairs")

@@ -118,3 +118,17 @@ def test_an_estimator_is_chosen_from_the_command_line(tiny_args, tmp_path):
         "class_path": "lre_pl.estimators.LinearRegression",
         "init_args": {"ridge": 0.01},
     }
+
+
+def test_a_fit_reports_causality_at_the_given_ranks(tiny_args, tmp_path):
+    result = lre_pl(
+        "fit", *tiny_args, "--model.ranks", "[4, 32]", "--model.causality_targets", "all_pairs", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.strip().startswith("causality"))
+    assert line.split()[1:4:2] == ["r4", "r32"] and line.endswith("(342 all pairs edits)")
+    bad = lre_pl("fit", *tiny_args, "--model.ranks", "[64]", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+        "lre-pl: error: ranks=[64] out of range for " + tiny_args[1] + ": W is 32 x 32, use 0..32"
+    )
+    assert [path.name for path in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]

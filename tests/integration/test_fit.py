@@ -108,6 +108,19 @@ def test_two_ddp_processes_estimate_what_one_process_does(tiny_model_dir, tmp_pa
     table_one = (tmp_path / "1" / "run" / "predictions.tsv").read_text().splitlines()
     table_two = (tmp_path / "2" / "run" / "predictions.tsv").read_text().splitlines()
     assert sorted(table_one) == sorted(table_two)
+    # Causality: the edits are sharded over the two processes and their counts summed.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = []
+    for devices in (1, 2):
+        events = EventAccumulator(str(tmp_path / str(devices) / "run"))
+        events.Reload()
+        scalars.append(
+            {tag: events.Scalars(tag)[0].value for tag in events.Tags()["scalars"] if "causality" in tag}
+        )
+    assert (
+        len(scalars[0]) == 2 * 2 + 2 + 1 and scalars[1] == scalars[0]
+    )  # per layer and rank, first layer, edits
 
 
 def test_learned_beta_is_fitted_per_layer_and_saved(tiny_model_dir, tmp_path):
@@ -229,3 +242,57 @@ def test_baseline_estimators_fit_their_closed_form_on_independent_states(
     torch.testing.assert_close(operator.weight, expected[0].float(), atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(operator.bias, expected[1].float(), atol=1e-4, rtol=1e-3)
     assert module.last_metrics["val/known_test_samples"] == 19
+
+
+def test_causality_of_a_fit_matches_a_hand_written_edit_loop(tiny_model_dir, tmp_path, monkeypatch):
+    """val/causality@r: the batched suffix edits against full forwards with an independent pinv.
+
+    The edited outputs o are compared vector by vector. A random tiny LM never names a capital, so
+    success is redefined (in both) as a deterministic coin on (edited token, target object), and the
+    counts are compared too.
+    """
+    import zlib
+
+    from reference import edited_output
+
+    import lre_pl.editing
+
+    def is_prefix_match(token: str, target: str) -> bool:
+        return zlib.crc32(f"{token}|{target}".encode()) % 2 == 0
+
+    recorded = []  # (layer, deltas, outputs) of every batched edit call, in call order
+
+    def recording(lm, prompts, layer, deltas):
+        outputs = real_edited_outputs(lm, prompts, layer, deltas)
+        recorded.append((layer, outputs))
+        return outputs
+
+    real_edited_outputs = lre_pl.editing.edited_outputs
+    monkeypatch.setattr(lre_pl.editing, "is_prefix_match", is_prefix_match)
+    monkeypatch.setattr(lre_pl.editing, "edited_outputs", recording)
+    module = run(tiny_model_dir, str(tmp_path), devices=1, ranks=[4, 32], causality_targets="all_pairs")
+    known = module.trainer.datamodule.known
+    lm, weight = module.lm, module.weights[0].double()  # layer 1
+    u, sigma, vh = torch.linalg.svd(weight)
+    inverses = {4: (vh[:4].T / sigma[:4]) @ u[:, :4].T, 32: torch.linalg.pinv(weight)}
+    objects = [sample.object for sample in known.samples]
+    subjects = [sample.subject for sample in known.samples]
+    pairs = [
+        (s, t) for s in range(len(objects)) for t in range(len(objects))
+        if subjects[s] != subjects[t] and objects[s].lower() != objects[t].lower()
+    ]  # fmt: skip
+    assert module.last_metrics["val/causality_edits"] == len(pairs) > 300
+    batched = {
+        rank: torch.cat([outputs[k] for layer, outputs in recorded if layer == 1])
+        for k, rank in enumerate((4, 32))
+    }
+    o = known.states.output_states.double()
+    for rank, inverse in inverses.items():
+        hits = 0
+        for row, (s, t) in enumerate(pairs):
+            expected = edited_output(lm, known.prompts[s], 1, (inverse @ (o[t] - o[s])).float())
+            if row < 40:
+                torch.testing.assert_close(batched[rank][row], expected, atol=1e-4, rtol=1e-4)
+            hits += is_prefix_match(lm.token_strings([lm.decode(expected).argmax()])[0], objects[t])
+        assert module.last_metrics[f"val/causality@r{rank}"] == pytest.approx(hits / len(pairs))
+        assert module.last_metrics[f"val/layer_1/causality@r{rank}"] == pytest.approx(hits / len(pairs))

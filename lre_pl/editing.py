@@ -1,0 +1,138 @@
+"""Causality: does editing s by the LRE's inverse make the LM name another object?
+
+The paper's edit (``LowRankPInvEditor``): for a source sample (s, o) and a target (s', o') with a
+different subject and a different object, Δs = W⁺_r (o' − o), with W⁺_r the rank-r pseudo-inverse of
+the UNSCALED W (beta plays no part) and o, o' the last block's outputs at the last token of the
+source's and the target's own prompts. Δs is added at the source's subject token at the LRE's
+layer; the edit succeeds when the edited LM's top-1 next token is a prefix of the target's object.
+
+The comparison edits of the paper replace s instead: by the target's s', by the target subject's
+token embedding, or by o'. Every edit re-runs only the suffix of the source prompts from their
+cached prefix (:class:`~lre_pl.suffix.SuffixRun`), batched, so a rank sweep costs one suffix
+forward per rank.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+from lre_pl.metrics import is_prefix_match
+from lre_pl.models import LanguageModel
+from lre_pl.operator import WeightSpectrum
+from lre_pl.prompts import EncodedPrompt
+from lre_pl.suffix import SuffixRun, add_at_subject
+
+Layer = int | str
+Key = TypeVar("Key")
+
+#: The paper's comparison edits: what replaces the source's s.
+COMPARISON_EDITS = ("target_subject_state", "target_subject_embedding", "target_output")
+
+
+@dataclass(frozen=True)
+class EditSet:
+    """The known test samples that edits run between."""
+
+    prompts: Sequence[EncodedPrompt]
+    subjects: Sequence[str]
+    objects: Sequence[str]
+    subject_states: torch.Tensor  # [n, layer, d] s at every layer (lm.layer_names() order)
+    output_states: torch.Tensor  # [n, d] o at the last token of each sample's own prompt
+
+
+def random_targets(subjects: Sequence[str], objects: Sequence[str], seed: int) -> list[tuple[int, int]]:
+    """(source, target) pairs, the paper's rule: per source one seeded random target with a different
+    subject and a different object (sources with no such target are left out)."""
+    generator = random.Random(seed)
+    pairs = []
+    for source in range(len(subjects)):
+        candidates = [t for t in range(len(subjects)) if _differ(subjects, objects, source, t)]
+        if candidates:
+            pairs.append((source, generator.choice(candidates)))
+    return pairs
+
+
+def all_pairs(subjects: Sequence[str], objects: Sequence[str]) -> list[tuple[int, int]]:
+    """Every (source, target) with a different subject and a different object: deterministic."""
+    n = len(subjects)
+    return [(s, t) for s in range(n) for t in range(n) if _differ(subjects, objects, s, t)]
+
+
+def _differ(subjects, objects, source: int, target: int) -> bool:
+    return (
+        subjects[source] != subjects[target]
+        and objects[source].strip().lower() != objects[target].strip().lower()
+    )
+
+
+@torch.no_grad()
+def edited_outputs(
+    lm: LanguageModel, prompts: Sequence[EncodedPrompt], layer: Layer, deltas: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """The edited o [batch, d] for each set of ``deltas`` [batch, d] added at the subject token of
+    ``layer``: one prefix pass, then one suffix pass per set."""
+    run = SuffixRun.prepare(lm, prompts)
+    return [
+        run.forward(lambda _, hidden, delta=delta: add_at_subject(hidden, delta.to(hidden)), [layer])
+        for delta in deltas
+    ]
+
+
+#: An edit: (sources [batch], targets [batch]) -> Δs [batch, d] added at each source's subject token.
+EditFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def pinv_edits(edits: EditSet, weight: torch.Tensor, ranks: Sequence[int]) -> dict[int, EditFn]:
+    """The paper's edit per rank: Δs = W⁺_r (o' − o), W⁺_r from one SVD of the unscaled ``weight``."""
+    spectrum = WeightSpectrum.of(weight)
+    outputs = edits.output_states
+
+    def edit_of(inverse: torch.Tensor) -> EditFn:
+        return lambda sources, targets: (outputs[targets] - outputs[sources]) @ inverse.T
+
+    return {rank: edit_of(spectrum.pinv(rank).to(outputs)) for rank in ranks}
+
+
+def comparison_edits(lm: LanguageModel, edits: EditSet, layer: Layer) -> dict[str, EditFn]:
+    """The paper's comparison edits (``COMPARISON_EDITS``): s replaced by the target's s', by the
+    target subject's token embedding, or by o'."""
+    states = edits.subject_states[:, lm.state_index(layer)]  # [n, d]
+    embeddings = edits.subject_states[:, lm.state_index("emb")]  # [n, d]
+    replacements = {
+        "target_subject_state": states,
+        "target_subject_embedding": embeddings,
+        "target_output": edits.output_states,
+    }
+    return {
+        kind: (lambda sources, targets, new=new: new[targets] - states[sources])
+        for kind, new in replacements.items()
+    }
+
+
+def efficacy(
+    lm: LanguageModel,
+    edits: EditSet,
+    layer: Layer,
+    pairs: Sequence[tuple[int, int]],
+    edit_fns: Mapping[Key, EditFn],
+    batch_size: int = 16,
+) -> dict[Key, tuple[int, int]]:
+    """``{key: (successes, edits)}``: how often each edit makes the LM's top-1 token start the target's
+    object. Sources are batched; each batch's prefix runs once for all edits."""
+    hits = dict.fromkeys(edit_fns, 0)
+    for start in range(0, len(pairs), batch_size):
+        sources, targets = (torch.tensor(column) for column in zip(*pairs[start : start + batch_size]))
+        deltas = [edit(sources, targets) for edit in edit_fns.values()]
+        outputs = edited_outputs(lm, [edits.prompts[i] for i in sources], layer, deltas)
+        for key, output in zip(edit_fns, outputs):
+            strings = lm.token_strings(lm.decode(output).argmax(-1))
+            hits[key] += sum(
+                is_prefix_match(token, edits.objects[target])
+                for token, target in zip(strings, targets.tolist())
+            )
+    return {key: (hits[key], len(pairs)) for key in edit_fns}
