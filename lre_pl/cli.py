@@ -78,9 +78,13 @@ def quiet_libraries() -> None:
 
 
 def print_relations(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="lre-pl relations", description="List the shipped relations.")
+    parser = argparse.ArgumentParser(
+        prog="lre-pl relations", description="List the shipped relations.", exit_on_error=False
+    )
     parser.add_argument("--category", choices=CATEGORIES)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise ArgumentError(None, f"unrecognized arguments: {' '.join(unknown)}")
     rows = list_relations(args.category)
     width = max(len(name) for name, _, _ in rows)
     print(f"{'relation':<{width}}  {'category':<11}  samples")
@@ -102,14 +106,14 @@ def take_verbose_flag(argv: list[str]) -> tuple[list[str], bool]:
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
-    if argv and argv[0] == "relations":
-        print_relations(argv[1:])
-        return
-    argv, verbose = take_verbose_flag(argv)
-    if not verbose:
-        quiet_libraries()
-    install_sigterm_handler()
     try:
+        if argv and argv[0] == "relations":
+            print_relations(argv[1:])
+            return
+        argv, verbose = take_verbose_flag(argv)
+        if not verbose:
+            quiet_libraries()
+        install_sigterm_handler()
         LRECLI(
             LinearRelationModule,
             RelationDataModule,
@@ -125,8 +129,10 @@ def main(args: list[str] | None = None) -> None:
     except ArgumentError as error:  # the parser's own: unknown option, wrong type, missing config file
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         message = " ".join(line if line.endswith(":") else line + ";" for line in lines).rstrip(";")
-        help_command = f"lre-pl {argv[0]} --help" if argv and argv[0] in SUBCOMMANDS else "lre-pl --help"
-        print(f"lre-pl: error: {message} (options: {help_command})", file=sys.stderr)
+        command = argv[0] if argv and argv[0] in (*SUBCOMMANDS, "relations") else ""
+        print(
+            f"lre-pl: error: {message} (options: lre-pl {command} --help)".replace("  ", " "), file=sys.stderr
+        )
         sys.exit(2)
     except RunTerminated:
         print("lre-pl: error: terminated by SIGTERM; the run folder was removed", file=sys.stderr)

@@ -15,7 +15,7 @@ from lre_pl.activations import collect_states
 from lre_pl.beta import learn_beta
 from lre_pl.callbacks import FailedRunCleanup
 from lre_pl.distributed import gather_objects, rank_and_world
-from lre_pl.editing import all_pairs, efficacy, pinv_edits, random_targets
+from lre_pl.editing import COMPARISON_EDITS, all_pairs, comparison_edits, efficacy, pinv_edits, random_targets
 from lre_pl.errors import InputError
 from lre_pl.estimators import Estimator, JacobianMean, TrainingStatistics
 from lre_pl.jacobian import compute_jacobians
@@ -85,6 +85,8 @@ class LinearRelationModule(pl.LightningModule):
             pseudo-inverse of the unscaled W) at these ranks: ``val/causality@r<rank>``.
         causality_targets: ``random`` (the paper: per known test sample one seeded random target
             with a different subject and object) or ``all_pairs`` (every such pair; deterministic).
+        comparison_edits: also the paper's comparison edits (same targets), which replace s by the
+            target's s', by the target subject's token embedding or by o': ``val/edit/<kind>``.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class LinearRelationModule(pl.LightningModule):
         estimator: Estimator | None = None,
         ranks: list[int] | None = None,
         causality_targets: str = "random",
+        comparison_edits: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -392,7 +395,7 @@ class LinearRelationModule(pl.LightningModule):
         metrics.update(
             {"val/lm_accuracy": known.lm_accuracy, "val/known_test_samples": float(len(known.samples))}
         )
-        if self.ranks:
+        if self.ranks or self.hparams.comparison_edits:
             metrics.update(self._causality())
         metrics["val/beta"] = self.betas[0]
         for name, value in metrics.items():
@@ -423,18 +426,21 @@ class LinearRelationModule(pl.LightningModule):
         rank, world = rank_and_world()
         metrics = {}
         for i, layer in enumerate(self.layers):
-            edit_fns = pinv_edits(edits, self.weights[i], self.ranks)
-            counts = efficacy(
-                self.lm, edits, layer, pairs[rank::world], edit_fns, datamodule.hparams.batch_size
-            )
-            for r, (hits, total) in counts.items():
+            pinv = pinv_edits(edits, self.weights[i], self.ranks)
+            edit_fns = {f"causality@r{r}": edit for r, edit in pinv.items()}
+            if self.hparams.comparison_edits:
+                others = comparison_edits(self.lm, edits, layer)
+                edit_fns.update({f"edit/{kind}": edit for kind, edit in others.items()})
+            batch_size = datamodule.hparams.batch_size
+            counts = efficacy(self.lm, edits, layer, pairs[rank::world], edit_fns, batch_size)
+            for name, (hits, total) in counts.items():
                 summed = self.trainer.strategy.reduce(
                     torch.tensor([float(hits), float(total)], device=self.device), reduce_op="sum"
                 )
                 value = (summed[0] / summed[1]).item() if summed[1] > 0 else float("nan")
-                metrics[f"val/layer_{layer}/causality@r{r}"] = value
+                metrics[f"val/layer_{layer}/{name}"] = value
                 if i == 0:
-                    metrics[f"val/causality@r{r}"] = value
+                    metrics[f"val/{name}"] = value
         metrics["val/causality_edits"] = float(len(pairs))
         return metrics
 
@@ -553,6 +559,11 @@ class LinearRelationModule(pl.LightningModule):
                 "  causality           "
                 + "  ".join(f"r{r} {m[f'val/causality@r{r}']:.3f}" for r in self.ranks)
                 + f"  ({int(m['val/causality_edits'])} {self.hparams.causality_targets.replace('_', ' ')} edits)"
+            )
+        if self.hparams.comparison_edits:
+            lines.append(
+                "  comparison edits    "
+                + "  ".join(f"{kind} {m[f'val/edit/{kind}']:.3f}" for kind in COMPARISON_EDITS)
             )
         if len(self.layers) > 1:
             best = max(self.layers, key=lambda layer: m[f"val/layer_{layer}/faithfulness@1"])

@@ -122,11 +122,14 @@ def test_an_estimator_is_chosen_from_the_command_line(tiny_args, tmp_path):
 
 def test_a_fit_reports_causality_at_the_given_ranks(tiny_args, tmp_path):
     result = lre_pl(
-        "fit", *tiny_args, "--model.ranks", "[4, 32]", "--model.causality_targets", "all_pairs", cwd=tmp_path
-    )
+        "fit", *tiny_args, "--model.ranks", "[4, 32]", "--model.causality_targets", "all_pairs",
+        "--model.comparison_edits", "true", cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if line.strip().startswith("causality"))
     assert line.split()[1:4:2] == ["r4", "r32"] and line.endswith("(342 all pairs edits)")
+    line = next(line for line in result.stdout.splitlines() if line.strip().startswith("comparison edits"))
+    assert line.split()[2::2] == ["target_subject_state", "target_subject_embedding", "target_output"]
     bad = lre_pl("fit", *tiny_args, "--model.ranks", "[64]", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
         "lre-pl: error: ranks=[64] out of range for " + tiny_args[1] + ": W is 32 x 32, use 0..32"

@@ -211,6 +211,8 @@ main(sys.argv[1:])
             ["fitt"],
             "invalid choice: 'fitt' (choose from 'fit', 'validate', 'test', 'predict') (options: lre-pl --help)",
         ),
+        (["relations", "--category", "nope"], "invalid choice: 'nope' (choose from 'bias', 'commonsense'"),
+        (["relations", "--x"], "unrecognized arguments: --x (options: lre-pl relations --help)"),
     ],
 )
 def test_parser_errors_are_one_line_too(run_cli, tmp_path, args, message):
