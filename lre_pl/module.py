@@ -23,7 +23,14 @@ from lre_pl.metrics import PrefixRecallAtK
 from lre_pl.models import LanguageModel, check_dtype, check_model_spec, load_language_model, parse_layer
 from lre_pl.operator import LinearRelationOperator, relation_readout
 from lre_pl.relations import HPARAMS_MODELS, load_relation, reference_hparams
-from lre_pl.reports import layer_table, plot_faithfulness_by_layer, save_figure, write_hparams
+from lre_pl.reports import (
+    layer_table,
+    log_weight_spectra,
+    plot_faithfulness_by_layer,
+    write_figure,
+    write_hparams,
+    write_prediction_table,
+)
 
 Layer = int | str
 
@@ -403,11 +410,17 @@ class LinearRelationModule(pl.LightningModule):
         self.last_metrics.update(metrics)
         table = [row for shard in gather_objects(self._table) for row in shard]
         if self.trainer.is_global_zero:
-            self._write_table(table)
-            self._log_weight_spectrum()
+            experiment, step = self._experiment(), self.global_step
+            write_prediction_table(table, self._run_dir(), experiment, step)
+            log_weight_spectra(experiment, self.layers, self.weights, step)
             if len(self.layers) > 1:
-                self._plot_layers(metrics)
-            experiment = self._experiment()
+                data = self.trainer.datamodule
+                title = (
+                    f"{data.prompts.relation.name} on {self.hparams.model} "
+                    f"(n_train {data.hparams.n_train}, seed {data.hparams.seed})"
+                )
+                figure = plot_faithfulness_by_layer(self.layers, metrics, self.recall[0].top_k, title)
+                write_figure(figure, self._run_dir() / "faithfulness_by_layer.png", experiment, step)
             if experiment is not None and hasattr(experiment, "_get_file_writer"):
                 write_hparams(
                     experiment,
@@ -460,48 +473,6 @@ class LinearRelationModule(pl.LightningModule):
             "n_train": data.n_train,
             "seed": data.seed,
         }
-
-    def _write_table(self, table: list[dict]) -> None:
-        if not table:
-            return
-        columns = list(table[0])
-        lines = ["\t".join(columns), *("\t".join(row[c] for c in columns) for row in table)]
-        path = self._run_dir() / "predictions.tsv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        experiment = self._experiment()
-        if experiment is not None:
-            markdown = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-            markdown += [
-                "| " + " | ".join(row[c].replace("|", "\\|") for c in columns) + " |" for row in table
-            ]
-            experiment.add_text("predictions", "\n".join(markdown), self.global_step)
-
-    def _log_weight_spectrum(self) -> None:
-        experiment = self._experiment()
-        if experiment is None or not hasattr(experiment, "add_histogram"):
-            return
-        for i, layer in enumerate(self.layers):
-            experiment.add_histogram(
-                f"W/singular_values/layer_{layer}",
-                torch.linalg.svdvals(self.weights[i].float()),
-                self.global_step,
-            )
-
-    def _plot_layers(self, metrics: dict[str, float]) -> None:
-        """faithfulness_by_layer.png in the run folder, and the same figure in TensorBoard."""
-        data = self.trainer.datamodule
-        title = f"{data.prompts.relation.name} on {self.hparams.model} (n_train {data.hparams.n_train}, seed {data.hparams.seed})"
-        figure = plot_faithfulness_by_layer(self.layers, metrics, self.recall[0].top_k, title)
-        self._run_dir().mkdir(parents=True, exist_ok=True)
-        save_figure(figure, self._run_dir() / "faithfulness_by_layer.png")
-        experiment = self._experiment()
-        if experiment is not None and hasattr(experiment, "add_figure"):
-            experiment.add_figure("val/faithfulness_by_layer", figure, self.global_step)  # closes it
-        else:
-            from matplotlib import pyplot as plt
-
-            plt.close(figure)
 
     def operator(self, layer: Layer | None = None) -> LinearRelationOperator:
         """The estimated LRE of ``layer`` (default: the first requested layer)."""

@@ -1,4 +1,7 @@
-"""What a run shows a person: the printed summary, the per-layer table and the faithfulness plot."""
+"""What a run shows a person: the per-sample table, W's spectra, the per-layer table, the plots, the hparams tab.
+
+Plain functions of what they show (no Lightning object), written by global rank 0 only.
+"""
 
 from __future__ import annotations
 
@@ -49,12 +52,48 @@ def plot_faithfulness_by_layer(
     return figure
 
 
-def save_figure(figure, path: Path) -> Path:
-    """Write ``figure`` as a PNG atomically (never a truncated file under the final name)."""
+def write_figure(figure, path: Path, experiment=None, step: int = 0) -> Path:
+    """``figure`` as a PNG, atomically (never a truncated file under the final name), and as a
+    TensorBoard image tagged ``val/<file stem>`` when ``experiment`` is a SummaryWriter; closes it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial.png")
     figure.savefig(partial, dpi=120)
     partial.replace(path)
+    if experiment is not None and hasattr(experiment, "add_figure"):
+        experiment.add_figure(f"val/{path.stem}", figure, step)  # closes the figure
+    else:
+        from matplotlib import pyplot as plt
+
+        plt.close(figure)
     return path
+
+
+def write_prediction_table(
+    table: list[dict[str, str]], run_dir: Path, experiment=None, step: int = 0
+) -> None:
+    """``predictions.tsv`` in the run folder and the same rows as TensorBoard markdown text."""
+    if not table:
+        return
+    columns = list(table[0])
+    lines = ["\t".join(columns), *("\t".join(row[c] for c in columns) for row in table)]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "predictions.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if experiment is not None and hasattr(experiment, "add_text"):
+        markdown = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        markdown += ["| " + " | ".join(row[c].replace("|", "\\|") for c in columns) + " |" for row in table]
+        experiment.add_text("predictions", "\n".join(markdown), step)
+
+
+def log_weight_spectra(experiment, layers: Sequence[Layer], weights, step: int = 0) -> None:
+    """A histogram of W's singular values per layer (``weights`` [layer, d, d])."""
+    if experiment is None or not hasattr(experiment, "add_histogram"):
+        return
+    import torch
+
+    for layer, weight in zip(layers, weights):
+        experiment.add_histogram(
+            f"W/singular_values/layer_{layer}", torch.linalg.svdvals(weight.float()), step
+        )
 
 
 def write_hparams(experiment, params: dict, metrics: dict[str, float]) -> None:
