@@ -250,9 +250,8 @@ def check_model_spec(spec: str) -> None:
             f"model {spec!r} is empty: give {', '.join(EMBEDDED_MODELS)}, a .gguf file or a hub name"
         )
     if spec in EMBEDDED_MODELS or spec.endswith(".gguf"):
-        resolve_model_spec(
-            spec
-        )  # finds the file (assembling Gemma's chunks once, ~0.4 s) or says what to install
+        # Finds the file (assembling Gemma's chunks once, ~0.4 s) or says what to install.
+        resolve_model_spec(spec)
         return
     if Path(spec).expanduser().is_dir():
         return

@@ -22,7 +22,7 @@ from lre_pl.jacobian import compute_jacobians
 from lre_pl.metrics import PrefixRecallAtK
 from lre_pl.models import LanguageModel, check_dtype, check_model_spec, load_language_model, parse_layer
 from lre_pl.operator import LinearRelationOperator, relation_readout
-from lre_pl.relations import HPARAMS_MODELS, load_relation, reference_hparams
+from lre_pl.relations import HPARAMS_MODELS, reference_hparams
 from lre_pl.reports import (
     layer_table,
     log_weight_spectra,
@@ -176,7 +176,7 @@ class LinearRelationModule(pl.LightningModule):
         if datamodule is not None:
             self.check_datamodule(datamodule)
         if self.hparams.reference_hparams:
-            relation = load_relation(datamodule.hparams.relation).name
+            relation = datamodule.relation.name
             self.layers = [reference_hparams(self.hparams.reference_hparams, relation)["h_layer"]]
 
     def check_datamodule(self, datamodule) -> None:
@@ -188,7 +188,7 @@ class LinearRelationModule(pl.LightningModule):
                     f"data.{name}={data[name]!r} differs from model.{name}={self.hparams[name]!r}: give both the same"
                 )
         operator = self.loaded_operator
-        if operator is not None and load_relation(data.relation).name != operator.relation:
+        if operator is not None and datamodule.relation.name != operator.relation:
             raise InputError(
                 f"{self.hparams.operator_path} is an LRE of {operator.relation!r}, not of data.relation="
                 f"{data.relation!r}: set data.relation={operator.relation!r}"
@@ -299,6 +299,7 @@ class LinearRelationModule(pl.LightningModule):
         count = strategy.reduce(torch.tensor(float(self._count), device=self.device), reduce_op="sum")
         if count.item() == 0:
             raise RuntimeError("no training sample reached the estimate: check the training dataloader")
+        jacobian_means = bias_means = [None] * len(self.layers)  # a baseline ran no Jacobian
         if self.estimator.needs_jacobians:  # d x d sums: reduced, never gathered
             jacobian_means = strategy.reduce(self._jacobian_sum, reduce_op="sum") / count
             bias_means = strategy.reduce(self._bias_sum, reduce_op="sum") / count
@@ -309,10 +310,7 @@ class LinearRelationModule(pl.LightningModule):
         self._gathered_train = (states.to(self.weights), outputs.to(self.weights), targets.to(self.device))
         for i in range(len(self.layers)):
             statistics = TrainingStatistics(
-                self._gathered_train[0][:, i],
-                self._gathered_train[1],
-                jacobian_means[i] if self.estimator.needs_jacobians else None,
-                bias_means[i] if self.estimator.needs_jacobians else None,
+                self._gathered_train[0][:, i], self._gathered_train[1], jacobian_means[i], bias_means[i]
             )
             weight, bias = self.estimator(statistics)
             self.weights[i] = weight
