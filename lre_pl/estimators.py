@@ -90,7 +90,8 @@ class LinearRegression(Estimator):
     picks the smallest such W and keeps the solve well conditioned. ``lambda = ridge * mean_i |s_i -
     s_mean|^2``, so one ``ridge`` means the same at every layer and in every model (residual norms
     range from ~1 to ~50,000). Solved in the n x n dual form:
-    W = O_c^T (S_c S_c^T + lambda I_n)^-1 S_c, b = o_mean - W s_mean.
+    W = O_c^T (S_c S_c^T + lambda I_n)^-1 S_c, b = o_mean - W s_mean; ``ridge=0`` gives the
+    minimum-norm least-squares W.
     """
 
     def __init__(self, ridge: float = 1e-3):
@@ -103,12 +104,16 @@ class LinearRegression(Estimator):
         s, o = statistics.subject_states.double(), statistics.output_states.double()  # [n, d]
         s_mean, o_mean = s.mean(0), o.mean(0)
         s_c, o_c = s - s_mean, o - o_mean
-        gram = s_c @ s_c.T  # [n, n]
+        gram = s_c @ s_c.T  # [n, n], singular: centring leaves rank <= n - 1
         penalty = self.ridge * gram.trace() / len(s)
-        if penalty == 0:  # one sample, or identical ones: no direction to regress on
-            weight = torch.zeros(s.shape[1], s.shape[1], dtype=s.dtype)
-        else:
-            weight = o_c.T @ torch.linalg.solve(gram + penalty * torch.eye(len(s), dtype=s.dtype), s_c)
+        # ridge = 0 is the minimum-norm least-squares fit (the pseudo-inverse of the singular Gram
+        # matrix; all zeros when the states do not vary).
+        inverse = (
+            torch.linalg.pinv(gram)
+            if penalty == 0
+            else torch.linalg.inv(gram + penalty * torch.eye(len(s), dtype=s.dtype))
+        )
+        weight = o_c.T @ inverse @ s_c
         bias = o_mean - weight @ s_mean
         dtype = statistics.subject_states.dtype
         return weight.to(dtype), bias.to(dtype)

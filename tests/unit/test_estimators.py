@@ -82,3 +82,17 @@ def test_a_negative_ridge_is_refused_and_reprs_name_the_arguments():
         and repr(Translation()) == "Translation()"
     )
     assert LinearRegression(0.5) == LinearRegression(0.5) != LinearRegression(0.1)
+
+
+def test_zero_ridge_is_minimum_norm_least_squares():
+    generator = torch.Generator().manual_seed(3)
+    true_weight, true_bias = torch.randn(6, 6, generator=generator), torch.randn(6, generator=generator)
+    s = torch.randn(50, 6, generator=generator)
+    weight, bias = LinearRegression(ridge=0)(TrainingStatistics(s, s @ true_weight.T + true_bias))
+    torch.testing.assert_close(weight, true_weight, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(bias, true_bias, atol=1e-4, rtol=1e-4)
+    few = _statistics(n=5, d=16)  # underdetermined: the fit interpolates with the smallest W
+    weight, bias = LinearRegression(ridge=0)(few)
+    s_c = few.subject_states - few.subject_states.mean(0)
+    o_c = few.output_states - few.output_states.mean(0)
+    torch.testing.assert_close(weight, (torch.linalg.pinv(s_c) @ o_c).T)  # min-norm W with S_c W^T = O_c
