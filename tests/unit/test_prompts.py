@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lre_pl.activations import collect_states
+from lre_pl.activations import collect_states, shared_prefix_length
 from lre_pl.data import RelationPrompts
 from lre_pl.errors import InputError
 from lre_pl.prompts import PromptText, encode_prompt, fill_subject, make_prompt, pad_left
@@ -147,3 +147,24 @@ def test_relation_with_braces_in_data_builds_prompts(llama):
         f"{item.sample.subject} is {item.sample.object}" in prompts.test_prompts[0].text
         for item in prompts.train
     )
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_collect_states_equal_a_full_forward_of_each_prompt(model, request):
+    """The shared few-shot prefix runs once into a cache; every state must equal an uncached forward."""
+    from reference import full_forward_map
+
+    lm = request.getfixturevalue(model)
+    template = "Peru: Lima\nChad: N'Djamena\nThe capital of {} is"
+    subjects = ["France", "United States", "Fr", "Saint Kitts and Nevis", "Chile"]
+    prompts = [encode_prompt(lm.tokenizer, fill_subject(template, s)) for s in subjects]
+    assert shared_prefix_length(prompts) >= 8  # the cached part is real
+    states = collect_states(lm, prompts, batch_size=2)  # the last batch is topped up
+    assert states.subject_states.shape == (len(prompts), lm.num_blocks + 1, lm.hidden_size)
+    for row, prompt in enumerate(prompts):
+        for layer in ("emb", 0, lm.num_blocks - 1):
+            function, state = full_forward_map(lm, prompt, layer)
+            torch.testing.assert_close(
+                states.subject_states[row, lm.state_index(layer)], state, atol=1e-5, rtol=1e-4
+            )
+            torch.testing.assert_close(states.output_states[row], function(state), atol=1e-5, rtol=1e-4)
