@@ -8,7 +8,6 @@ every prompt up to float reassociation (tests compare them).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 from lre_pl.hooks import capture
 from lre_pl.models import LanguageModel
 from lre_pl.prompts import EncodedPrompt
+from lre_pl.suffix import SharedPrefix
 
 
 @dataclass
@@ -29,19 +29,6 @@ class PromptStates:
     top_token_ids: torch.Tensor  # [prompt] the LM's own next-token prediction
 
 
-def shared_prefix_length(prompts: Sequence[EncodedPrompt]) -> int:
-    """Number of leading tokens every prompt has in common, stopping before any subject token."""
-    first = prompts[0].input_ids
-    length = min(p.subject_index for p in prompts)
-    for prompt in prompts[1:]:
-        ids = prompt.input_ids
-        same = 0
-        while same < length and ids[same] == first[same]:
-            same += 1
-        length = same
-    return length
-
-
 @torch.no_grad()
 def collect_states(
     lm: LanguageModel, prompts: Sequence[EncodedPrompt], batch_size: int = 16, progress: str | None = None
@@ -50,13 +37,11 @@ def collect_states(
 
     ``progress``: the label of a progress bar over prompts (``None``: no bar).
     """
-    shared = shared_prefix_length(prompts)
-    width = min(batch_size, len(prompts))  # every batch runs at this width: the cache is made for it
-    cache = None
-    if shared > 0:
-        prefix = torch.tensor([prompts[0].input_ids[:shared]], device=lm.device).expand(width, shared)
-        cache = lm.base_model(input_ids=prefix, use_cache=True)[1]
+    prefix = SharedPrefix.of(lm, prompts)
+    shared = prefix.length
+    width = min(batch_size, len(prompts))  # every batch runs at this width, topped up if needed
     layers = {layer: lm.layer_module(layer) for layer in lm.layer_names()}
+    rows = torch.arange(width, device=lm.device)
     subject_states, output_states = [], []
     bar = tqdm(total=len(prompts), desc=progress, unit="prompt", disable=progress is None, leave=False)
     for start in range(0, len(prompts), width):
@@ -71,21 +56,19 @@ def collect_states(
             own = prompt.input_ids[shared:]
             input_ids[row, : len(own)] = torch.tensor(own)
             attention_mask[row, shared : shared + len(own)] = 1
-        rows = torch.arange(width, device=lm.device)
         subject_columns = torch.tensor([p.subject_index - shared for p in batch], device=lm.device)
         last_columns = torch.tensor([len(p.input_ids) - 1 - shared for p in batch], device=lm.device)
         position_ids = (shared + torch.arange(rest)).expand(width, rest)
         with (
-            capture(layers, lambda _, hidden: hidden[rows, subject_columns]) as at_subject,
-            capture({"o": lm.blocks[-1]}, lambda _, hidden: hidden[rows, last_columns]) as last,
+            capture(layers, lambda _, hidden, at=subject_columns: hidden[rows, at]) as at_subject,
+            capture({"o": lm.blocks[-1]}, lambda _, hidden, at=last_columns: hidden[rows, at]) as last,
         ):
             lm.base_model(
                 input_ids=input_ids.to(lm.device),
                 attention_mask=attention_mask.to(lm.device),
                 position_ids=position_ids.to(lm.device),
-                use_cache=cache is not None,
-                # The forward appends to the cache it is given: give it a copy.
-                **{lm.cache_argument: copy.deepcopy(cache)},
+                use_cache=shared > 0,
+                **{lm.cache_argument: prefix.for_batch(width)},
             )
         output_states.append(last["o"][:real])  # [batch, d]
         subject_states.append(torch.stack([at_subject[layer] for layer in layers], dim=1)[:real])

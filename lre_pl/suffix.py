@@ -8,7 +8,10 @@ The Jacobian engine and the causality edits both run on this: a rank sweep of ed
 suffix forward per rank, never a forward of the whole prompt.
 
 Batching: prefixes are left-padded to one width and suffixes right-padded, so that the subject
-token of every prompt sits in one column (column 0 of the suffix), with explicit position ids.
+token of every prompt sits in one column (column 0 of the suffix), with explicit position ids. The
+tokens that every prompt of a batch begins with (the few-shot examples of one relation's prompts: most
+of each prompt) run once, for one row, and their cache is repeated across the batch
+(:class:`SharedPrefix`); the rest of each prefix follows, left-padded after them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,44 @@ from lre_pl.prompts import EncodedPrompt
 Layer = int | str
 
 
+def shared_prefix_length(prompts: Sequence[EncodedPrompt]) -> int:
+    """Number of leading tokens every prompt has in common, stopping before any subject token."""
+    first = prompts[0].input_ids
+    length = min(p.subject_index for p in prompts)
+    for prompt in prompts[1:]:
+        ids = prompt.input_ids
+        same = 0
+        while same < length and ids[same] == first[same]:
+            same += 1
+        length = same
+    return length
+
+
+@dataclass
+class SharedPrefix:
+    """The key/value cache of the tokens that every prompt of a set begins with, run for one row."""
+
+    length: int
+    cache: object | None  # None when the prompts share no token
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, lm: LanguageModel, prompts: Sequence[EncodedPrompt]) -> SharedPrefix:
+        length = shared_prefix_length(prompts)
+        if length == 0:
+            return cls(0, None)
+        ids = torch.tensor([prompts[0].input_ids[:length]], device=lm.device)
+        return cls(length, lm.base_model(input_ids=ids, use_cache=True)[1])
+
+    def for_batch(self, batch: int):
+        """A fresh copy of the cache, repeated to ``batch`` rows (forwards append to their cache)."""
+        if self.cache is None:
+            return None
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+
 @dataclass
 class SuffixRun:
     """A batch of prompts split at their subject tokens, with the prefix's key/value cache."""
@@ -40,6 +81,8 @@ class SuffixRun:
 
     @classmethod
     def prepare(cls, lm: LanguageModel, prompts: Sequence[EncodedPrompt]) -> SuffixRun:
+        shared = SharedPrefix.of(lm, prompts)
+        c = shared.length  # columns [0, c): the shared tokens; [c, P): each prompt's own prefix
         prefix_width = max(p.subject_index for p in prompts)
         suffix_width = max(len(p.input_ids) - p.subject_index for p in prompts)
         shape = (len(prompts), prefix_width + suffix_width)
@@ -47,23 +90,26 @@ class SuffixRun:
         attention_mask = torch.zeros(shape, dtype=torch.long)
         last_index = torch.empty(len(prompts), dtype=torch.long)
         for row, prompt in enumerate(prompts):
-            begin = prefix_width - prompt.subject_index
+            begin = prefix_width - prompt.subject_index + c  # the own tokens, after left padding
             end = prefix_width + len(prompt.input_ids) - prompt.subject_index
-            input_ids[row, begin:end] = torch.tensor(prompt.input_ids)
+            input_ids[row, :c] = torch.tensor(prompt.input_ids[:c])
+            input_ids[row, begin:end] = torch.tensor(prompt.input_ids[c:])
+            attention_mask[row, :c] = 1
             attention_mask[row, begin:end] = 1
             last_index[row] = end - 1 - prefix_width
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         input_ids, attention_mask, position_ids, last_index = (
             t.to(lm.device) for t in (input_ids, attention_mask, position_ids, last_index)
         )
-        cache = None
-        if prefix_width > 0:  # a subject at position 0 leaves no prefix to cache
+        cache = shared.for_batch(len(prompts))
+        if prefix_width > c:  # the own prefixes, after the shared tokens
             with torch.no_grad():
                 cache = lm.base_model(
-                    input_ids=input_ids[:, :prefix_width],
+                    input_ids=input_ids[:, c:prefix_width],
                     attention_mask=attention_mask[:, :prefix_width],
-                    position_ids=position_ids[:, :prefix_width],
+                    position_ids=position_ids[:, c:prefix_width],
                     use_cache=True,
+                    **{lm.cache_argument: cache},
                 )[1]  # the cache (transformers 5 names it `cache`, earlier versions `past_key_values`)
         return cls(lm, input_ids, attention_mask, position_ids, prefix_width, last_index, cache)
 
