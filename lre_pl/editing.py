@@ -114,6 +114,30 @@ def comparison_edits(lm: LanguageModel, edits: EditSet, layer: Layer) -> dict[st
     }
 
 
+def edit_hits(
+    lm: LanguageModel,
+    edits: EditSet,
+    layer: Layer,
+    pairs: Sequence[tuple[int, int]],
+    edit_fns: Mapping[Key, EditFn],
+    batch_size: int = 16,
+) -> dict[Key, torch.Tensor]:
+    """``{key: hits [pair] bool}``: whether each edit makes the LM's top-1 token start the target's
+    object. Sources are batched; each batch's prefix runs once for all edits."""
+    hits: dict[Key, list[bool]] = {key: [] for key in edit_fns}
+    for start in range(0, len(pairs), batch_size):
+        sources, targets = (torch.tensor(column) for column in zip(*pairs[start : start + batch_size]))
+        deltas = [edit(sources, targets) for edit in edit_fns.values()]
+        outputs = edited_outputs(lm, [edits.prompts[i] for i in sources], layer, deltas)
+        for key, output in zip(edit_fns, outputs):
+            strings = lm.token_strings(lm.decode(output).argmax(-1))
+            hits[key] += [
+                is_prefix_match(token, edits.objects[target])
+                for token, target in zip(strings, targets.tolist())
+            ]
+    return {key: torch.tensor(value, dtype=torch.bool) for key, value in hits.items()}
+
+
 def efficacy(
     lm: LanguageModel,
     edits: EditSet,
@@ -122,17 +146,6 @@ def efficacy(
     edit_fns: Mapping[Key, EditFn],
     batch_size: int = 16,
 ) -> dict[Key, tuple[int, int]]:
-    """``{key: (successes, edits)}``: how often each edit makes the LM's top-1 token start the target's
-    object. Sources are batched; each batch's prefix runs once for all edits."""
-    hits = dict.fromkeys(edit_fns, 0)
-    for start in range(0, len(pairs), batch_size):
-        sources, targets = (torch.tensor(column) for column in zip(*pairs[start : start + batch_size]))
-        deltas = [edit(sources, targets) for edit in edit_fns.values()]
-        outputs = edited_outputs(lm, [edits.prompts[i] for i in sources], layer, deltas)
-        for key, output in zip(edit_fns, outputs):
-            strings = lm.token_strings(lm.decode(output).argmax(-1))
-            hits[key] += sum(
-                is_prefix_match(token, edits.objects[target])
-                for token, target in zip(strings, targets.tolist())
-            )
-    return {key: (hits[key], len(pairs)) for key in edit_fns}
+    """``{key: (successes, edits)}`` of :func:`edit_hits`."""
+    hits = edit_hits(lm, edits, layer, pairs, edit_fns, batch_size)
+    return {key: (int(value.sum()), len(pairs)) for key, value in hits.items()}

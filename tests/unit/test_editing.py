@@ -11,6 +11,7 @@ from lre_pl.editing import (
     EditSet,
     all_pairs,
     comparison_edits,
+    edit_hits,
     edited_outputs,
     efficacy,
     pinv_edits,
@@ -91,7 +92,9 @@ def test_efficacy_counts_what_a_hand_written_loop_counts(llama, edit_set):
         edit_set.prompts, edit_set.subjects, objects, edit_set.subject_states, edit_set.output_states
     )
     result = efficacy(llama, edits, layer, pairs, edit_fns, batch_size=7)
+    per_pair = edit_hits(llama, edits, layer, pairs, edit_fns, batch_size=5)
     for key in edit_fns:
-        expected = sum(is_prefix_match(hand[key, s, t], objects[t]) for s, t in pairs)
-        assert result[key] == (expected, len(pairs)), key
+        expected = [is_prefix_match(hand[key, s, t], objects[t]) for s, t in pairs]
+        assert per_pair[key].tolist() == expected, key
+        assert result[key] == (sum(expected), len(pairs)), key
     assert result[d][0] >= 6  # one constructed success per target at least
