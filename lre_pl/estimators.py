@@ -40,6 +40,10 @@ class Estimator:
 
     #: Whether the fit must run the Jacobian engine (otherwise one forward per prompt is enough).
     needs_jacobians = False
+    #: Whether a sweep scans beta on this estimator's W s (the LRE's); the others are read at beta = 1.
+    takes_beta = False
+    #: The short name of result tables and of ``lre-pl sweep``'s ``estimators`` list.
+    name = ""
 
     def __call__(self, statistics: TrainingStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -59,6 +63,8 @@ class JacobianMean(Estimator):
     """The LRE of the paper: W = mean_i J_i, b = mean_i (o_i - J_i s_i)."""
 
     needs_jacobians = True
+    takes_beta = True
+    name = "lre"
 
     def __call__(self, statistics: TrainingStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         if statistics.jacobian_mean is None or statistics.bias_mean is None:
@@ -69,6 +75,8 @@ class JacobianMean(Estimator):
 class Translation(Estimator):
     """o ~ s + mean_i (o_i - s_i): W = I, b = the mean offset."""
 
+    name = "translation"
+
     def __call__(self, statistics: TrainingStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         s, o = statistics.subject_states, statistics.output_states
         return torch.eye(s.shape[1], dtype=s.dtype, device=s.device), (o - s).mean(0)
@@ -76,6 +84,8 @@ class Translation(Estimator):
 
 class Identity(Estimator):
     """The logit lens: decode s itself (W = I, b = 0)."""
+
+    name = "identity"
 
     def __call__(self, statistics: TrainingStatistics) -> tuple[torch.Tensor, torch.Tensor]:
         s = statistics.subject_states
@@ -93,6 +103,8 @@ class LinearRegression(Estimator):
     W = O_c^T (S_c S_c^T + lambda I_n)^-1 S_c, b = o_mean - W s_mean; ``ridge=0`` gives the
     minimum-norm least-squares W.
     """
+
+    name = "linear_regression"
 
     def __init__(self, ridge: float = 1e-3):
         """``ridge``: lambda relative to the mean squared norm of the centred subject states."""
@@ -117,3 +129,16 @@ class LinearRegression(Estimator):
         bias = o_mean - weight @ s_mean
         dtype = statistics.subject_states.dtype
         return weight.to(dtype), bias.to(dtype)
+
+
+#: The registry of ``lre-pl sweep``: short name -> estimator class.
+ESTIMATORS: dict[str, type[Estimator]] = {
+    cls.name: cls for cls in (JacobianMean, Translation, LinearRegression, Identity)
+}
+
+
+def estimator_named(name: str) -> Estimator:
+    """The registered estimator ``name`` with its default arguments, or a one-line error."""
+    if name not in ESTIMATORS:
+        raise InputError(f"unknown estimator {name!r}: use one of {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[name]()

@@ -13,13 +13,14 @@ from torch import nn
 
 from lre_pl.activations import collect_states
 from lre_pl.beta import learn_beta
+from lre_pl.bundle import Bundle
 from lre_pl.callbacks import FailedRunCleanup
 from lre_pl.distributed import gather_objects, rank_and_world
 from lre_pl.editing import COMPARISON_EDITS, all_pairs, comparison_edits, efficacy, pinv_edits, random_targets
 from lre_pl.errors import InputError
 from lre_pl.estimators import Estimator, JacobianMean, TrainingStatistics
 from lre_pl.jacobian import compute_jacobians
-from lre_pl.metrics import PrefixRecallAtK
+from lre_pl.metrics import PrefixRecallAtK, is_prefix_match
 from lre_pl.models import LanguageModel, check_dtype, check_model_spec, load_language_model, parse_layer
 from lre_pl.operator import LinearRelationOperator, relation_readout
 from lre_pl.relations import HPARAMS_MODELS, reference_hparams
@@ -73,8 +74,9 @@ class LinearRelationModule(pl.LightningModule):
     Args:
         model: model spec: ``smollm2-135m``, ``gemma3-270m``, a ``.gguf`` path, a hub name or directory.
         dtype: torch dtype name for the model weights.
-        layers: layer of s (``"emb"`` or a block index), or a list: all are estimated in one pass
-            and validated; the first one is the operator of ``operator.pt``.
+        layers: layer of s (``"emb"`` or a block index), a list, or ``"all"`` (``emb`` and every
+            block): all are estimated in one pass and validated; the first one is the operator of
+            ``operator.pt``.
         beta: scale on W s (the paper: 2.25 for GPT-J and GPT-2-XL, 8.0 for LLaMA-13B).
         learn_beta: after estimating, fit one beta per layer by cross-entropy on the training
             samples' objects.
@@ -94,6 +96,13 @@ class LinearRelationModule(pl.LightningModule):
             with a different subject and object) or ``all_pairs`` (every such pair; deterministic).
         comparison_edits: also the paper's comparison edits (same targets), which replace s by the
             target's s', by the target subject's token embedding or by o': ``val/edit/<kind>``.
+        bundle_path: write the estimation bundle (:class:`~lre_pl.bundle.Bundle`: W and b of every
+            layer, per-sample s_i, o_i, b_i, J_i s_i, every test sample's states) there at the end of
+            ``fit``, instead of the operator files: what ``lre-pl sweep`` evaluates.
+        keep_jacobians: also keep every per-sample J_i in the bundle (d^2 floats per sample and layer).
+        bundle_min_known: with ``bundle_path``, a relation with fewer known test samples gets a bundle
+            without Jacobians (its test states and known flags only): a sweep lists it, never
+            evaluates it, and spends no Jacobian on it.
     """
 
     def __init__(
@@ -113,6 +122,9 @@ class LinearRelationModule(pl.LightningModule):
         ranks: list[int] | None = None,
         causality_targets: str = "random",
         comparison_edits: bool = False,
+        bundle_path: str | None = None,
+        keep_jacobians: bool = False,
+        bundle_min_known: int = 1,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -127,7 +139,8 @@ class LinearRelationModule(pl.LightningModule):
         requested = list(layers) if isinstance(layers, (list, tuple)) else [layers]
         if not requested:
             raise InputError("layers is empty: give a layer such as 8, or a list such as [emb, 8, 18]")
-        self.layers: list[Layer] = [parse_layer(layer) for layer in requested]
+        # "all" stays a marker until configure_model knows the number of blocks.
+        self.layers: list[Layer] = ["all"] if requested == ["all"] else [parse_layer(x) for x in requested]
         if reference_hparams is not None and reference_hparams not in HPARAMS_MODELS:
             raise InputError(
                 f"reference_hparams={reference_hparams!r} is not one of {', '.join(HPARAMS_MODELS)}"
@@ -198,6 +211,8 @@ class LinearRelationModule(pl.LightningModule):
         if self.lm is not None:
             return
         self.lm = load_language_model(self.hparams.model, self.hparams.dtype, str(self._root_device()))
+        if self.layers == ["all"]:
+            self.layers = self.lm.layer_names()
         # -1 and 29 are one layer of a 30-block model: estimate and report it once.
         self.layers = list(dict.fromkeys(self.lm.check_layer(layer) for layer in self.layers))
         d, n = self.lm.hidden_size, len(self.layers)
@@ -231,8 +246,9 @@ class LinearRelationModule(pl.LightningModule):
         self._jacobian_sum = torch.zeros(n, d, d, device=self._root_device())  # [layer, d, d]
         self._bias_sum = torch.zeros(n, d, device=self._root_device())  # [layer, d]
         self._count = 0
-        # Per batch: s [batch, layer, d], o [batch, d], the objects' first tokens [batch].
-        self._train_samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        # Per batch: "s" [batch, layer, d], "o" [batch, d], "target" (object's first token) [batch],
+        # and for a bundle "b" (b_i) and "Js" (J_i s_i) [batch, layer, d], "J" [batch, layer, d, d].
+        self._train_samples: list[dict[str, torch.Tensor]] = []
         self._pending = False
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -264,28 +280,38 @@ class LinearRelationModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         self._reset_sums()
         self.estimated = False
+        known = self.trainer.datamodule.known
+        known_count = sum(is_prefix_match(p, s.object) for p, s in zip(known.lm_predictions, known.samples))
+        self._skip_estimate = bool(self.hparams.bundle_path) and known_count < self.hparams.bundle_min_known
         # Set on every rank, even one whose shard is all padding: finalizing is a collective.
         self._pending = True
 
     def training_step(self, batch, batch_idx: int) -> None:
-        if not batch:  # only padding: this rank's shard is shorter
+        if not batch or self._skip_estimate:  # only padding (this rank's shard is shorter), or no estimate
             return
         started = time.perf_counter()
         prompts = [item.prompt for item in batch]
+        kept: dict[str, torch.Tensor] = {}
         if self.estimator.needs_jacobians:
             result = compute_jacobians(self.lm, prompts, self.layers, self.hparams.chunk_size)
+            biases = torch.stack([result.biases(layer) for layer in self.layers], dim=1)  # [batch, layer, d]
             for i, layer in enumerate(self.layers):
                 self._jacobian_sum[i] += result.jacobians[layer].sum(0)
-                self._bias_sum[i] += result.biases(layer).sum(0)
+                self._bias_sum[i] += biases[:, i].sum(0)
             states = torch.stack([result.subject_states[layer] for layer in self.layers], dim=1)
             outputs = result.output_states
+            if self.hparams.bundle_path:
+                kept = {"b": biases, "Js": outputs[:, None] - biases}
+                if self.hparams.keep_jacobians:
+                    kept["J"] = torch.stack([result.jacobians[layer] for layer in self.layers], dim=1)
         else:  # the baselines need s and o only: one forward, no Jacobian
             collected = collect_states(self.lm, prompts, batch_size=len(prompts))
             states = collected.subject_states[:, [self.lm.state_index(layer) for layer in self.layers]]
             outputs = collected.output_states
         self._count += len(batch)
-        targets = torch.tensor([item.target_token_id for item in batch])
-        self._train_samples.append((states.detach().float().cpu(), outputs.detach().float().cpu(), targets))
+        kept.update(s=states, o=outputs, target=torch.tensor([item.target_token_id for item in batch]))
+        self._train_samples.append({key: value.detach().float().cpu() if value.is_floating_point()
+                                    else value.cpu() for key, value in kept.items()})  # fmt: skip
         self.log(
             "train/seconds_per_sample", (time.perf_counter() - started) / len(batch), batch_size=len(batch)
         )
@@ -296,6 +322,9 @@ class LinearRelationModule(pl.LightningModule):
             return
         self._pending = False
         strategy = self.trainer.strategy
+        if self._skip_estimate:
+            self._train_tensors = {}
+            return
         count = strategy.reduce(torch.tensor(float(self._count), device=self.device), reduce_op="sum")
         if count.item() == 0:
             raise RuntimeError("no training sample reached the estimate: check the training dataloader")
@@ -303,10 +332,9 @@ class LinearRelationModule(pl.LightningModule):
         if self.estimator.needs_jacobians:  # d x d sums: reduced, never gathered
             jacobian_means = strategy.reduce(self._jacobian_sum, reduce_op="sum") / count
             bias_means = strategy.reduce(self._bias_sum, reduce_op="sum") / count
-        shards = gather_objects(self._train_samples)
-        states, outputs, targets = (
-            torch.cat([batch[k] for shard in shards for batch in shard]) for k in range(3)
-        )
+        batches = [batch for shard in gather_objects(self._train_samples) for batch in shard]
+        self._train_tensors = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
+        states, outputs, targets = (self._train_tensors[key] for key in ("s", "o", "target"))
         self._gathered_train = (states.to(self.weights), outputs.to(self.weights), targets.to(self.device))
         for i in range(len(self.layers)):
             statistics = TrainingStatistics(
@@ -494,6 +522,10 @@ class LinearRelationModule(pl.LightningModule):
 
     def on_fit_end(self) -> None:
         self._finalize_estimate()
+        if self.hparams.bundle_path:
+            if self.trainer.is_global_zero:
+                self.bundle().save(self.hparams.bundle_path)
+            return
         run_dir = self._run_dir()
         self.trainer.save_checkpoint(run_dir / "checkpoints" / "lre.ckpt", weights_only=False)
         if not self.trainer.is_global_zero:
@@ -503,6 +535,46 @@ class LinearRelationModule(pl.LightningModule):
                 self.operator(layer).save(run_dir / "operators" / f"layer_{layer}.pt")
         self.operator().save(run_dir / "operator.pt")  # last: its presence means the run completed
         self._print_summary(run_dir)
+
+    def bundle(self) -> Bundle:
+        """The estimation bundle of this fit (every test sample the data module kept, with its flag)."""
+        if not self.estimator.needs_jacobians:
+            raise InputError("a bundle holds the LRE's Jacobian statistics: use the JacobianMean estimator")
+        datamodule = self.trainer.datamodule
+        relation, known, train = datamodule.prompts.relation, datamodule.known, self._train_tensors
+        if not train:  # too few known samples: no estimate, empty training tensors
+            n, d = len(self.layers), self.lm.hidden_size
+            empty = torch.zeros(0, n, d)
+            train = {
+                "s": empty,
+                "o": torch.zeros(0, d),
+                "b": empty,
+                "Js": empty,
+                "target": torch.zeros(0).long(),
+            }
+        return Bundle(
+            model=self.hparams.model,
+            relation=relation.name,
+            category=relation.category,
+            seed=datamodule.hparams.seed,
+            n_train=datamodule.hparams.n_train,
+            layers=list(self.layers),
+            state_layers=self.lm.layer_names(),
+            weights=self.weights.float(),
+            biases=self.biases.float(),
+            train_subject_states=train["s"],
+            train_output_states=train["o"],
+            train_biases=train["b"],
+            train_jacobian_states=train["Js"],
+            train_object_tokens=train["target"],
+            test_subjects=[s.subject for s in known.samples],
+            test_objects=[s.object for s in known.samples],
+            test_subject_states=known.states.subject_states.float(),
+            test_output_states=known.states.output_states.float(),
+            test_lm_predictions=list(known.lm_predictions),
+            test_prompt_template=datamodule.prompts.test_prompt_template,
+            train_jacobians=train.get("J"),
+        )
 
     def on_validation_end(self) -> None:
         if self.trainer.state.fn == "validate" and self.trainer.is_global_zero:

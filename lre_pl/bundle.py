@@ -1,0 +1,101 @@
+"""Estimation bundles: what one (model, relation, trial) estimation leaves for every later evaluation.
+
+Estimation is the expensive part (a Jacobian pass over the training prompts, a forward over every
+test prompt); evaluation (layer x beta x rank grids, baselines, causality) only reads bundles, so
+every new question is an evaluation variant, never a new Jacobian pass. A bundle is written
+atomically by the Lightning fit that estimates it (:class:`~lre_pl.module.LinearRelationModule` with
+``bundle_path``): a file under its final name is complete.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+import lre_pl
+from lre_pl.errors import InputError
+from lre_pl.estimators import TrainingStatistics
+from lre_pl.metrics import is_prefix_match
+
+Layer = int | str
+
+
+@dataclass
+class Bundle:
+    """W and b of every estimated layer, per-sample training statistics and the test samples' states."""
+
+    model: str
+    relation: str
+    category: str
+    seed: int
+    n_train: int
+    layers: list[Layer]
+    """Layers of ``weights`` and of the training tensors' layer axis."""
+    state_layers: list[Layer]
+    """Layers of the test states' layer axis: every layer of the model (``emb``, 0, 1, ...)."""
+    weights: torch.Tensor  # [layer, d, d] W = mean_i J_i
+    biases: torch.Tensor  # [layer, d] b = mean_i b_i
+    train_subject_states: torch.Tensor  # [n, layer, d] s_i
+    train_output_states: torch.Tensor  # [n, d] o_i
+    train_biases: torch.Tensor  # [n, layer, d] b_i = o_i - J_i s_i
+    train_jacobian_states: torch.Tensor  # [n, layer, d] J_i s_i
+    train_object_tokens: torch.Tensor  # [n] first token of each training object
+    test_subjects: list[str]
+    test_objects: list[str]
+    test_subject_states: torch.Tensor  # [m, state_layer, d] s of every test sample at every layer
+    test_output_states: torch.Tensor  # [m, d] o of every test sample's own prompt
+    test_lm_predictions: list[str]
+    """The LM's own top-1 next token on each test prompt."""
+    test_prompt_template: str
+    """The few-shot test prompt: each subject goes in place of its last ``{}``."""
+    train_jacobians: torch.Tensor | None = None  # [n, layer, d, d] J_i, only where asked (d^2 each)
+    version: str = lre_pl.__version__
+
+    @property
+    def known(self) -> torch.Tensor:
+        """[m] bool: the LM's own prediction starts the object (the paper's known samples)."""
+        return torch.tensor(
+            [is_prefix_match(p, o) for p, o in zip(self.test_lm_predictions, self.test_objects)],
+            dtype=torch.bool,
+        )
+
+    def layer_index(self, layer: Layer) -> int:
+        return self.layers.index(layer)
+
+    def test_states(self, layer: Layer) -> torch.Tensor:
+        """s of every test sample at ``layer`` [m, d]."""
+        return self.test_subject_states[:, self.state_layers.index(layer)]
+
+    def training_statistics(self, layer: Layer) -> TrainingStatistics:
+        i = self.layer_index(layer)
+        return TrainingStatistics(
+            self.train_subject_states[:, i], self.train_output_states, self.weights[i], self.biases[i]
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically: a crash never leaves a truncated bundle under the final name."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            key: value.detach().cpu().contiguous() if isinstance(value, torch.Tensor) else value
+            for key, value in asdict(self).items()
+        }
+        partial = path.with_name(path.name + ".partial")
+        torch.save(payload, partial)
+        os.replace(partial, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Bundle:
+        path = Path(path)
+        try:
+            payload = torch.load(path, weights_only=True, map_location="cpu")
+            return cls(**{f.name: payload[f.name] for f in fields(cls) if f.name in payload})
+        except Exception as error:
+            raise InputError(
+                f"{str(path)!r} is not a readable lre_pl bundle ({type(error).__name__}): delete it and "
+                "rerun the sweep, which estimates it again"
+            ) from None
