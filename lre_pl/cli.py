@@ -4,6 +4,7 @@ lre-pl fit --config configs/quickstart.yaml [-v | --verbose]
 lre-pl fit --config configs/quickstart.yaml --print_config
 lre-pl validate --config configs/quickstart.yaml --model.operator_path RUN/operator.pt
 lre-pl relations [--category factual]
+lre-pl sweep --config configs/sweep/smollm2.yaml [--relations "[factual]"] [--trials "[0, 1]"]
 
 Bad input ends in one line ``lre-pl: error: ...`` and a non-zero exit code, and leaves no run
 folder: what needs no model is checked before the model is loaded, and a run that fails later
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import warnings
 from argparse import ArgumentError
@@ -38,7 +40,7 @@ TRAINER_DEFAULTS = {
     },
 }
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "sweep")
 
 #: Libraries whose INFO lines (GPU/TPU availability, tips, "Seed set") and warnings are shown only with --verbose.
 QUIET_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning", "transformers")
@@ -92,6 +94,28 @@ def print_relations(argv: list[str]) -> None:
         print(f"{name:<{width}}  {category:<11}  {count:>7}")
 
 
+def run_sweep(argv: list[str]) -> None:
+    """``lre-pl sweep``: parse a :class:`~lre_pl.sweep.SweepConfig` (YAML and flags) and run it."""
+    from dataclasses import fields
+
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from lre_pl.sweep import Sweep, SweepConfig
+
+    parser = ArgumentParser(
+        prog="lre-pl sweep",
+        description="The paper's protocol over many relations and trials; rerun to resume.",
+        exit_on_error=False,
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML sweep config (configs/sweep/)")
+    parser.add_class_arguments(SweepConfig)
+    parsed = parser.parse_args(argv)
+    config = SweepConfig(**{f.name: parsed[f.name] for f in fields(SweepConfig)})
+    root = Sweep(config, command=shlex.join(["lre-pl", "sweep", *argv])).run()
+    if root is not None:
+        print(f"lre_pl sweep: {root}/summary.md, results.csv, figures *.png (tensorboard --logdir {root})")
+
+
 def take_verbose_flag(argv: list[str]) -> tuple[list[str], bool]:
     """Remove ``-v`` / a bare ``--verbose`` (``validate --verbose true`` stays Lightning's own option)."""
     kept, verbose = [], False
@@ -114,6 +138,9 @@ def main(args: list[str] | None = None) -> None:
         if not verbose:
             quiet_libraries()
         install_sigterm_handler()
+        if argv and argv[0] == "sweep":
+            run_sweep(argv[1:])
+            return
         LRECLI(
             LinearRelationModule,
             RelationDataModule,

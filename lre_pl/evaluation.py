@@ -1,0 +1,265 @@
+"""Evaluation of an estimation bundle: faithfulness grids, baselines and causality, as tidy rows.
+
+Everything here reads a :class:`~lre_pl.bundle.Bundle`; no Jacobian is ever recomputed. Decoding
+(final norm + unembedding) is the only model work of the faithfulness grids; causality re-runs the
+suffix of the known test prompts with the edits (:mod:`lre_pl.editing`).
+
+Protocol (the paper's, with a held-out choice added):
+
+- The known test samples of a trial are split, seeded, into a *dev* part (``dev_fraction``) and a
+  *test* part. Hyper-parameters are chosen on dev and reported on test (``selection="dev"``); the
+  paper chose them on the samples it reported, which is reported too (``selection="paper"``: chosen
+  and reported on all known samples).
+- Layer and beta are chosen one after the other: the layer at ``layer_search_beta``, then beta on
+  ``betas`` at that layer. A full layer x beta product costs |layers| x |betas| decodes of every
+  sample (on SmolLM2, ~5 TFLOP a relation); the two scans cost |layers| + |betas|.
+- Every estimator gets its layer chosen the same way; only the LRE scans beta (``takes_beta``).
+  ``lre_emb`` is the LRE held at the embedding layer (a baseline of the paper).
+- ``max_known`` caps the known samples of a relation at a seeded random subset (a coarser, cheaper
+  evaluation of the largest relations; the count row still says how many were known).
+- Causality: at the chosen layer(s), the paper's edit at every rank of ``ranks`` (rank chosen on
+  dev), and the comparison edits, over seeded random targets among the known samples.
+
+Rows are dicts with the fields of :data:`ROW_FIELDS`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lre_pl.bundle import Bundle
+from lre_pl.editing import EditSet, comparison_edits, edit_hits, pinv_edits, random_targets
+from lre_pl.estimators import Estimator
+from lre_pl.metrics import is_prefix_match
+from lre_pl.models import LanguageModel
+from lre_pl.operator import relation_readout
+from lre_pl.prompts import encode_prompt, fill_subject
+
+Layer = int | str
+
+ROW_FIELDS = (
+    "model", "relation", "category", "trial", "kind", "selection", "estimator", "layer", "beta", "rank",
+    "split", "metric", "value", "n",
+)  # fmt: skip
+
+#: The splits of the known test samples rows report on.
+SPLITS = ("dev", "test", "all")
+
+
+@dataclass(frozen=True)
+class EvaluationGrid:
+    """What to evaluate on each bundle (the sweep config's evaluation fields)."""
+
+    estimators: Sequence[Estimator]
+    betas: Sequence[float]
+    layer_search_beta: float = 1.0
+    ranks: Sequence[int] = ()
+    comparison_edits: bool = True
+    dev_fraction: float = 0.5
+    min_known: int = 4
+    max_known: int | None = None
+    known_only: bool = True
+    top_k: int = 3
+    batch_size: int = 16
+
+
+class Decoder:
+    """Top-k tokens of residual vectors through the LM's final norm and unembedding, in chunks."""
+
+    def __init__(self, lm: LanguageModel, top_k: int, chunk: int = 256):
+        self.lm, self.top_k, self.chunk = lm, top_k, chunk
+
+    @functools.cached_property
+    def vocabulary(self) -> list[str]:
+        """Every token id's string (prefix matching compares these with objects)."""
+        return self.lm.token_strings(list(range(self.lm.unembedding.weight.shape[0])))
+
+    @torch.no_grad()
+    def hits(self, hidden: torch.Tensor, objects: Sequence[str]) -> torch.Tensor:
+        """[N, 2] bool for hidden [N, d]: the top-1 token starts the object; one of the top k does."""
+        lm, k = self.lm, self.top_k
+        top = torch.cat(
+            [
+                lm.decode(part.to(lm.device, lm.dtype)).topk(k).indices.cpu()
+                for part in hidden.split(self.chunk)
+            ]
+        )  # [N, k]
+        matches = torch.tensor(
+            [
+                [is_prefix_match(self.vocabulary[t], obj) for t in row]
+                for row, obj in zip(top.tolist(), objects)
+            ],
+            dtype=torch.bool,
+        ).reshape(len(objects), k)
+        return torch.stack([matches[:, 0], matches.any(1)], dim=1)
+
+
+def split_known(count: int, dev_fraction: float, seed: int) -> dict[str, torch.Tensor]:
+    """Positions (into the known samples) of the dev, test and all splits: a seeded shuffle."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    n_dev = min(count - 1, max(1, math.ceil(count * dev_fraction)))
+    return {
+        "dev": torch.tensor(sorted(order[:n_dev]), dtype=torch.long),
+        "test": torch.tensor(sorted(order[n_dev:]), dtype=torch.long),
+        "all": torch.arange(count),
+    }
+
+
+def _best(scores: dict, split: torch.Tensor):
+    """The key whose hits@1 [known, 2] have the highest mean on ``split`` (first of ties)."""
+    return max(scores, key=lambda key: scores[key][split, 0].float().mean().item())
+
+
+class BundleEvaluation:
+    """Evaluates one bundle; :meth:`rows` runs everything and returns the tidy rows."""
+
+    def __init__(self, bundle: Bundle, grid: EvaluationGrid, decoder: Decoder):
+        self.bundle, self.grid, self.decoder = bundle, grid, decoder
+        known = bundle.known if grid.known_only else torch.ones(len(bundle.test_objects), dtype=torch.bool)
+        self.known = known.nonzero().flatten()  # [k] indices into the bundle's test samples
+        if grid.max_known is not None and len(self.known) > grid.max_known:  # a seeded subset
+            chosen = sorted(random.Random(bundle.seed).sample(range(len(self.known)), grid.max_known))
+            self.known = self.known[chosen]
+        self.objects = [bundle.test_objects[i] for i in self.known.tolist()]
+        self.splits = split_known(len(self.known), grid.dev_fraction, bundle.seed)
+        self._rows: list[dict] = []
+
+    def _row(self, **fields) -> None:
+        b = self.bundle
+        row = dict.fromkeys(ROW_FIELDS)
+        row.update(model=b.model, relation=b.relation, category=b.category, trial=b.seed, **fields)
+        self._rows.append(row)
+
+    def _split_rows(self, hits: torch.Tensor, metrics: Sequence[str], splits=SPLITS, **fields) -> None:
+        """One row per split and metric of per-sample ``hits`` [known, len(metrics)]."""
+        for split in splits:
+            positions = self.splits[split]
+            for column, metric in enumerate(metrics):
+                value = hits[positions, column].float().mean().item() if len(positions) else float("nan")
+                self._row(split=split, metric=metric, value=value, n=len(positions), **fields)
+
+    @property
+    def faithfulness_metrics(self) -> tuple[str, str]:
+        return ("faithfulness@1", f"faithfulness@{self.grid.top_k}")
+
+    def rows(self, lm: LanguageModel | None = None) -> list[dict]:
+        """All rows of this bundle; ``lm`` (for causality) may be ``None`` to skip causality."""
+        b, grid = self.bundle, self.grid
+        n_test = len(b.test_objects)
+        n_known = float(b.known.sum()) if grid.known_only else float(n_test)
+        self._row(kind="count", split="all", metric="known_test_samples", value=n_known, n=n_test)
+        self._row(
+            kind="count", split="all", metric="lm_accuracy", value=b.known.float().mean().item(), n=n_test
+        )
+        if len(self.known) < grid.min_known:
+            self._row(kind="count", split="all", metric="too_few_known", value=1.0, n=len(self.known))
+            return self._rows
+        chosen_lre = {}
+        for estimator in grid.estimators:
+            chosen = self._faithfulness(estimator)
+            if estimator.takes_beta:
+                chosen_lre = chosen
+        if lm is not None and chosen_lre and (grid.ranks or grid.comparison_edits):
+            self._causality(lm, chosen_lre)
+        return self._rows
+
+    # ------------------------------------------------------------------------------ faithfulness
+    def _hits_at(self, estimator: Estimator, layer: Layer, betas: Sequence[float]) -> dict:
+        """{(layer, beta): hits [known, 2]} of one estimator at one layer, all betas in one decode."""
+        weight, bias = estimator(self.bundle.training_statistics(layer))
+        states = self.bundle.test_states(layer)[self.known]  # [k, d]
+        projection = states @ weight.T  # [k, d] W s
+        hidden = torch.cat([relation_readout(projection, bias, beta) for beta in betas])  # [beta * k, d]
+        hits = self.decoder.hits(hidden, self.objects * len(betas)).reshape(len(betas), len(states), 2)
+        return {(layer, beta): hits[i] for i, beta in enumerate(betas)}
+
+    def _faithfulness(self, estimator: Estimator) -> dict[str, tuple[Layer, float]]:
+        """Grid rows of one estimator and its selected rows; returns the chosen (layer, beta) per selection."""
+        b, grid, name = self.bundle, self.grid, estimator.name
+        search_beta = grid.layer_search_beta if estimator.takes_beta else 1.0
+        scores: dict = {}
+        for layer in b.layers:
+            scores.update(self._hits_at(estimator, layer, [search_beta]))
+        chosen_layers = {
+            "dev": _best(scores, self.splits["dev"])[0],
+            "paper": _best(scores, self.splits["all"])[0],
+        }
+        variants = {name: scores}
+        if estimator.takes_beta:
+            scan_layers = set(chosen_layers.values()) | ({"emb"} & set(b.layers))
+            for layer in sorted(scan_layers, key=str):
+                scores.update(self._hits_at(estimator, layer, [x for x in grid.betas if x != search_beta]))
+            if "emb" in b.layers:
+                variants[f"{name}_emb"] = {key: value for key, value in scores.items() if key[0] == "emb"}
+        for (layer, beta), hits in scores.items():
+            self._split_rows(
+                hits, self.faithfulness_metrics, kind="grid", estimator=name, layer=str(layer), beta=beta
+            )
+        chosen = {}
+        for variant, points in variants.items():
+            for selection, split, report in (("dev", "dev", "test"), ("paper", "all", "all")):
+                if variant == name:  # layer first, then beta at that layer
+                    layer = chosen_layers[selection]
+                    points = {key: value for key, value in scores.items() if key[0] == layer}
+                layer, beta = _best(points, self.splits[split])
+                if variant == name:
+                    chosen[selection] = (layer, beta)
+                self._split_rows(
+                    points[layer, beta], self.faithfulness_metrics, splits=(report,), kind="selected",
+                    selection=selection, estimator=variant, layer=str(layer), beta=beta,
+                )  # fmt: skip
+        return chosen
+
+    # --------------------------------------------------------------------------------- causality
+    def _causality(self, lm: LanguageModel, chosen: dict[str, tuple[Layer, float]]) -> None:
+        b, grid = self.bundle, self.grid
+        known = self.known
+        prompts = [
+            encode_prompt(lm.tokenizer, fill_subject(b.test_prompt_template, b.test_subjects[i]))
+            for i in known.tolist()
+        ]
+        edits = EditSet(
+            prompts,
+            [b.test_subjects[i] for i in known.tolist()],
+            self.objects,
+            b.test_subject_states[known].to(lm.device),
+            b.test_output_states[known].to(lm.device),
+        )
+        pairs = random_targets(edits.subjects, edits.objects, b.seed)
+        if not pairs:
+            return
+        sources = torch.tensor([source for source, _ in pairs])
+        # Pairs per split: those whose source sample is in the split.
+        in_split = {split: torch.isin(sources, positions) for split, positions in self.splits.items()}
+        for layer in dict.fromkeys(layer for layer, _ in chosen.values()):
+            weight = b.weights[b.layer_index(layer)].to(lm.device)
+            edit_fns = {("lre", rank): fn for rank, fn in pinv_edits(edits, weight, grid.ranks).items()}
+            if grid.comparison_edits:
+                kinds = comparison_edits(lm, edits, layer)
+                edit_fns.update({(f"edit:{kind}", None): fn for kind, fn in kinds.items()})
+            hits = edit_hits(lm, edits, layer, pairs, edit_fns, grid.batch_size)  # {key: [pair]}
+            for (estimator, rank), pair_hits in hits.items():
+                for split, mask in in_split.items():
+                    value = pair_hits[mask].float().mean().item() if mask.any() else float("nan")
+                    self._row(kind="grid", estimator=estimator, layer=str(layer), rank=rank, split=split,
+                              metric="efficacy", value=value, n=int(mask.sum()))  # fmt: skip
+            for selection, split, report in (("dev", "dev", "test"), ("paper", "all", "all")):
+                if chosen[selection][0] != layer:
+                    continue
+                rates = {key: value[in_split[split]].float().mean().item() for key, value in hits.items()}
+                # The rank is the LRE's hyper-parameter; comparison edits have none of their own.
+                best_rank = max(grid.ranks, key=lambda rank: rates["lre", rank]) if grid.ranks else None
+                for key, pair_hits in hits.items():
+                    if key[0] == "lre" and key[1] != best_rank:
+                        continue
+                    mask = in_split[report]
+                    self._row(kind="selected", selection=selection, estimator=key[0], layer=str(layer),
+                              rank=key[1], split=report, metric="efficacy",
+                              value=pair_hits[mask].float().mean().item(), n=int(mask.sum()))  # fmt: skip

@@ -1,0 +1,255 @@
+"""``lre-pl sweep``: the paper's protocol over many relations and trials, resumable.
+
+Two stages per (relation, trial), each skipped when its file exists:
+
+1. **Estimation** (expensive): one Lightning ``fit`` of :class:`~lre_pl.module.LinearRelationModule`
+   at every layer, writing a bundle (``bundles/<relation>/trial_<seed>.pt``). Under DDP
+   (``trainer: {strategy: ddp, devices: N}``) the training prompts and the test prompts are sharded
+   across the ranks and reduced, as in ``lre-pl fit``; the bundle equals a one-process bundle.
+2. **Evaluation** (cheap, global rank 0): :class:`~lre_pl.evaluation.BundleEvaluation` of the bundle,
+   written atomically to ``rows/<relation>__trial_<seed>.jsonl``.
+
+A file under its final name is complete (written to ``.partial``, then renamed), so Ctrl-C or a crash
+loses at most the relation in progress, and a rerun of the same command resumes. At the end the
+sweep folder gets ``results.csv`` (every row), ``summary.md`` (by category, like the paper's tables)
+and figures (PNG and TensorBoard), made from the row files alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from tqdm.auto import tqdm
+
+from lre_pl.bundle import Bundle
+from lre_pl.data import RelationDataModule
+from lre_pl.errors import InputError
+from lre_pl.estimators import ESTIMATORS, estimator_named
+from lre_pl.evaluation import ROW_FIELDS, BundleEvaluation, Decoder, EvaluationGrid
+from lre_pl.models import check_dtype, check_model_spec, load_language_model
+from lre_pl.module import LinearRelationModule
+from lre_pl.relations import CATEGORIES, list_relations, load_relation
+
+#: The paper's beta grid: 0 to 5 in steps of 0.25.
+PAPER_BETAS = [round(0.25 * i, 2) for i in range(21)]
+
+
+@dataclass
+class SweepConfig:
+    """Everything one sweep runs; rerunning the same config resumes it."""
+
+    model: str = "smollm2-135m"
+    """Model spec, as in ``lre-pl fit``."""
+    dtype: str = "float32"
+    """Torch dtype of the model weights."""
+    relations: list[str] = field(default_factory=lambda: ["all"])
+    """``[all]``, a category (``[factual]``), or relation names / JSON files."""
+    trials: list[int] = field(default_factory=lambda: [0])
+    """One trial per seed: the seed of the train/test split and of the dev/test and target draws."""
+    n_train: int = 5
+    """Training samples per trial (the few-shot examples of every prompt)."""
+    layers: str | list[int | str] = "all"
+    """Layers estimated and scanned: ``all`` or a list such as ``[emb, 4, 8, 12]``."""
+    betas: list[float] = field(default_factory=lambda: list(PAPER_BETAS))
+    """beta grid of the LRE, scanned at the chosen layer (the paper: 0 to 5 in steps of 0.25)."""
+    layer_search_beta: float = 1.0
+    """beta at which the layer is chosen (1: the unscaled Jacobian)."""
+    ranks: list[int] = field(default_factory=lambda: [8, 32, 128])
+    """Ranks of the causality edit W⁺_r; each at most the model's d. ``[]``: no rank sweep."""
+    comparison_edits: bool = True
+    """Also the paper's comparison edits (s replaced by s', by the subject's embedding, by o')."""
+    estimators: list[str] = field(default_factory=lambda: list(ESTIMATORS))
+    """Estimators evaluated on every bundle (``lre`` first; baselines from the same statistics)."""
+    dev_fraction: float = 0.5
+    """Share of each relation's known test samples that choose hyper-parameters (the rest reports)."""
+    min_known: int = 4
+    """Relations with fewer known test samples are listed as such and not evaluated (>= 2)."""
+    max_known: int | None = None
+    """Evaluate at most this many known samples of a relation (a seeded subset); ``None``: all."""
+    known_only: bool = True
+    """Evaluate on the known test samples only (the paper); ``False`` takes every test sample."""
+    top_k: int = 3
+    """faithfulness@1 and @top_k."""
+    batch_size: int = 8
+    """Prompts per batch (Jacobians, states, edits)."""
+    chunk_size: int | None = None
+    """Vector-Jacobian products per backward pass (``None``: automatic)."""
+    keep_jacobians: bool = False
+    """Keep every per-sample J_i in the bundles (d² floats per sample and layer)."""
+    output_dir: str = "lightning_logs/sweep"
+    """The sweep folder: bundles, rows, results, summary, figures. Rerun to resume."""
+    trainer: dict = field(default_factory=dict)
+    """Extra ``pl.Trainer`` arguments for estimation, e.g. ``{strategy: ddp, devices: 2}``."""
+
+    def check(self) -> list[str]:
+        """One-line errors for what needs no model; returns the relation names."""
+        check_model_spec(self.model)
+        check_dtype(self.dtype)
+        if not self.trials or len(set(self.trials)) != len(self.trials):
+            raise InputError(f"trials={self.trials} must be distinct seeds, e.g. [0, 1, 2]")
+        if not self.betas or any(beta < 0 for beta in self.betas):
+            raise InputError(f"betas={self.betas} must be a non-empty list of non-negative numbers")
+        if any(not isinstance(rank, int) or rank < 0 for rank in self.ranks):
+            raise InputError(f"ranks={self.ranks} must be non-negative integers, e.g. [8, 32, 128]")
+        if not 0 < self.dev_fraction < 1:
+            raise InputError(f"dev_fraction={self.dev_fraction} must be between 0 and 1 (exclusive)")
+        if self.max_known is not None and self.max_known < self.min_known:
+            raise InputError(f"max_known={self.max_known} must be at least min_known={self.min_known}")
+        if self.min_known < 2:
+            raise InputError(f"min_known={self.min_known} must be at least 2 (one dev and one test sample)")
+        for name, value in (
+            ("top_k", self.top_k),
+            ("batch_size", self.batch_size),
+            ("n_train", self.n_train),
+        ):
+            if value < 1:
+                raise InputError(f"{name}={value} must be at least 1")
+        estimators = [estimator_named(name) for name in self.estimators]
+        if not any(e.takes_beta for e in estimators):
+            raise InputError(f"estimators={self.estimators} must include lre (the LRE itself)")
+        return resolve_relations(self.relations)
+
+    def grid(self) -> EvaluationGrid:
+        return EvaluationGrid(
+            estimators=[estimator_named(name) for name in self.estimators],
+            betas=self.betas,
+            layer_search_beta=self.layer_search_beta,
+            ranks=self.ranks,
+            comparison_edits=self.comparison_edits,
+            dev_fraction=self.dev_fraction,
+            min_known=self.min_known,
+            max_known=self.max_known,
+            known_only=self.known_only,
+            top_k=self.top_k,
+            batch_size=self.batch_size,
+        )
+
+
+def resolve_relations(requested: list[str]) -> list[str]:
+    """Relation names (or JSON paths) of ``[all]``, ``[<category>]`` or a list; one-line errors."""
+    if not requested:
+        raise InputError("relations is empty: give [all], a category such as [factual], or names")
+    if requested == ["all"]:
+        return [name for name, _, _ in list_relations()]
+    if len(requested) == 1 and requested[0] in CATEGORIES:
+        return [name for name, _, _ in list_relations(requested[0])]
+    for name in requested:
+        load_relation(name)  # an unknown name or a bad file fails here, before any model
+    return list(requested)
+
+
+def slug(relation: str) -> str:
+    return Path(relation).stem.replace(" ", "_") if relation.endswith(".json") else relation.replace(" ", "_")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+class Sweep:
+    """Runs a :class:`SweepConfig`: estimation where no bundle exists, evaluation where no rows exist."""
+
+    def __init__(self, config: SweepConfig, command: str | None = None):
+        self.config = config
+        self.command = command
+        self.relations = config.check()
+        self.grid = config.grid()
+        self.root = Path(config.output_dir)
+        self.timings: dict[str, float] = {"estimation": 0.0, "evaluation": 0.0}
+
+    def bundle_path(self, relation: str, seed: int) -> Path:
+        return self.root / "bundles" / slug(relation) / f"trial_{seed}.pt"
+
+    def rows_path(self, relation: str, seed: int) -> Path:
+        return self.root / "rows" / f"{slug(relation)}__trial_{seed}.jsonl"
+
+    def estimate(self, relation: str, seed: int) -> int:
+        """One Lightning fit writing the bundle; returns this process's global rank."""
+        c = self.config
+        pl.seed_everything(seed, verbose=False)
+        module = LinearRelationModule(
+            model=c.model, dtype=c.dtype, layers=c.layers, chunk_size=c.chunk_size,
+            bundle_path=str(self.bundle_path(relation, seed)), keep_jacobians=c.keep_jacobians,
+            bundle_min_known=c.min_known if c.known_only else 0,
+        )  # fmt: skip
+        data = RelationDataModule(
+            relation=relation, model=c.model, dtype=c.dtype, n_train=c.n_train, seed=seed,
+            batch_size=c.batch_size, filter_known=False,
+        )  # fmt: skip
+        trainer = pl.Trainer(
+            max_epochs=1, num_sanity_val_steps=0, limit_val_batches=0, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, logger=False,
+            default_root_dir=str(self.root), **c.trainer,
+        )  # fmt: skip
+        trainer.fit(module, datamodule=data)
+        return trainer.global_rank
+
+    def evaluate(self, relation: str, seed: int) -> None:
+        c = self.config
+        bundle = Bundle.load(self.bundle_path(relation, seed))
+        lm = load_language_model(c.model, c.dtype, self._device())
+        rows = BundleEvaluation(bundle, self.grid, self._decoder(lm)).rows(lm)
+        write_atomically(self.rows_path(relation, seed), "".join(json.dumps(row) + "\n" for row in rows))
+
+    def _device(self) -> str:
+        accelerator = self.config.trainer.get("accelerator", "auto")
+        return "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+
+    def _decoder(self, lm) -> Decoder:
+        if getattr(self, "_cached_decoder", None) is None or self._cached_decoder.lm is not lm:
+            self._cached_decoder = Decoder(lm, self.config.top_k)
+        return self._cached_decoder
+
+    def run(self) -> Path | None:
+        """Every (relation, trial); returns the sweep folder on global rank 0 (``None`` on others)."""
+        c = self.config
+        self.root.mkdir(parents=True, exist_ok=True)
+        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+        if rank == 0:
+            self._write_command()
+        work = [(relation, seed) for relation in self.relations for seed in c.trials]
+        bar = tqdm(work, desc="sweep", unit="trial", disable=rank != 0)
+        for relation, seed in bar:
+            bar.set_postfix_str(f"{relation}, trial {seed}")
+            if self.rows_path(relation, seed).exists():
+                continue
+            if not self.bundle_path(relation, seed).exists():
+                started = time.perf_counter()
+                rank = self.estimate(relation, seed)
+                self.timings["estimation"] += time.perf_counter() - started
+            if rank == 0:
+                started = time.perf_counter()
+                self.evaluate(relation, seed)
+                self.timings["evaluation"] += time.perf_counter() - started
+        bar.close()
+        if rank != 0:
+            return None
+        from lre_pl.sweep_report import write_report
+
+        write_report(self.root, [self.rows_path(r, s) for r, s in work], c)
+        return self.root
+
+    def _write_command(self) -> None:
+        """The exact command (``command.txt``) and the resolved config, beside the results they make."""
+        if self.command:
+            write_atomically(self.root / "command.txt", self.command + "\n")
+        write_atomically(self.root / "sweep_config.json", json.dumps(asdict(self.config), indent=2) + "\n")
+
+
+def read_rows(paths: list[Path]) -> list[dict]:
+    """Rows of every existing row file (with the fields of :data:`ROW_FIELDS`)."""
+    rows = []
+    for path in paths:
+        if path.exists():
+            rows += [json.loads(line) for line in path.read_text().splitlines() if line]
+    assert all(set(row) == set(ROW_FIELDS) for row in rows)
+    return rows

@@ -1,0 +1,286 @@
+"""A sweep's results from its row files alone: ``results.csv``, ``summary.md`` and figures.
+
+Numbers of a category are means over its evaluated relations, per trial; the tables give the mean
+± standard deviation of those over trials (no ± with one trial).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from lre_pl.evaluation import ROW_FIELDS
+from lre_pl.relations import CATEGORIES
+from lre_pl.reports import write_figure
+
+#: Columns of the summary's faithfulness table: (heading, estimator, selection, reported split).
+FAITHFULNESS_COLUMNS = (
+    ("LRE", "lre", "dev", "test"),
+    ("LRE, chosen on reported (paper)", "lre", "paper", "all"),
+    ("LRE at emb", "lre_emb", "dev", "test"),
+    ("translation", "translation", "dev", "test"),
+    ("linear regression", "linear_regression", "dev", "test"),
+    ("identity (logit lens)", "identity", "dev", "test"),
+)
+CAUSALITY_COLUMNS = (
+    ("LRE edit W⁺_r(o'-o)", "lre", "dev", "test"),
+    ("LRE, chosen on reported (paper)", "lre", "paper", "all"),
+    ("s → s'", "edit:target_subject_state", "dev", "test"),
+    ("s → emb(s')", "edit:target_subject_embedding", "dev", "test"),
+    ("s → o'", "edit:target_output", "dev", "test"),
+)
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _cell(per_trial: list[float]) -> str:
+    values = [v for v in per_trial if not math.isnan(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+class SweepResults:
+    """Indexes of the rows that the tables and figures read."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+        self.trials = sorted({row["trial"] for row in rows})
+        self.category = {row["relation"]: row["category"] for row in rows}
+        self.counts = {
+            (row["relation"], row["trial"], row["metric"]): row["value"]
+            for row in rows
+            if row["kind"] == "count"
+        }
+        self.selected = {
+            (
+                row["relation"],
+                row["trial"],
+                row["estimator"],
+                row["selection"],
+                row["split"],
+                row["metric"],
+            ): row
+            for row in rows
+            if row["kind"] == "selected"
+        }
+
+    @property
+    def relations(self) -> list[str]:
+        return sorted(self.category)
+
+    def too_few_known(self) -> list[str]:
+        return sorted({r for (r, _, metric) in self.counts if metric == "too_few_known"})
+
+    def evaluated(self, category: str | None = None) -> list[str]:
+        skipped = set(self.too_few_known())
+        return [
+            r
+            for r in self.relations
+            if r not in skipped and (category is None or self.category[r] == category)
+        ]
+
+    def value(self, relation, trial, estimator, selection, split, metric) -> float:
+        row = self.selected.get((relation, trial, estimator, selection, split, metric))
+        return row["value"] if row else float("nan")
+
+    def category_cells(self, columns, metric: str) -> list[list[str]]:
+        table = []
+        for category in [*CATEGORIES, None]:
+            relations = self.evaluated(category)
+            total = [r for r in self.relations if category is None or self.category[r] == category]
+            if not total:
+                continue
+            cells = [category or "**all**", f"{len(relations)}/{len(total)}"]
+            for _, estimator, selection, split in columns:
+                per_trial = [
+                    _mean(self.value(r, t, estimator, selection, split, metric) for r in relations)
+                    for t in self.trials
+                ]
+                cells.append(_cell(per_trial))
+            table.append(cells)
+        return table
+
+
+def _markdown_table(headings: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def summary_markdown(results: SweepResults, config) -> str:
+    """The summary page: by category, then by relation, then the relations not evaluated."""
+    trials = ", ".join(map(str, results.trials))
+    parts = [
+        f"# LRE sweep: {config.model}\n",
+        f"{len(results.relations)} relations, trials (seeds) {trials}, n_train {config.n_train}, layers "
+        f"{config.layers}, layer chosen at beta {config.layer_search_beta}, beta grid {min(config.betas)}..."
+        f"{max(config.betas)} ({len(config.betas)} values), causality ranks {config.ranks}. Hyper-parameters "
+        f"are chosen on a dev split ({config.dev_fraction:.0%}) of each relation's known test samples and "
+        "reported on the rest; the paper's way (chosen on the very samples reported) is the column so "
+        "marked. Cells: mean over the category's relations, then mean ± std over trials.\n",
+        "## Faithfulness@1 by category\n",
+        _markdown_table(
+            ["category", "relations", *(c[0] for c in FAITHFULNESS_COLUMNS)],
+            results.category_cells(FAITHFULNESS_COLUMNS, "faithfulness@1"),
+        ),
+        "## Causality (efficacy) by category\n",
+        _markdown_table(
+            ["category", "relations", *(c[0] for c in CAUSALITY_COLUMNS)],
+            results.category_cells(CAUSALITY_COLUMNS, "efficacy"),
+        ),
+        "## By relation (LRE, chosen on dev, reported on test; first trial's layer, beta and rank)\n",
+    ]
+    rows = []
+    for relation in results.relations:
+        t0 = results.trials[0]
+        known = [
+            results.counts.get((relation, t, "known_test_samples"), float("nan")) for t in results.trials
+        ]
+        accuracy = [results.counts.get((relation, t, "lm_accuracy"), float("nan")) for t in results.trials]
+        faithful = results.selected.get((relation, t0, "lre", "dev", "test", "faithfulness@1"))
+        causal = results.selected.get((relation, t0, "lre", "dev", "test", "efficacy"))
+        rows.append(
+            [
+                relation,
+                results.category[relation],
+                f"{_mean(known):.0f}",
+                f"{_mean(accuracy):.2f}",
+                _cell(
+                    [
+                        results.value(relation, t, "lre", "dev", "test", "faithfulness@1")
+                        for t in results.trials
+                    ]
+                ),
+                str(faithful["layer"]) if faithful else "–",
+                f"{faithful['beta']:g}" if faithful else "–",
+                _cell([results.value(relation, t, "lre", "dev", "test", "efficacy") for t in results.trials]),
+                str(causal["rank"]) if causal else "–",
+            ]
+        )
+    parts.append(
+        _markdown_table(
+            [
+                "relation",
+                "category",
+                "known",
+                "LM acc.",
+                "faithfulness@1",
+                "layer",
+                "beta",
+                "efficacy",
+                "rank",
+            ],
+            rows,
+        )
+    )
+    skipped = results.too_few_known()
+    parts.append(f"## Not evaluated: fewer than {config.min_known} known test samples\n")
+    parts.append(
+        "\n".join(
+            f"- {r} ({results.category[r]}): "
+            + ", ".join(f"{results.counts.get((r, t, 'known_test_samples'), 0):.0f}" for t in results.trials)
+            + " known"
+            for r in skipped
+        )
+        + "\n"
+        if skipped
+        else "None.\n"
+    )
+    return "\n".join(parts)
+
+
+def _layer_order(layer: str) -> int:
+    return -1 if layer == "emb" else int(layer)
+
+
+def plot_figures(results: SweepResults, config):
+    """{file name: figure}: efficacy vs faithfulness, faithfulness by layer and by beta per category."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {c: plt.get_cmap("tab10")(i) for i, c in enumerate(CATEGORIES)}
+    figures = {}
+
+    figure, axes = plt.subplots(figsize=(6, 5))
+    for relation in results.evaluated():
+        x = _mean(results.value(relation, t, "lre", "dev", "test", "faithfulness@1") for t in results.trials)
+        y = _mean(results.value(relation, t, "lre", "dev", "test", "efficacy") for t in results.trials)
+        axes.scatter(x, y, color=colours[results.category[relation]], s=25)
+    for category, colour in colours.items():
+        axes.scatter([], [], color=colour, label=category)
+    axes.set(xlabel="faithfulness@1 (test)", ylabel="efficacy (test)", xlim=(-0.05, 1.05), ylim=(-0.05, 1.05))
+    axes.plot([0, 1], [0, 1], color="grey", lw=0.5, ls="--")
+    axes.set_title(f"LRE per relation on {config.model}")
+    axes.legend(fontsize=8)
+    figures["efficacy_vs_faithfulness"] = figure
+
+    by_layer, by_beta = defaultdict(lambda: defaultdict(list)), defaultdict(lambda: defaultdict(list))
+    chosen = {
+        (row["relation"], row["trial"]): row["layer"]
+        for row in results.rows
+        if row["kind"] == "selected" and row["estimator"] == "lre" and row["selection"] == "dev"
+    }
+    for row in results.rows:
+        if not (row["kind"] == "grid" and row["estimator"] == "lre" and row["split"] == "all"):
+            continue
+        if row["metric"] != "faithfulness@1":
+            continue
+        category = results.category[row["relation"]]
+        if row["beta"] == config.layer_search_beta:
+            by_layer[category][row["layer"]].append(row["value"])
+        if row["layer"] == chosen.get((row["relation"], row["trial"])):
+            by_beta[category][row["beta"]].append(row["value"])
+    for name, series, xlabel in (
+        ("faithfulness_by_layer", by_layer, "layer (emb = token embedding)"),
+        ("faithfulness_by_beta", by_beta, "beta (at each relation's chosen layer)"),
+    ):
+        figure, axes = plt.subplots(figsize=(7, 4))
+        for category, points in series.items():
+            keys = sorted(points, key=_layer_order) if name.endswith("layer") else sorted(points)
+            xs = [_layer_order(k) for k in keys] if name.endswith("layer") else keys
+            axes.plot(
+                xs, [_mean(points[k]) for k in keys], marker=".", color=colours[category], label=category
+            )
+        axes.set(xlabel=xlabel, ylabel="faithfulness@1 (all known)", ylim=(-0.02, 1.02))
+        what = f"beta {config.layer_search_beta}" if name.endswith("layer") else "mean over relations"
+        axes.set_title(f"LRE on {config.model}, {what}")
+        axes.legend(fontsize=8)
+        figures[name] = figure
+    return figures
+
+
+def write_report(root: Path, row_paths: list[Path], config) -> None:
+    """results.csv, summary.md and the figures (PNG + TensorBoard) of every existing row file."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lre_pl.sweep import read_rows, write_atomically
+
+    rows = read_rows(row_paths)
+    if not rows:
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(root / "results.csv", buffer.getvalue())
+    results = SweepResults(rows)
+    summary = summary_markdown(results, config)
+    write_atomically(root / "summary.md", summary)
+    experiment = SummaryWriter(str(root / "tensorboard"))
+    experiment.add_text("summary", summary)
+    for name, figure in plot_figures(results, config).items():
+        write_figure(figure, root / f"{name}.png", experiment)
+    experiment.close()
