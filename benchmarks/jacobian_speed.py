@@ -120,10 +120,10 @@ def suffix_function(lm, prompt, layer, inplace: bool):
     """
     from lre_pl.hooks import capture, patched
 
-    ids = torch.tensor([prompt.input_ids])  # [1, T]
+    ids = torch.tensor([prompt.input_ids], device=lm.device)  # [1, T]
     k = prompt.subject_index
     suffix = ids[:, k:]  # [1, T - k]: subject token first
-    positions = torch.arange(k, ids.shape[1])[None]  # [1, T - k]: continue after the prefix
+    positions = torch.arange(k, ids.shape[1], device=lm.device)[None]  # [1, T - k]: continue after the prefix
     cache = None
     if k > 0:
         with torch.no_grad():

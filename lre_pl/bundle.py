@@ -10,7 +10,7 @@ atomically by the Lightning fit that estimates it (:class:`~lre_pl.module.Linear
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -52,6 +52,8 @@ class Bundle:
     test_prompt_template: str
     """The few-shot test prompt: each subject goes in place of its last ``{}``."""
     train_jacobians: torch.Tensor | None = None  # [n, layer, d, d] J_i, only where asked (d^2 each)
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of global rank 0's estimation stages (``knowns``, ``jacobians``)."""
     version: str = lre_pl.__version__
 
     @property

@@ -8,6 +8,7 @@ prompt) with their hidden states at every layer, computed once in ``setup``.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -259,7 +260,9 @@ class RelationDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.known is not None:
             return
+        started = time.perf_counter()
         lm = self.language_model()
+        loaded = time.perf_counter()
         self.prompts = RelationPrompts.build(
             self.relation, lm, self.hparams.n_train, self.hparams.seed, self.hparams.template_index
         )
@@ -271,6 +274,8 @@ class RelationDataModule(pl.LightningDataModule):
             progress=True,
             keep_all=not self.hparams.filter_known,
         )
+        #: Wall seconds of this rank's set-up: model load (0 when this process had it), knowns filter.
+        self.seconds = {"model_load": loaded - started, "knowns": time.perf_counter() - loaded}
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
         if isinstance(batch, list):  # training prompts: the Jacobian engine places its own tensors

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -161,13 +162,19 @@ class BundleEvaluation:
         if len(self.known) < grid.min_known:
             self._row(kind="count", split="all", metric="too_few_known", value=1.0, n=len(self.known))
             return self._rows
+        started = time.perf_counter()
         chosen_lre = {}
         for estimator in grid.estimators:
             chosen = self._faithfulness(estimator)
             if estimator.takes_beta:
                 chosen_lre = chosen
+        seconds = {**b.seconds, "grid": time.perf_counter() - started}
+        started = time.perf_counter()
         if lm is not None and chosen_lre and (grid.ranks or grid.comparison_edits):
             self._causality(lm, chosen_lre)
+            seconds["causality"] = time.perf_counter() - started
+        for stage, value in seconds.items():
+            self._row(kind="timing", split="all", metric=f"seconds_{stage}", value=value, n=len(self.known))
         return self._rows
 
     # ------------------------------------------------------------------------------ faithfulness

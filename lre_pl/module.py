@@ -250,6 +250,7 @@ class LinearRelationModule(pl.LightningModule):
         # and for a bundle "b" (b_i) and "Js" (J_i s_i) [batch, layer, d], "J" [batch, layer, d, d].
         self._train_samples: list[dict[str, torch.Tensor]] = []
         self._pending = False
+        self.seconds_estimating = 0.0  # this rank's wall seconds in training_step (Jacobians)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lre"] = {"layers": self.layers, "weights": self.weights.cpu(), "biases": self.biases.cpu(),
@@ -312,9 +313,9 @@ class LinearRelationModule(pl.LightningModule):
         kept.update(s=states, o=outputs, target=torch.tensor([item.target_token_id for item in batch]))
         self._train_samples.append({key: value.detach().float().cpu() if value.is_floating_point()
                                     else value.cpu() for key, value in kept.items()})  # fmt: skip
-        self.log(
-            "train/seconds_per_sample", (time.perf_counter() - started) / len(batch), batch_size=len(batch)
-        )
+        seconds = time.perf_counter() - started
+        self.seconds_estimating += seconds
+        self.log("train/seconds_per_sample", seconds / len(batch), batch_size=len(batch))
 
     def _finalize_estimate(self) -> None:
         """W and b of every layer from all ranks' samples, once per fit (a collective: every rank calls it)."""
@@ -574,6 +575,7 @@ class LinearRelationModule(pl.LightningModule):
             test_lm_predictions=list(known.lm_predictions),
             test_prompt_template=datamodule.prompts.test_prompt_template,
             train_jacobians=train.get("J"),
+            seconds={"knowns": datamodule.seconds["knowns"], "jacobians": self.seconds_estimating},
         )
 
     def on_validation_end(self) -> None:

@@ -202,7 +202,8 @@ class Sweep:
 
     def _device(self) -> str:
         accelerator = self.config.trainer.get("accelerator", "auto")
-        return "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+        # cuda:0, the root device of rank 0's estimation trainer: the LM loaded there is reused.
+        return "cuda:0" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
 
     def _decoder(self, lm) -> Decoder:
         if getattr(self, "_cached_decoder", None) is None or self._cached_decoder.lm is not lm:

@@ -184,6 +184,19 @@ def summary_markdown(results: SweepResults, config) -> str:
             rows,
         )
     )
+    parts.append("## Where the time went (wall seconds, summed over relations and trials)\n")
+    totals = defaultdict(float)
+    for row in results.rows:
+        if row["kind"] == "timing":
+            totals[row["metric"].removeprefix("seconds_")] += row["value"]
+    parts.append(
+        _markdown_table(list(totals), [[f"{value:.0f}" for value in totals.values()]])
+        + "knowns: the forward over every test prompt; jacobians: the all-layer engine on the training "
+        "prompts (global rank 0's share under DDP); grid: every faithfulness decode; causality: every edit. "
+        "Model loads are not counted.\n"
+        if totals
+        else "No timings recorded.\n"
+    )
     skipped = results.too_few_known()
     parts.append(f"## Not evaluated: fewer than {config.min_known} known test samples\n")
     parts.append(

@@ -1,0 +1,208 @@
+"""Where the whole protocol's time goes, and how it compares with the paper's code on the same work.
+
+Runs the sweep's own code (:class:`lre_pl.sweep.Sweep`, the config of ``configs/sweep/smollm2.yaml``)
+on ``--relations`` x ``--trials`` of SmolLM2-135M in a fresh temporary folder, and reads the timing rows
+it writes (knowns, Jacobians, grid, causality per relation and trial). In the same process it measures
+the two unit costs of the paper's code (evandez/relations):
+
+- one Jacobian as the paper computes it (``benchmarks/jacobian_speed.py``'s row (a): cached prefix, a
+  hooked suffix function, ``torch.autograd.functional.jacobian(vectorize=True)``), one layer per pass,
+  at block ``--layer`` of the quickstart's first training prompt, mean of ``--paper-reps``;
+- one edit as the paper runs it: a forward of the whole test prompt (batch 1, no cache) with Δs added at
+  the subject token, then the top-1 token; mean over ``--edit-reps`` known test prompts.
+
+The paper's cost of the same work = model load + knowns (ours, as measured: generous to the paper,
+whose filter runs whole prompts) + (n_train x layers) Jacobians per relation and trial x its
+per-Jacobian time + grid (ours, as measured: the same decodes) + edits x its per-edit time (the same
+edits: every pair x every rank and comparison edit x every layer edited).
+
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/protocol_speed.py [--relations ...] [--trials 0]
+[--device cpu|cuda] [--threads 2]``. The report is written to ``benchmarks/protocol_<cpu|cuda>.txt``
+(the one place its numbers are kept). The last line is machine-readable::
+
+    protocol: total_s=<ours> paper_s=<paper code> speedup=<paper/ours> eval_over_jacobians=<(grid + causality) / jacobians>
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+from jacobian_speed import _training_prompts, paper_jacobian  # noqa: E402
+
+#: Relations of different sizes: 19, 76, 241 and 994 samples.
+DEFAULT_RELATIONS = ["country capital city", "fruit inside color", "company hq", "person occupation"]
+
+
+def paper_edit_seconds(lm, bundle, reps: int) -> float:
+    """Mean seconds of one edit the paper's way: the whole prompt, batch 1, Δs added at the subject."""
+    from lre_pl.hooks import patched
+    from lre_pl.prompts import encode_prompt, fill_subject
+    from lre_pl.suffix import add_at_subject  # noqa: F401  (the same addition, written inline below)
+
+    layer = bundle.layers[len(bundle.layers) // 2]
+    seconds = []
+    for subject in bundle.test_subjects[:reps]:
+        prompt = encode_prompt(lm.tokenizer, fill_subject(bundle.test_prompt_template, subject))
+        delta = torch.randn(lm.hidden_size, device=lm.device)
+
+        def add(_, hidden, at=prompt.subject_index, delta=delta):
+            hidden = hidden.clone()
+            hidden[0, at] += delta
+            return hidden
+
+        started = time.perf_counter()
+        with torch.no_grad(), patched({layer: lm.layer_module(layer)}, add):
+            hidden = lm.base_model(input_ids=torch.tensor([prompt.input_ids], device=lm.device))[0]
+            lm.decode(hidden[0, -1]).argmax().item()
+        seconds.append(time.perf_counter() - started)
+    return statistics.mean(seconds[1:] or seconds)  # the first one warms up
+
+
+def report(args) -> None:
+    from lre_pl.bundle import Bundle
+    from lre_pl.models import load_language_model
+    from lre_pl.sweep import Sweep, SweepConfig, read_rows
+
+    device = "cuda:0" if args.device == "cuda" else "cpu"
+    gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else None
+    print(f"machine: {gpu or platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}")  # fmt: skip
+    started = time.perf_counter()
+    lm = load_language_model("smollm2-135m", "float32", device)
+    load_seconds = time.perf_counter() - started
+
+    config = yaml.safe_load((ROOT / "configs/sweep/smollm2.yaml").read_text())
+    config.pop("output_dir")
+    config.update(relations=args.relations, trials=args.trials)
+    config["trainer"] = {"accelerator": "gpu" if args.device == "cuda" else "cpu"}
+    with tempfile.TemporaryDirectory() as folder:
+        sweep = Sweep(SweepConfig(**config, output_dir=folder))
+        sweep_started = time.perf_counter()
+        sweep.run()
+        sweep_seconds = time.perf_counter() - sweep_started
+        rows = read_rows(sorted(Path(folder, "rows").glob("*.jsonl")))
+        bundle = Bundle.load(next(Path(folder, "bundles").rglob("*.pt")))
+
+    stages = defaultdict(float)
+    per_relation = defaultdict(dict)
+    edits = 0
+    estimated = set()
+    for row in rows:
+        key = (row["relation"], row["trial"])
+        if row["kind"] == "timing":
+            stage = row["metric"].removeprefix("seconds_")
+            stages[stage] += row["value"]
+            per_relation[key][stage] = row["value"]
+        elif row["kind"] == "grid" and row["metric"] == "efficacy" and row["split"] == "all":
+            edits += row["n"]
+        elif row["metric"] == "known_test_samples":
+            per_relation[key]["known"] = row["value"]
+            per_relation[key]["test"] = row["n"]
+        if row["kind"] == "grid" and row["metric"].startswith("faithfulness"):
+            estimated.add(key)
+    n_layers = lm.num_blocks + 1 if config["layers"] == "all" else len(config["layers"])
+    jacobians = len(estimated) * config["n_train"] * n_layers
+
+    prompt = _training_prompts(lm)[0]
+    paper_jacobian(lm, prompt, lm.num_blocks - 2)  # warm-up
+    jacobian_seconds = []
+    for _ in range(args.paper_reps):
+        t = time.perf_counter()
+        paper_jacobian(lm, prompt, args.layer)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        jacobian_seconds.append(time.perf_counter() - t)
+    per_jacobian = statistics.mean(jacobian_seconds)
+    per_edit = paper_edit_seconds(lm, bundle, args.edit_reps)
+
+    ours = load_seconds + sum(stages.values())
+    paper = {
+        "model load": load_seconds,
+        "knowns": stages["knowns"],
+        "jacobians": jacobians * per_jacobian,
+        "grid": stages["grid"],
+        "causality": edits * per_edit,
+    }
+    print(f"relations: {', '.join(args.relations)}; trials {args.trials}; config configs/sweep/smollm2.yaml "
+          f"({n_layers} layers, {len(config['betas'])} betas, ranks {config['ranks']})")  # fmt: skip
+    print(
+        f"sweep wall time {sweep_seconds:.1f} s (its stages below, plus Lightning set-up and file writes)\n"
+    )
+    print(f"{'stage':<12}{'lre_pl s':>10}{'share':>8}{'paper code s':>15}   paper's work")
+    ours_stages = {
+        "model load": load_seconds,
+        **{k: stages[k] for k in ("knowns", "jacobians", "grid", "causality")},
+    }
+    for stage, seconds in ours_stages.items():
+        what = {
+            "jacobians": f"{jacobians} Jacobians x {per_jacobian:.3f} s (one layer per pass)",
+            "causality": f"{edits} edits x {per_edit * 1000:.1f} ms (whole prompt per edit)",
+        }.get(stage, "taken as ours")
+        print(f"{stage:<12}{seconds:>10.1f}{seconds / ours:>8.1%}{paper[stage]:>15.1f}   {what}")
+    print(f"{'total':<12}{ours:>10.1f}{1:>8.0%}{sum(paper.values()):>15.1f}\n")
+    print("per relation and trial (seconds):")
+    for (relation, trial), values in sorted(per_relation.items()):
+        print(f"  {relation:<24} trial {trial}: {int(values.get('test', 0))} test, {int(values.get('known', 0))} known; "
+              + ", ".join(f"{k} {values[k]:.1f}" for k in ("knowns", "jacobians", "grid", "causality") if k in values))  # fmt: skip
+    count = len(per_relation)
+    per_unit = (ours - load_seconds) / max(count, 1)
+    print(
+        f"\nscaling: total ~ model load + relations x trials x {per_unit:.1f} s (the mean of these {count}; "
+        "knowns grow with test samples, grid and causality with known samples, Jacobians are fixed)"
+    )
+    eval_over_jacobians = (stages["grid"] + stages["causality"]) / stages["jacobians"]
+    speedup = sum(paper.values()) / ours
+    print(
+        f"targets: (grid + causality) / jacobians = {eval_over_jacobians:.2f} (< 1 wanted); "
+        f"paper code / lre_pl = {speedup:.1f}x (>= 20 wanted)"
+    )
+    print(f"protocol: total_s={ours:.1f} paper_s={sum(paper.values()):.1f} speedup={speedup:.1f} "
+          f"eval_over_jacobians={eval_over_jacobians:.2f}")  # fmt: skip
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--relations", nargs="+", default=DEFAULT_RELATIONS)
+    parser.add_argument("--trials", nargs="+", type=int, default=[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--layer", type=int, default=8, help="block of the paper-code Jacobian")
+    parser.add_argument("--paper-reps", type=int, default=2)
+    parser.add_argument("--edit-reps", type=int, default=11)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    captured = io.StringIO()
+    from jacobian_speed import _Tee
+
+    with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
+        print(
+            f"command: {' '.join(['benchmarks/protocol_speed.py', *(argv if argv is not None else sys.argv[1:])])}"
+        )
+        print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        report(args)
+    path = Path(__file__).with_name(f"protocol_{args.device}.txt")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(captured.getvalue())
+    partial.replace(path)
+    print(f"[protocol_speed] report written to {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
