@@ -310,7 +310,13 @@ class LinearRelationModule(pl.LightningModule):
             states = collected.subject_states[:, [self.lm.state_index(layer) for layer in self.layers]]
             outputs = collected.output_states
         self._count += len(batch)
-        kept.update(s=states, o=outputs, target=torch.tensor([item.target_token_id for item in batch]))
+        train = self.trainer.datamodule.prompts.train
+        kept.update(
+            s=states,
+            o=outputs,
+            target=torch.tensor([item.target_token_id for item in batch]),
+            index=torch.tensor([train.index(item) for item in batch]),  # the order of a one-process run
+        )
         self._train_samples.append({key: value.detach().float().cpu() if value.is_floating_point()
                                     else value.cpu() for key, value in kept.items()})  # fmt: skip
         seconds = time.perf_counter() - started
@@ -334,7 +340,8 @@ class LinearRelationModule(pl.LightningModule):
             jacobian_means = strategy.reduce(self._jacobian_sum, reduce_op="sum") / count
             bias_means = strategy.reduce(self._bias_sum, reduce_op="sum") / count
         batches = [batch for shard in gather_objects(self._train_samples) for batch in shard]
-        self._train_tensors = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
+        order = torch.cat([batch["index"] for batch in batches]).argsort()  # ranks' shards interleave
+        self._train_tensors = {key: torch.cat([batch[key] for batch in batches])[order] for key in batches[0]}
         states, outputs, targets = (self._train_tensors[key] for key in ("s", "o", "target"))
         self._gathered_train = (states.to(self.weights), outputs.to(self.weights), targets.to(self.device))
         for i in range(len(self.layers)):

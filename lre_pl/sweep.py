@@ -32,7 +32,7 @@ from lre_pl.data import RelationDataModule
 from lre_pl.errors import InputError
 from lre_pl.estimators import ESTIMATORS, estimator_named
 from lre_pl.evaluation import ROW_FIELDS, BundleEvaluation, Decoder, EvaluationGrid
-from lre_pl.models import check_dtype, check_model_spec, load_language_model
+from lre_pl.models import check_dtype, check_model_spec, load_language_model, parse_layer
 from lre_pl.module import LinearRelationModule
 from lre_pl.relations import CATEGORIES, list_relations, load_relation
 
@@ -91,6 +91,13 @@ class SweepConfig:
         """One-line errors for what needs no model; returns the relation names."""
         check_model_spec(self.model)
         check_dtype(self.dtype)
+        if isinstance(self.layers, str):
+            if self.layers != "all":
+                raise InputError(f"layers={self.layers!r}: give all, or a list such as [emb, 4, 8]")
+        elif not self.layers:
+            raise InputError("layers is empty: give all, or a list such as [emb, 4, 8]")
+        else:
+            self.layers = [parse_layer(layer) for layer in self.layers]
         if not self.trials or len(set(self.trials)) != len(self.trials):
             raise InputError(f"trials={self.trials} must be distinct seeds, e.g. [0, 1, 2]")
         if not self.betas or any(beta < 0 for beta in self.betas):
@@ -166,6 +173,19 @@ class Sweep:
         self.root = Path(config.output_dir)
         self.timings: dict[str, float] = {"estimation": 0.0, "evaluation": 0.0}
 
+    def check_against_model(self) -> None:
+        """Layers and ranks against the model (loaded once; estimation reuses it), before any work."""
+        c = self.config
+        lm = load_language_model(c.model, c.dtype, self._device())
+        if c.layers != "all":
+            for layer in c.layers:
+                lm.check_layer(layer)
+        if any(rank > lm.hidden_size for rank in c.ranks):
+            raise InputError(
+                f"ranks={c.ranks} out of range for {c.model}: W is {lm.hidden_size} x {lm.hidden_size}, "
+                f"use 0..{lm.hidden_size}"
+            )
+
     def bundle_path(self, relation: str, seed: int) -> Path:
         return self.root / "bundles" / slug(relation) / f"trial_{seed}.pt"
 
@@ -185,11 +205,13 @@ class Sweep:
             relation=relation, model=c.model, dtype=c.dtype, n_train=c.n_train, seed=seed,
             batch_size=c.batch_size, filter_known=False,
         )  # fmt: skip
-        trainer = pl.Trainer(
+        # One estimation pass, no validation loop (evaluation reads the bundle), no logger or checkpoint:
+        # the sweep's own bar and files say what happens. ``trainer`` may override any of these.
+        settings = dict(
             max_epochs=1, num_sanity_val_steps=0, limit_val_batches=0, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, logger=False,
-            default_root_dir=str(self.root), **c.trainer,
+            enable_progress_bar=False, enable_model_summary=False, logger=False, default_root_dir=str(self.root),
         )  # fmt: skip
+        trainer = pl.Trainer(**{**settings, **c.trainer})
         trainer.fit(module, datamodule=data)
         return trainer.global_rank
 
@@ -213,9 +235,9 @@ class Sweep:
     def run(self) -> Path | None:
         """Every (relation, trial); returns the sweep folder on global rank 0 (``None`` on others)."""
         c = self.config
-        self.root.mkdir(parents=True, exist_ok=True)
         rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
         if rank == 0:
+            self.check_against_model()
             self._write_command()
         work = [(relation, seed) for relation in self.relations for seed in c.trials]
         bar = tqdm(work, desc="sweep", unit="trial", disable=rank != 0)

@@ -79,15 +79,22 @@ class SweepResults:
     def relations(self) -> list[str]:
         return sorted(self.category)
 
-    def too_few_known(self) -> list[str]:
-        return sorted({r for (r, _, metric) in self.counts if metric == "too_few_known"})
+    def too_few_known(self) -> dict[str, list[int]]:
+        """relation -> the trials in which it had too few known test samples to be evaluated."""
+        skipped = defaultdict(list)
+        for relation, trial, metric in sorted(self.counts):
+            if metric == "too_few_known":
+                skipped[relation].append(trial)
+        return dict(skipped)
 
     def evaluated(self, category: str | None = None) -> list[str]:
-        skipped = set(self.too_few_known())
+        """Relations evaluated in at least one trial (a trial's means skip those it could not evaluate)."""
+        skipped = self.too_few_known()
         return [
             r
             for r in self.relations
-            if r not in skipped and (category is None or self.category[r] == category)
+            if len(skipped.get(r, [])) < len(self.trials)
+            and (category is None or self.category[r] == category)
         ]
 
     def value(self, relation, trial, estimator, selection, split, metric) -> float:
@@ -198,18 +205,20 @@ def summary_markdown(results: SweepResults, config) -> str:
         else "No timings recorded.\n"
     )
     skipped = results.too_few_known()
-    parts.append(f"## Not evaluated: fewer than {config.min_known} known test samples\n")
     parts.append(
-        "\n".join(
-            f"- {r} ({results.category[r]}): "
-            + ", ".join(f"{results.counts.get((r, t, 'known_test_samples'), 0):.0f}" for t in results.trials)
-            + " known"
-            for r in skipped
-        )
-        + "\n"
-        if skipped
-        else "None.\n"
+        f"## Not evaluated: fewer than {config.min_known} known test samples\n\n"
+        "A relation is left out of a trial's means where that trial's split left it too few known samples.\n"
     )
+    lines = []
+    for relation, trials in skipped.items():
+        known = ", ".join(
+            f"{results.counts.get((relation, t, 'known_test_samples'), 0):.0f}" for t in results.trials
+        )
+        where = (
+            "every trial" if len(trials) == len(results.trials) else "trial " + ", ".join(map(str, trials))
+        )
+        lines.append(f"- {relation} ({results.category[relation]}): {where} (known per trial: {known})")
+    parts.append("\n".join(lines) + "\n" if lines else "None.\n")
     return "\n".join(parts)
 
 

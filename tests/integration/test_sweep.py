@@ -1,0 +1,242 @@
+"""lre-pl sweep on a tiny model: bundles, evaluation rows, resume, DDP, report, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lre_pl.bundle import Bundle
+from lre_pl.estimators import TrainingStatistics
+from lre_pl.evaluation import split_known
+from lre_pl.metrics import is_prefix_match
+from lre_pl.models import load_language_model
+from lre_pl.operator import relation_readout
+from lre_pl.sweep import Sweep, SweepConfig
+
+ROOT = Path(__file__).parents[2]
+RELATIONS = ["country capital city", "characteristic gender"]
+
+
+def tiny_config(model_dir: str, folder: Path, **overrides) -> SweepConfig:
+    """Every test sample evaluated (a random tiny model knows none), a small grid."""
+    options = dict(
+        model=model_dir, relations=RELATIONS, trials=[0], betas=[0.5, 1.0, 2.0], ranks=[4, 32],
+        known_only=False, batch_size=4, chunk_size=11, output_dir=str(folder),
+        trainer={"accelerator": "cpu", "enable_progress_bar": False},
+    )  # fmt: skip
+    return SweepConfig(**{**options, **overrides})
+
+
+def rows_of(folder: Path) -> dict[str, list[dict]]:
+    return {
+        path.name: [json.loads(line) for line in path.read_text().splitlines()]
+        for path in sorted((folder / "rows").glob("*.jsonl"))
+    }
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_model_dir, tmp_path_factory):
+    """One uninterrupted sweep of the two relations."""
+    folder = tmp_path_factory.mktemp("sweep")
+    Sweep(tiny_config(tiny_model_dir, folder), command="lre-pl sweep (test)").run()
+    return folder
+
+
+def test_a_sweep_writes_bundles_rows_summary_and_figures(swept):
+    for name in ("results.csv", "summary.md", "command.txt", "sweep_config.json", "efficacy_vs_faithfulness.png",
+                 "faithfulness_by_layer.png", "faithfulness_by_beta.png"):  # fmt: skip
+        assert (swept / name).stat().st_size > 0, name
+    assert not list(swept.rglob("*.partial"))
+    rows = rows_of(swept)
+    assert sorted(rows) == ["characteristic_gender__trial_0.jsonl", "country_capital_city__trial_0.jsonl"]
+    summary = (swept / "summary.md").read_text()
+    assert "| factual | 1/1 |" in summary and "| bias | 1/1 |" in summary
+    estimators = {row["estimator"] for row in rows["country_capital_city__trial_0.jsonl"]}
+    assert {
+        "lre",
+        "lre_emb",
+        "translation",
+        "linear_regression",
+        "identity",
+        "edit:target_output",
+    } <= estimators
+    assert len((swept / "results.csv").read_text().splitlines()) == 1 + sum(map(len, rows.values()))
+
+
+def test_bundle_holds_the_fit_estimate_and_consistent_statistics(swept, tiny_model_dir, tmp_path):
+    """W of the bundle = the W of an independent `fit` of that layer; J_i s_i = o_i - b_i; states of every layer."""
+    from fit_tiny import run
+
+    bundle = Bundle.load(swept / "bundles" / "country_capital_city" / "trial_0.pt")
+    lm = load_language_model(tiny_model_dir)
+    assert bundle.layers == lm.layer_names() == bundle.state_layers
+    n, layers, d = bundle.train_subject_states.shape
+    assert (n, layers, d) == (5, lm.num_blocks + 1, lm.hidden_size)
+    assert bundle.test_subject_states.shape == (len(bundle.test_objects), layers, d)
+    torch.testing.assert_close(
+        bundle.train_jacobian_states, bundle.train_output_states[:, None] - bundle.train_biases
+    )
+    torch.testing.assert_close(bundle.biases, bundle.train_biases.mean(0), atol=1e-6, rtol=1e-5)
+    module = run(tiny_model_dir, str(tmp_path), devices=1, layers=[1])
+    torch.testing.assert_close(
+        bundle.weights[bundle.layer_index(1)], module.weights[0].cpu(), atol=1e-6, rtol=1e-5
+    )
+    assert bundle.weights[bundle.layer_index(1)].abs().max() > 0
+    assert set(bundle.seconds) == {"knowns", "jacobians"}
+
+
+def test_selected_rows_are_the_dev_argmax_reported_on_test(swept, tiny_model_dir):
+    """Recompute the LRE's choice from the bundle alone: layer at beta 1 on dev, then beta, then test."""
+    bundle = Bundle.load(swept / "bundles" / "country_capital_city" / "trial_0.pt")
+    lm = load_language_model(tiny_model_dir)
+    splits = split_known(len(bundle.test_objects), 0.5, seed=0)
+    assert len(splits["dev"]) + len(splits["test"]) == len(bundle.test_objects)
+    assert not set(splits["dev"].tolist()) & set(splits["test"].tolist())
+
+    def hits(layer, beta) -> torch.Tensor:  # top-1 hits of every test sample, decoded independently
+        i = bundle.layer_index(layer)
+        hidden = relation_readout(bundle.test_states(layer) @ bundle.weights[i].T, bundle.biases[i], beta)
+        tokens = lm.token_strings(lm.decode(hidden).argmax(-1))
+        return torch.tensor(
+            [is_prefix_match(t, o) for t, o in zip(tokens, bundle.test_objects)], dtype=torch.float
+        )
+
+    dev, test = splits["dev"], splits["test"]
+    layer = max(bundle.layers, key=lambda layer: hits(layer, 1.0)[dev].mean().item())
+    beta = max([1.0, 0.5, 2.0], key=lambda beta: hits(layer, beta)[dev].mean().item())
+    rows = rows_of(swept)["country_capital_city__trial_0.jsonl"]
+    (selected,) = [r for r in rows if r["kind"] == "selected" and r["estimator"] == "lre"
+                   and r["selection"] == "dev" and r["metric"] == "faithfulness@1"]  # fmt: skip
+    assert (selected["layer"], selected["beta"], selected["split"]) == (str(layer), beta, "test")
+    assert selected["value"] == pytest.approx(hits(layer, beta)[test].mean().item())
+    assert selected["n"] == len(test)
+    grid = {(r["layer"], r["beta"]) for r in rows if r["kind"] == "grid" and r["estimator"] == "lre"}
+    assert {(str(x), 1.0) for x in bundle.layers} <= grid and (str(layer), 2.0) in grid
+
+
+def test_baseline_rows_decode_their_closed_form(swept, tiny_model_dir):
+    """translation at its chosen layer: decode(s + mean(o - s)) of the test split, recomputed by hand."""
+    bundle = Bundle.load(swept / "bundles" / "characteristic_gender" / "trial_0.pt")
+    lm = load_language_model(tiny_model_dir)
+    rows = rows_of(swept)["characteristic_gender__trial_0.jsonl"]
+    (selected,) = [r for r in rows if r["kind"] == "selected" and r["estimator"] == "translation"
+                   and r["selection"] == "dev" and r["metric"] == "faithfulness@1"]  # fmt: skip
+    layer = "emb" if selected["layer"] == "emb" else int(selected["layer"])
+    i = bundle.layer_index(layer)
+    statistics = TrainingStatistics(bundle.train_subject_states[:, i], bundle.train_output_states)
+    offset = (statistics.output_states - statistics.subject_states).mean(0)
+    tokens = lm.token_strings(lm.decode(bundle.test_states(layer) + offset).argmax(-1))
+    test = split_known(len(bundle.test_objects), 0.5, seed=0)["test"].tolist()
+    expected = sum(is_prefix_match(tokens[k], bundle.test_objects[k]) for k in test) / len(test)
+    assert selected["value"] == pytest.approx(expected)
+
+
+def test_an_interrupted_sweep_resumes_with_nothing_lost_or_repeated(
+    swept, tiny_model_dir, tmp_path, monkeypatch
+):
+    calls = {"estimate": [], "evaluate": []}
+    original_estimate, original_evaluate = Sweep.estimate, Sweep.evaluate
+
+    def estimate(self, relation, seed):
+        calls["estimate"].append(relation)
+        return original_estimate(self, relation, seed)
+
+    def evaluate(self, relation, seed):
+        calls["evaluate"].append(relation)
+        if relation == RELATIONS[1] and len(calls["evaluate"]) == 2:
+            raise KeyboardInterrupt  # Ctrl-C after the second bundle, before its rows
+        return original_evaluate(self, relation, seed)
+
+    monkeypatch.setattr(Sweep, "estimate", estimate)
+    monkeypatch.setattr(Sweep, "evaluate", evaluate)
+    config = tiny_config(tiny_model_dir, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        Sweep(config).run()
+    assert sorted(rows_of(tmp_path)) == ["country_capital_city__trial_0.jsonl"]
+    assert not (tmp_path / "summary.md").exists()
+    Sweep(config).run()  # the same command again
+    assert calls["estimate"] == RELATIONS  # each bundle estimated once
+    assert calls["evaluate"] == [RELATIONS[0], RELATIONS[1], RELATIONS[1]]
+    resumed, uninterrupted = rows_of(tmp_path), rows_of(swept)
+    assert resumed.keys() == uninterrupted.keys()
+    for name in resumed:
+        strip = lambda rows: [{k: v for k, v in r.items() if k != "value"} | {"value": round(r["value"], 6)}
+                              for r in rows if r["kind"] != "timing"]  # fmt: skip
+        assert strip(resumed[name]) == strip(uninterrupted[name]), name
+
+
+def test_a_partial_bundle_is_not_taken_for_a_finished_one(swept, tiny_model_dir, tmp_path):
+    """A crash mid-write leaves only a .partial file: the rerun estimates that bundle again."""
+    folder = tmp_path / "s"
+    bundle = folder / "bundles" / "country_capital_city" / "trial_0.pt.partial"
+    bundle.parent.mkdir(parents=True)
+    bundle.write_bytes(b"truncated")
+    Sweep(tiny_config(tiny_model_dir, folder, relations=RELATIONS[:1])).run()
+    assert (folder / "bundles" / "country_capital_city" / "trial_0.pt").exists()
+    assert len(rows_of(folder)) == 1
+
+
+def test_two_ddp_processes_sweep_what_one_process_does(swept, tiny_model_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "lre_pl.cli", "sweep", "--model", tiny_model_dir, "--relations", json.dumps(RELATIONS),
+         "--trials", "[0]", "--betas", "[0.5, 1.0, 2.0]", "--ranks", "[4, 32]", "--known_only", "false",
+         "--batch_size", "4", "--chunk_size", "11", "--output_dir", str(tmp_path),
+         "--trainer", json.dumps({"accelerator": "cpu", "strategy": "ddp", "devices": 2,
+                                  "enable_progress_bar": False})],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for relation in ("country_capital_city", "characteristic_gender"):
+        one = Bundle.load(swept / "bundles" / relation / "trial_0.pt")
+        two = Bundle.load(tmp_path / "bundles" / relation / "trial_0.pt")
+        for name in ("weights", "biases", "train_subject_states", "train_biases", "test_subject_states",
+                     "test_output_states"):  # fmt: skip
+            torch.testing.assert_close(getattr(two, name), getattr(one, name), atol=1e-6, rtol=1e-5)
+        assert two.test_objects == one.test_objects and two.test_lm_predictions == one.test_lm_predictions
+    one_rows, two_rows = rows_of(swept), rows_of(tmp_path)
+    assert one_rows.keys() == two_rows.keys()
+    for name in one_rows:
+        key = lambda r: (
+            r["kind"],
+            r["selection"],
+            r["estimator"],
+            r["layer"],
+            r["beta"],
+            r["rank"],
+            r["split"],
+            r["metric"],
+        )  # noqa: E731
+        one_values = {key(r): r["value"] for r in one_rows[name] if r["kind"] != "timing"}
+        two_values = {key(r): r["value"] for r in two_rows[name] if r["kind"] != "timing"}
+        assert one_values.keys() == two_values.keys()
+        assert all(two_values[k] == pytest.approx(v, abs=1e-6) for k, v in one_values.items()), name
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--relations", "[no such relation]"], "unknown relation 'no such relation'"),
+        (["--dev_fraction", "1.5"], "dev_fraction=1.5 must be between 0 and 1"),
+        (["--estimators", "[lre, ridge]"], "unknown estimator 'ridge'"),
+        (["--estimators", "[translation]"], "must include lre"),
+        (["--min_known", "1"], "min_known=1 must be at least 2"),
+        (["--trials", "[0, 0]"], "trials=[0, 0] must be distinct seeds"),
+        (["--layers", "[emb, 7]"], "layer 7 is out of range"),
+        (["--ranks", "[4, 33]"], "ranks=[4, 33] out of range"),
+        (["--betas", "[]"], "betas=[] must be a non-empty list"),
+    ],
+)
+def test_bad_sweep_input_fails_in_one_line_before_any_work(tiny_model_dir, tmp_path, arguments, message):
+    folder = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "-m", "lre_pl.cli", "sweep", "--model", tiny_model_dir, "--output_dir", str(folder),
+         *arguments],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("lre-pl: error: ") and message in lines[-1], lines[-1]
+    assert not (folder / "bundles").exists() and not (folder / "rows").exists()
