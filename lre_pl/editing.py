@@ -75,12 +75,13 @@ def edited_outputs(
     lm: LanguageModel, prompts: Sequence[EncodedPrompt], layer: Layer, deltas: Sequence[torch.Tensor]
 ) -> list[torch.Tensor]:
     """The edited o [batch, d] for each set of ``deltas`` [batch, d] added at the subject token of
-    ``layer``: one prefix pass, then one suffix pass per set."""
-    run = SuffixRun.prepare(lm, prompts)
-    return [
-        run.forward(lambda _, hidden, delta=delta: add_at_subject(hidden, delta.to(hidden)), [layer])
-        for delta in deltas
-    ]
+    ``layer``: one prefix pass, then ONE suffix pass of all sets together (rows ``b * sets + k``: a
+    GPU runs a rank sweep in one forward instead of one per rank)."""
+    sets = len(deltas)
+    run = SuffixRun.prepare(lm, prompts).repeated(sets)
+    delta = torch.stack(list(deltas), dim=1).flatten(0, 1)  # [batch * sets, d], row b * sets + k
+    output = run.forward(lambda _, hidden: add_at_subject(hidden, delta.to(hidden)), [layer])
+    return list(output.unflatten(0, (len(prompts), sets)).unbind(1))  # sets x [batch, d]
 
 
 #: An edit: (sources [batch], targets [batch]) -> Δs [batch, d] added at each source's subject token.

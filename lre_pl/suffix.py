@@ -113,6 +113,20 @@ class SuffixRun:
                 )[1]  # the cache (transformers 5 names it `cache`, earlier versions `past_key_values`)
         return cls(lm, input_ids, attention_mask, position_ids, prefix_width, last_index, cache)
 
+    def repeated(self, times: int) -> SuffixRun:
+        """This batch with every row repeated ``times`` times in a row (row b -> rows b * times + k)."""
+        cache = copy.deepcopy(self.cache)
+        if cache is not None:
+            cache.batch_repeat_interleave(times)
+        rows = (self.input_ids, self.attention_mask, self.position_ids)
+        return SuffixRun(
+            self.lm,
+            *(t.repeat_interleave(times, dim=0) for t in rows),
+            self.prefix_width,
+            self.last_index.repeat_interleave(times),
+            cache,
+        )
+
     @property
     def suffix_tokens(self) -> int:
         return self.input_ids.shape[1] - self.prefix_width
