@@ -14,6 +14,9 @@ _EXPORTS = {
     "LinearRelationOperator": "lre_pl.operator",
     "LinearRelationModule": "lre_pl.module",
     "RelationDataModule": "lre_pl.data",
+    "Bundle": "lre_pl.bundle",
+    "Sweep": "lre_pl.sweep",
+    "SweepConfig": "lre_pl.sweep",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -69,7 +69,8 @@ class LinearRelationModule(pl.LightningModule):
     - ``validation_step``: decode(beta W s + b) for the known test samples; recall@k metrics.
     - ``on_validation_epoch_end``: logs metrics, the per-sample table, singular values of W, hparams,
       and for several layers the faithfulness-vs-layer plot.
-    - ``on_fit_end``: writes ``operator.pt`` (and one file per layer), a checkpoint, a summary.
+    - ``on_fit_end``: writes ``operator.pt`` (and one file per layer), a checkpoint, a summary; or,
+      with ``bundle_path``, only the estimation bundle (:meth:`bundle`) that ``lre-pl sweep`` evaluates.
 
     Args:
         model: model spec: ``smollm2-135m``, ``gemma3-270m``, a ``.gguf`` path, a hub name or directory.

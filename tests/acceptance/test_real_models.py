@@ -110,3 +110,32 @@ def test_the_plain_trainer_example_script(tmp_path):
     assert operator.layer == 8 and operator.n_train == 5 and operator.weight.abs().max() > 0
     faithfulness = float(re.search(r"faithfulness\s+@1 ([0-9.]+)", result.stdout).group(1))
     assert faithfulness >= 0.5  # measured 0.643 (9 of 14) at block 8
+
+
+def test_sweep_on_smollm2(tmp_path):
+    """The protocol on the real default model, one relation, a small grid: LRE beats the logit lens."""
+    import json
+
+    from lre_pl.bundle import Bundle
+    from lre_pl.sweep import Sweep, SweepConfig
+
+    config = SweepConfig(
+        relations=["country capital city"], layers=["emb", 8, 18], betas=[1.0, 2.0], ranks=[64, 576],
+        output_dir=str(tmp_path), trainer={"accelerator": "cpu", "enable_progress_bar": False},
+    )  # fmt: skip
+    Sweep(config).run()
+    rows = [json.loads(line) for line in (tmp_path / "rows" / "country_capital_city__trial_0.jsonl").open()]
+    selected = {
+        (r["estimator"], r["selection"], r["metric"]): r
+        for r in rows
+        if r["kind"] == "selected" and r["metric"] in ("faithfulness@1", "efficacy")
+    }
+    known = next(r for r in rows if r["metric"] == "known_test_samples")
+    assert known["value"] == 14 and known["n"] == 19  # as the quickstart's fit reports
+    lre, logit_lens = selected["lre", "dev", "faithfulness@1"], selected["identity", "dev", "faithfulness@1"]
+    assert lre["value"] >= 0.5 > logit_lens["value"], (lre, logit_lens)
+    assert 0 <= selected["lre", "dev", "efficacy"]["value"] <= 1
+    assert selected["edit:target_subject_state", "paper", "efficacy"]["value"] > 0.5
+    bundle = Bundle.load(tmp_path / "bundles" / "country_capital_city" / "trial_0.pt")
+    assert bundle.layers == ["emb", 8, 18] and bundle.test_subject_states.shape == (19, 31, 576)
+    assert "| factual | 1/1 |" in (tmp_path / "summary.md").read_text()

@@ -240,3 +240,11 @@ def test_bad_sweep_input_fails_in_one_line_before_any_work(tiny_model_dir, tmp_p
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("lre-pl: error: ") and message in lines[-1], lines[-1]
     assert not (folder / "bundles").exists() and not (folder / "rows").exists()
+
+
+@pytest.mark.parametrize("name", ["smollm2.yaml", "gemma3.yaml"])
+def test_shipped_sweep_configs_are_valid(name):
+    import yaml
+
+    config = SweepConfig(**yaml.safe_load((ROOT / "configs" / "sweep" / name).read_text()))
+    assert len(config.check()) == 47 and config.betas[0] == 0.0 and config.betas[-1] == 5.0
