@@ -9,12 +9,14 @@ the two unit costs of the paper's code (evandez/relations):
   hooked suffix function, ``torch.autograd.functional.jacobian(vectorize=True)``), one layer per pass,
   at block ``--layer`` of the quickstart's first training prompt, mean of ``--paper-reps``;
 - one edit as the paper runs it: a forward of the whole test prompt (batch 1, no cache) with Δs added at
-  the subject token, then the top-1 token; mean over ``--edit-reps`` known test prompts.
+  the subject token, then the top-1 token; mean over ``--edit-reps`` known test prompts;
+- the knowns filter as the paper runs it: whole test prompts in left-padded batches of 8 (no shared
+  prefix cache), per prompt, over ``--knowns-reps`` prompts.
 
-The paper's cost of the same work = model load + knowns (ours, as measured: generous to the paper,
-whose filter runs whole prompts) + (n_train x layers) Jacobians per relation and trial x its
-per-Jacobian time + grid (ours, as measured: the same decodes) + edits x its per-edit time (the same
-edits: every pair x every rank and comparison edit x every layer edited).
+The paper's cost of the same work = model load + test prompts x its per-prompt knowns time + (n_train x
+layers) Jacobians per relation and trial x its per-Jacobian time + grid (ours, as measured: the same
+decodes) + edits x its per-edit time (the same edits: every pair x every rank and comparison edit x
+every layer edited). ``--layer`` 14 is the mean backward depth of the 31 layers (15 blocks).
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/protocol_speed.py [--relations ...] [--trials 0]
 [--device cpu|cuda] [--threads 2]``. The report is written to ``benchmarks/protocol_<cpu|cuda>.txt``
@@ -74,6 +76,25 @@ def paper_edit_seconds(lm, bundle, reps: int) -> float:
     return statistics.mean(seconds[1:] or seconds)  # the first one warms up
 
 
+def paper_knowns_seconds(lm, bundle, reps: int) -> float:
+    """Seconds per test prompt of a knowns filter over whole prompts, left-padded batches of 8."""
+    from lre_pl.prompts import encode_prompt, fill_subject, pad_left
+
+    subjects = (bundle.test_subjects * reps)[:reps]
+    prompts = [encode_prompt(lm.tokenizer, fill_subject(bundle.test_prompt_template, s)) for s in subjects]
+    started = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, len(prompts), 8):
+            batch = pad_left(prompts[start : start + 8], lm.tokenizer.pad_token_id)
+            hidden = lm.base_model(
+                input_ids=batch.input_ids.to(lm.device),
+                attention_mask=batch.attention_mask.to(lm.device),
+                position_ids=batch.position_ids.to(lm.device),
+            )[0]
+            lm.decode(hidden[:, -1]).argmax(-1).tolist()
+    return (time.perf_counter() - started) / len(prompts)
+
+
 def report(args) -> None:
     from lre_pl.bundle import Bundle
     from lre_pl.models import load_language_model
@@ -101,7 +122,7 @@ def report(args) -> None:
 
     stages = defaultdict(float)
     per_relation = defaultdict(dict)
-    edits = 0
+    edits = test_prompts = 0
     estimated = set()
     for row in rows:
         key = (row["relation"], row["trial"])
@@ -114,6 +135,7 @@ def report(args) -> None:
         elif row["metric"] == "known_test_samples":
             per_relation[key]["known"] = row["value"]
             per_relation[key]["test"] = row["n"]
+            test_prompts += row["n"]
         if row["kind"] == "grid" and row["metric"].startswith("faithfulness"):
             estimated.add(key)
     n_layers = lm.num_blocks + 1 if config["layers"] == "all" else len(config["layers"])
@@ -130,11 +152,12 @@ def report(args) -> None:
         jacobian_seconds.append(time.perf_counter() - t)
     per_jacobian = statistics.mean(jacobian_seconds)
     per_edit = paper_edit_seconds(lm, bundle, args.edit_reps)
+    per_prompt = paper_knowns_seconds(lm, bundle, args.knowns_reps)
 
     ours = load_seconds + sum(stages.values())
     paper = {
         "model load": load_seconds,
-        "knowns": stages["knowns"],
+        "knowns": test_prompts * per_prompt,
         "jacobians": jacobians * per_jacobian,
         "grid": stages["grid"],
         "causality": edits * per_edit,
@@ -153,6 +176,7 @@ def report(args) -> None:
         what = {
             "jacobians": f"{jacobians} Jacobians x {per_jacobian:.3f} s (one layer per pass)",
             "causality": f"{edits} edits x {per_edit * 1000:.1f} ms (whole prompt per edit)",
+            "knowns": f"{test_prompts} test prompts x {per_prompt * 1000:.1f} ms (whole prompts, batches of 8)",
         }.get(stage, "taken as ours")
         print(f"{stage:<12}{seconds:>10.1f}{seconds / ours:>8.1%}{paper[stage]:>15.1f}   {what}")
     print(f"{'total':<12}{ours:>10.1f}{1:>8.0%}{sum(paper.values()):>15.1f}\n")
@@ -182,9 +206,10 @@ def main(argv=None) -> None:
     parser.add_argument("--trials", nargs="+", type=int, default=[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--layer", type=int, default=8, help="block of the paper-code Jacobian")
+    parser.add_argument("--layer", type=int, default=14, help="block of the paper-code Jacobian")
     parser.add_argument("--paper-reps", type=int, default=2)
     parser.add_argument("--edit-reps", type=int, default=11)
+    parser.add_argument("--knowns-reps", type=int, default=64)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
