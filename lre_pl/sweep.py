@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
 from lre_pl.bundle import Bundle
@@ -235,7 +236,9 @@ class Sweep:
     def run(self) -> Path | None:
         """Every (relation, trial); returns the sweep folder on global rank 0 (``None`` on others)."""
         c = self.config
-        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+        # The global rank as Lightning reads it from the environment (RANK, LOCAL_RANK, SLURM_PROCID, ...):
+        # a DDP child re-runs this command; after a fit, the trainer's global rank.
+        rank = rank_zero_only.rank
         if rank == 0:
             self.check_against_model()
             self._write_command()
