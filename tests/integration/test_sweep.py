@@ -248,3 +248,15 @@ def test_shipped_sweep_configs_are_valid(name):
 
     config = SweepConfig(**yaml.safe_load((ROOT / "configs" / "sweep" / name).read_text()))
     assert len(config.check()) == 47 and config.betas[0] == 0.0 and config.betas[-1] == 5.0
+
+
+def test_kept_jacobians_are_the_per_sample_statistics(tiny_model_dir, tmp_path):
+    Sweep(tiny_config(tiny_model_dir, tmp_path, relations=RELATIONS[:1], keep_jacobians=True)).run()
+    bundle = Bundle.load(tmp_path / "bundles" / "country_capital_city" / "trial_0.pt")
+    n, layers, d = bundle.train_subject_states.shape
+    assert bundle.train_jacobians.shape == (n, layers, d, d)
+    torch.testing.assert_close(
+        torch.einsum("nlij,nlj->nli", bundle.train_jacobians, bundle.train_subject_states),
+        bundle.train_jacobian_states, atol=1e-5, rtol=1e-4,
+    )  # fmt: skip
+    torch.testing.assert_close(bundle.weights, bundle.train_jacobians.mean(0), atol=1e-6, rtol=1e-5)
