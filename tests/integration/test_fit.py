@@ -130,8 +130,8 @@ def test_learned_beta_is_fitted_per_layer_and_saved(tiny_model_dir, tmp_path):
 
     module = run(tiny_model_dir, str(tmp_path), devices=1, learn_beta=True, beta_steps=40, beta_lr=0.1)
     assert module.layers == [1, "emb"]
-    states = torch.cat([s for s, _, _ in module._train_samples])  # [n_train, layer, d]
-    targets = torch.cat([t for _, _, t in module._train_samples])
+    states = module._train_tensors["s"]  # [n_train, layer, d]
+    targets = module._train_tensors["target"]
     events = EventAccumulator(str(tmp_path / "run"))
     events.Reload()
     for i, layer in enumerate(module.layers):
