@@ -623,9 +623,9 @@ def main(argv=None) -> None:
         report(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     path = Path(__file__).with_name(f"last_run_{device}.txt")
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(captured.getvalue())
-    partial.replace(path)
+    from lre_pl.files import write_text_atomically
+
+    write_text_atomically(path, captured.getvalue())
     print(f"[jacobian_speed] report written to {path}", file=sys.stderr)
 
 

@@ -56,7 +56,6 @@ def paper_edit_seconds(lm, bundle, reps: int) -> float:
     """Mean seconds of one edit the paper's way: the whole prompt, batch 1, Δs added at the subject."""
     from lre_pl.hooks import patched
     from lre_pl.prompts import encode_prompt, fill_subject
-    from lre_pl.suffix import add_at_subject  # noqa: F401  (the same addition, written inline below)
 
     layer = bundle.layers[len(bundle.layers) // 2]
     seconds = []
@@ -224,9 +223,9 @@ def main(argv=None) -> None:
         print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
         report(args)
     path = Path(__file__).with_name(f"protocol_{args.device}.txt")
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(captured.getvalue())
-    partial.replace(path)
+    from lre_pl.files import write_text_atomically
+
+    write_text_atomically(path, captured.getvalue())
     print(f"[protocol_speed] report written to {path}", file=sys.stderr)
 
 

@@ -9,7 +9,6 @@ atomically by the Lightning fit that estimates it (:class:`~lre_pl.module.Linear
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 import lre_pl
 from lre_pl.errors import InputError
 from lre_pl.estimators import TrainingStatistics
+from lre_pl.files import atomic_path
 from lre_pl.metrics import is_prefix_match
 
 Layer = int | str
@@ -79,16 +79,13 @@ class Bundle:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a crash never leaves a truncated bundle under the final name."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             key: value.detach().cpu().contiguous() if isinstance(value, torch.Tensor) else value
             for key, value in asdict(self).items()
         }
-        partial = path.with_name(path.name + ".partial")
-        torch.save(payload, partial)
-        os.replace(partial, path)
-        return path
+        with atomic_path(path) as partial:
+            torch.save(payload, partial)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Bundle:

@@ -132,6 +132,8 @@ class KnownTestSet:
     n_test: int
     prompts: list[EncodedPrompt]
     """Each known sample's test prompt (what causality edits re-run)."""
+    is_known: list[bool]
+    """Whether the LM answers each kept sample (all True unless ``keep_all``)."""
 
     def edit_set(self) -> EditSet:
         return EditSet(
@@ -170,7 +172,8 @@ def filter_known(
     inverse = torch.tensor(order).argsort()
     all_states = PromptStates(*(torch.cat([shard[k] for shard in shards])[inverse] for k in (1, 2, 3)))
     predictions = lm.token_strings(all_states.top_token_ids)
-    known = [i for i, s in enumerate(prompts.test_samples) if is_prefix_match(predictions[i], s.object)]
+    answered = [is_prefix_match(predictions[i], s.object) for i, s in enumerate(prompts.test_samples)]
+    known = [i for i, flag in enumerate(answered) if flag]
     accuracy = len(known) / len(prompts.test_samples)
     if keep_all:
         known = list(range(len(prompts.test_samples)))
@@ -192,6 +195,7 @@ def filter_known(
         lm_accuracy=accuracy,
         n_test=len(prompts.test_samples),
         prompts=[prompts.test_prompts[i] for i in known],
+        is_known=[answered[i] for i in known],
     )
 
 

@@ -20,7 +20,7 @@ from lre_pl.editing import COMPARISON_EDITS, all_pairs, comparison_edits, effica
 from lre_pl.errors import InputError
 from lre_pl.estimators import Estimator, JacobianMean, TrainingStatistics
 from lre_pl.jacobian import compute_jacobians
-from lre_pl.metrics import PrefixRecallAtK, is_prefix_match
+from lre_pl.metrics import PrefixRecallAtK
 from lre_pl.models import LanguageModel, check_dtype, check_model_spec, load_language_model, parse_layer
 from lre_pl.operator import LinearRelationOperator, relation_readout
 from lre_pl.relations import HPARAMS_MODELS, reference_hparams
@@ -282,8 +282,7 @@ class LinearRelationModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         self._reset_sums()
         self.estimated = False
-        known = self.trainer.datamodule.known
-        known_count = sum(is_prefix_match(p, s.object) for p, s in zip(known.lm_predictions, known.samples))
+        known_count = sum(self.trainer.datamodule.known.is_known)
         self._skip_estimate = bool(self.hparams.bundle_path) and known_count < self.hparams.bundle_min_known
         # Set on every rank, even one whose shard is all padding: finalizing is a collective.
         self._pending = True

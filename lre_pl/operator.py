@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 import lre_pl
 from lre_pl.errors import InputError
+from lre_pl.files import atomic_path
 from lre_pl.hooks import capture
 from lre_pl.models import LanguageModel, load_language_model
 from lre_pl.prompts import SUBJECT_SLOT, encode_prompt, fill_subject
@@ -114,16 +114,13 @@ class LinearRelationOperator:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (a crash never leaves a truncated file under the final name)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = asdict(self)
         # clone(): a view of one layer of a [layer, d, d] stack would save the whole stack's storage.
         payload["weight"] = self.weight.detach().float().cpu().clone()
         payload["bias"] = self.bias.detach().float().cpu().clone()
-        partial = path.with_name(path.name + ".partial")
-        torch.save(payload, partial)
-        os.replace(partial, path)
-        return path
+        with atomic_path(path) as partial:
+            torch.save(payload, partial)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> LinearRelationOperator:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from lre_pl.files import atomic_path
+
 Layer = int | str
 
 
@@ -55,10 +57,8 @@ def plot_faithfulness_by_layer(
 def write_figure(figure, path: Path, experiment=None, step: int = 0) -> Path:
     """``figure`` as a PNG, atomically (never a truncated file under the final name), and as a
     TensorBoard image tagged ``val/<file stem>`` when ``experiment`` is a SummaryWriter; closes it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial.png")
-    figure.savefig(partial, dpi=120)
-    partial.replace(path)
+    with atomic_path(path, ".partial.png") as partial:  # savefig reads the format from the suffix
+        figure.savefig(partial, dpi=120)
     if experiment is not None and hasattr(experiment, "add_figure"):
         experiment.add_figure(f"val/{path.stem}", figure, step)  # closes the figure
     else:

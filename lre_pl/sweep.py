@@ -18,8 +18,6 @@ and figures (PNG and TensorBoard), made from the row files alone.
 from __future__ import annotations
 
 import json
-import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from lre_pl.data import RelationDataModule
 from lre_pl.errors import InputError
 from lre_pl.estimators import ESTIMATORS, estimator_named
 from lre_pl.evaluation import ROW_FIELDS, BundleEvaluation, Decoder, EvaluationGrid
+from lre_pl.files import write_text_atomically
 from lre_pl.models import check_dtype, check_model_spec, load_language_model, parse_layer
 from lre_pl.module import LinearRelationModule
 from lre_pl.relations import CATEGORIES, list_relations, load_relation
@@ -156,13 +155,6 @@ def slug(relation: str) -> str:
     return Path(relation).stem.replace(" ", "_") if relation.endswith(".json") else relation.replace(" ", "_")
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
 class Sweep:
     """Runs a :class:`SweepConfig`: estimation where no bundle exists, evaluation where no rows exist."""
 
@@ -172,7 +164,7 @@ class Sweep:
         self.relations = config.check()
         self.grid = config.grid()
         self.root = Path(config.output_dir)
-        self.timings: dict[str, float] = {"estimation": 0.0, "evaluation": 0.0}
+        self.decoder: Decoder | None = None  # made at the first evaluation (the LM is loaded once)
 
     def check_against_model(self) -> None:
         """Layers and ranks against the model (loaded once; estimation reuses it), before any work."""
@@ -220,18 +212,14 @@ class Sweep:
         c = self.config
         bundle = Bundle.load(self.bundle_path(relation, seed))
         lm = load_language_model(c.model, c.dtype, self._device())
-        rows = BundleEvaluation(bundle, self.grid, self._decoder(lm)).rows(lm)
-        write_atomically(self.rows_path(relation, seed), "".join(json.dumps(row) + "\n" for row in rows))
+        self.decoder = self.decoder or Decoder(lm, c.top_k)  # its vocabulary strings are made once
+        rows = BundleEvaluation(bundle, self.grid, self.decoder).rows(lm)
+        write_text_atomically(self.rows_path(relation, seed), "".join(json.dumps(row) + "\n" for row in rows))
 
     def _device(self) -> str:
         accelerator = self.config.trainer.get("accelerator", "auto")
         # cuda:0, the root device of rank 0's estimation trainer: the LM loaded there is reused.
         return "cuda:0" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
-
-    def _decoder(self, lm) -> Decoder:
-        if getattr(self, "_cached_decoder", None) is None or self._cached_decoder.lm is not lm:
-            self._cached_decoder = Decoder(lm, self.config.top_k)
-        return self._cached_decoder
 
     def run(self) -> Path | None:
         """Every (relation, trial); returns the sweep folder on global rank 0 (``None`` on others)."""
@@ -249,13 +237,9 @@ class Sweep:
             if self.rows_path(relation, seed).exists():
                 continue
             if not self.bundle_path(relation, seed).exists():
-                started = time.perf_counter()
                 rank = self.estimate(relation, seed)
-                self.timings["estimation"] += time.perf_counter() - started
             if rank == 0:
-                started = time.perf_counter()
                 self.evaluate(relation, seed)
-                self.timings["evaluation"] += time.perf_counter() - started
         bar.close()
         if rank != 0:
             return None
@@ -267,8 +251,10 @@ class Sweep:
     def _write_command(self) -> None:
         """The exact command (``command.txt``) and the resolved config, beside the results they make."""
         if self.command:
-            write_atomically(self.root / "command.txt", self.command + "\n")
-        write_atomically(self.root / "sweep_config.json", json.dumps(asdict(self.config), indent=2) + "\n")
+            write_text_atomically(self.root / "command.txt", self.command + "\n")
+        write_text_atomically(
+            self.root / "sweep_config.json", json.dumps(asdict(self.config), indent=2) + "\n"
+        )
 
 
 def read_rows(paths: list[Path]) -> list[dict]:

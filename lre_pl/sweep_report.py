@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lre_pl.evaluation import ROW_FIELDS
+from lre_pl.files import write_text_atomically
 from lre_pl.relations import CATEGORIES
 from lre_pl.reports import write_figure
 
@@ -288,7 +289,7 @@ def write_report(root: Path, row_paths: list[Path], config) -> None:
     """results.csv, summary.md and the figures (PNG + TensorBoard) of every existing row file."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from lre_pl.sweep import read_rows, write_atomically
+    from lre_pl.sweep import read_rows
 
     rows = read_rows(row_paths)
     if not rows:
@@ -297,10 +298,10 @@ def write_report(root: Path, row_paths: list[Path], config) -> None:
     writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS)
     writer.writeheader()
     writer.writerows(rows)
-    write_atomically(root / "results.csv", buffer.getvalue())
+    write_text_atomically(root / "results.csv", buffer.getvalue())
     results = SweepResults(rows)
     summary = summary_markdown(results, config)
-    write_atomically(root / "summary.md", summary)
+    write_text_atomically(root / "summary.md", summary)
     experiment = SummaryWriter(str(root / "tensorboard"))
     experiment.add_text("summary", summary)
     for name, figure in plot_figures(results, config).items():

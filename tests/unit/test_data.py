@@ -110,4 +110,7 @@ def test_known_filter_uses_the_lm_prediction(llama, monkeypatch):
     known = filter_known(llama, prompts, batch_size=5, min_known=3)
     assert [s.subject for s in known.samples] == [rewritten[i].subject for i in sorted(chosen)]
     assert known.lm_accuracy == pytest.approx(3 / 19)
+    assert known.is_known == [True] * 3
+    everything = filter_known(llama, prompts, batch_size=5, min_known=3, keep_all=True)
+    assert everything.is_known == [i in chosen for i in range(len(rewritten))]
     torch.testing.assert_close(known.states.subject_states[1], states.subject_states[3])
