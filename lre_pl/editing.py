@@ -8,8 +8,8 @@ layer; the edit succeeds when the edited LM's top-1 next token is a prefix of th
 
 The comparison edits of the paper replace s instead: by the target's s', by the target subject's
 token embedding, or by o'. Every edit re-runs only the suffix of the source prompts from their
-cached prefix (:class:`~lre_pl.suffix.SuffixRun`), batched, so a rank sweep costs one suffix
-forward per rank.
+cached prefix (:class:`~lre_pl.suffix.SuffixRun`), batched, resumed after the edited layer: a rank
+sweep at layer l costs the blocks after l of one suffix forward per rank.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from lre_pl.metrics import is_prefix_match
 from lre_pl.models import LanguageModel
 from lre_pl.operator import WeightSpectrum
 from lre_pl.prompts import EncodedPrompt
-from lre_pl.suffix import SuffixRun, add_at_subject
+from lre_pl.suffix import SharedPrefix, SuffixRun, add_at_subject
 
 Layer = int | str
 Key = TypeVar("Key")
@@ -72,16 +72,29 @@ def _differ(subjects, objects, source: int, target: int) -> bool:
 
 @torch.no_grad()
 def edited_outputs(
-    lm: LanguageModel, prompts: Sequence[EncodedPrompt], layer: Layer, deltas: Sequence[torch.Tensor]
-) -> list[torch.Tensor]:
-    """The edited o [batch, d] for each set of ``deltas`` [batch, d] added at the subject token of
-    ``layer``: one prefix pass, then ONE suffix pass of all sets together (rows ``b * sets + k``: a
-    GPU runs a rank sweep in one forward instead of one per rank)."""
-    sets = len(deltas)
-    run = SuffixRun.prepare(lm, prompts).repeated(sets)
-    delta = torch.stack(list(deltas), dim=1).flatten(0, 1)  # [batch * sets, d], row b * sets + k
-    output = run.forward(lambda _, hidden: add_at_subject(hidden, delta.to(hidden)), [layer])
-    return list(output.unflatten(0, (len(prompts), sets)).unbind(1))  # sets x [batch, d]
+    lm: LanguageModel,
+    prompts: Sequence[EncodedPrompt],
+    deltas: Mapping[Layer, Sequence[torch.Tensor]],
+    shared: SharedPrefix | None = None,
+) -> dict[Layer, list[torch.Tensor]]:
+    """``{layer: sets x o [batch, d]}``: the edited o for each set of ``deltas[layer]`` [batch, d] added
+    at the subject token of ``layer``.
+
+    One prefix pass and one unedited suffix pass for every layer; then per layer ONE suffix pass of all
+    its sets together (rows ``b * sets + k``), resumed after the layer: the blocks up to it are the same
+    for every edit and do not run again. ``shared``: the shared prefix of the prompts' whole set.
+    """
+    run = SuffixRun.prepare(lm, prompts, shared)
+    unedited = run.layer_outputs(deltas)  # {layer: [batch, suffix, d]}
+    outputs = {}
+    for layer, sets in deltas.items():
+        delta = torch.stack(list(sets), dim=1).flatten(0, 1)  # [batch * sets, d], row b * sets + k
+        hidden = add_at_subject(
+            unedited[layer].repeat_interleave(len(sets), dim=0), delta.to(unedited[layer])
+        )
+        output = run.repeated(len(sets)).forward_from(layer, hidden)  # [batch * sets, d]
+        outputs[layer] = list(output.unflatten(0, (len(prompts), len(sets))).unbind(1))
+    return outputs
 
 
 #: An edit: (sources [batch], targets [batch]) -> Δs [batch, d] added at each source's subject token.
@@ -118,35 +131,44 @@ def comparison_edits(lm: LanguageModel, edits: EditSet, layer: Layer) -> dict[st
 def edit_hits(
     lm: LanguageModel,
     edits: EditSet,
-    layer: Layer,
     pairs: Sequence[tuple[int, int]],
-    edit_fns: Mapping[Key, EditFn],
+    edit_fns: Mapping[Layer, Mapping[Key, EditFn]],
     batch_size: int = 16,
-) -> dict[Key, torch.Tensor]:
-    """``{key: hits [pair] bool}``: whether each edit makes the LM's top-1 token start the target's
-    object. Sources are batched; each batch's prefix runs once for all edits."""
-    hits: dict[Key, list[bool]] = {key: [] for key in edit_fns}
+) -> dict[Layer, dict[Key, torch.Tensor]]:
+    """``{layer: {key: hits [pair] bool}}``: whether each edit of ``edit_fns[layer]`` at ``layer`` makes
+    the LM's top-1 token start the target's object. Sources are batched; each batch's prefix and its
+    unedited suffix run once for every layer and edit."""
+    shared = SharedPrefix.of(lm, edits.prompts)
+    hits: dict[Layer, dict[Key, list[bool]]] = {
+        layer: {key: [] for key in fns} for layer, fns in edit_fns.items()
+    }
     for start in range(0, len(pairs), batch_size):
         sources, targets = (torch.tensor(column) for column in zip(*pairs[start : start + batch_size]))
-        deltas = [edit(sources, targets) for edit in edit_fns.values()]
-        outputs = edited_outputs(lm, [edits.prompts[i] for i in sources], layer, deltas)
-        for key, output in zip(edit_fns, outputs):
-            strings = lm.token_strings(lm.decode(output).argmax(-1))
-            hits[key] += [
-                is_prefix_match(token, edits.objects[target])
-                for token, target in zip(strings, targets.tolist())
-            ]
-    return {key: torch.tensor(value, dtype=torch.bool) for key, value in hits.items()}
+        deltas = {layer: [edit(sources, targets) for edit in fns.values()] for layer, fns in edit_fns.items()}
+        outputs = edited_outputs(lm, [edits.prompts[i] for i in sources], deltas, shared)
+        for layer, fns in edit_fns.items():
+            strings = lm.token_strings(lm.decode(torch.cat(outputs[layer])).argmax(-1))  # [sets * batch]
+            for k, key in enumerate(fns):
+                hits[layer][key] += [
+                    is_prefix_match(strings[k * len(targets) + i], edits.objects[target])
+                    for i, target in enumerate(targets.tolist())
+                ]
+    return {
+        layer: {key: torch.tensor(value, dtype=torch.bool) for key, value in by_key.items()}
+        for layer, by_key in hits.items()
+    }
 
 
 def efficacy(
     lm: LanguageModel,
     edits: EditSet,
-    layer: Layer,
     pairs: Sequence[tuple[int, int]],
-    edit_fns: Mapping[Key, EditFn],
+    edit_fns: Mapping[Layer, Mapping[Key, EditFn]],
     batch_size: int = 16,
-) -> dict[Key, tuple[int, int]]:
-    """``{key: (successes, edits)}`` of :func:`edit_hits`."""
-    hits = edit_hits(lm, edits, layer, pairs, edit_fns, batch_size)
-    return {key: (int(value.sum()), len(pairs)) for key, value in hits.items()}
+) -> dict[Layer, dict[Key, tuple[int, int]]]:
+    """``{layer: {key: (successes, edits)}}`` of :func:`edit_hits`."""
+    hits = edit_hits(lm, edits, pairs, edit_fns, batch_size)
+    return {
+        layer: {key: (int(value.sum()), len(pairs)) for key, value in by_key.items()}
+        for layer, by_key in hits.items()
+    }

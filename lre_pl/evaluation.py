@@ -73,7 +73,7 @@ class EvaluationGrid:
 class Decoder:
     """Top-k tokens of residual vectors through the LM's final norm and unembedding, in chunks."""
 
-    def __init__(self, lm: LanguageModel, top_k: int, chunk: int = 256):
+    def __init__(self, lm: LanguageModel, top_k: int, chunk: int = 1024):
         self.lm, self.top_k, self.chunk = lm, top_k, chunk
 
     @functools.cached_property
@@ -178,31 +178,38 @@ class BundleEvaluation:
         return self._rows
 
     # ------------------------------------------------------------------------------ faithfulness
-    def _hits_at(self, estimator: Estimator, layer: Layer, betas: Sequence[float]) -> dict:
-        """{(layer, beta): hits [known, 2]} of one estimator at one layer, all betas in one decode."""
-        weight, bias = estimator(self.bundle.training_statistics(layer))
-        states = self.bundle.test_states(layer)[self.known]  # [k, d]
-        projection = states @ weight.T  # [k, d] W s
-        hidden = torch.cat([relation_readout(projection, bias, beta) for beta in betas])  # [beta * k, d]
-        hits = self.decoder.hits(hidden, self.objects * len(betas)).reshape(len(betas), len(states), 2)
-        return {(layer, beta): hits[i] for i, beta in enumerate(betas)}
+    def _hits_at(self, estimator: Estimator, points: Sequence[tuple[Layer, float]]) -> dict:
+        """{(layer, beta): hits [known, 2]} of one estimator at every point, in one batched decode.
+
+        Decoding is the grid's whole cost (a [rows, d] x [d, vocab] product): one call for all points
+        keeps its matrix products wide (on a CPU, 1024 rows run at 1.6x the speed per row of 77).
+        """
+        order, hidden = [], []  # the points grouped by layer; per point [k, d]
+        for layer in dict.fromkeys(layer for layer, _ in points):
+            weight, bias = estimator(self.bundle.training_statistics(layer))
+            projection = self.bundle.test_states(layer)[self.known] @ weight.T  # [k, d] W s
+            for beta in (beta for at, beta in points if at == layer):
+                order.append((layer, beta))
+                hidden.append(relation_readout(projection, bias, beta))
+        hits = self.decoder.hits(torch.cat(hidden), self.objects * len(points))
+        return dict(zip(order, hits.reshape(len(points), len(self.known), 2)))
 
     def _faithfulness(self, estimator: Estimator) -> dict[str, tuple[Layer, float]]:
         """Grid rows of one estimator and its selected rows; returns the chosen (layer, beta) per selection."""
         b, grid, name = self.bundle, self.grid, estimator.name
         search_beta = grid.layer_search_beta if estimator.takes_beta else 1.0
-        scores: dict = {}
-        for layer in b.layers:
-            scores.update(self._hits_at(estimator, layer, [search_beta]))
+        scores = self._hits_at(estimator, [(layer, search_beta) for layer in b.layers])
         chosen_layers = {
             "dev": _best(scores, self.splits["dev"])[0],
             "paper": _best(scores, self.splits["all"])[0],
         }
         variants = {name: scores}
         if estimator.takes_beta:
-            scan_layers = set(chosen_layers.values()) | ({"emb"} & set(b.layers))
-            for layer in sorted(scan_layers, key=str):
-                scores.update(self._hits_at(estimator, layer, [x for x in grid.betas if x != search_beta]))
+            scan_layers = sorted(set(chosen_layers.values()) | ({"emb"} & set(b.layers)), key=str)
+            betas = [beta for beta in grid.betas if beta != search_beta]
+            scores.update(
+                self._hits_at(estimator, [(layer, beta) for layer in scan_layers for beta in betas])
+            )
             if "emb" in b.layers:
                 variants[f"{name}_emb"] = {key: value for key, value in scores.items() if key[0] == "emb"}
         for (layer, beta), hits in scores.items():
@@ -245,13 +252,17 @@ class BundleEvaluation:
         sources = torch.tensor([source for source, _ in pairs])
         # Pairs per split: those whose source sample is in the split.
         in_split = {split: torch.isin(sources, positions) for split, positions in self.splits.items()}
+        edit_fns = {}
         for layer in dict.fromkeys(layer for layer, _ in chosen.values()):
             weight = b.weights[b.layer_index(layer)].to(lm.device)
-            edit_fns = {("lre", rank): fn for rank, fn in pinv_edits(edits, weight, grid.ranks).items()}
+            edit_fns[layer] = {
+                ("lre", rank): fn for rank, fn in pinv_edits(edits, weight, grid.ranks).items()
+            }
             if grid.comparison_edits:
                 kinds = comparison_edits(lm, edits, layer)
-                edit_fns.update({(f"edit:{kind}", None): fn for kind, fn in kinds.items()})
-            hits = edit_hits(lm, edits, layer, pairs, edit_fns, grid.batch_size)  # {key: [pair]}
+                edit_fns[layer].update({(f"edit:{kind}", None): fn for kind, fn in kinds.items()})
+        hits_by_layer = edit_hits(lm, edits, pairs, edit_fns, grid.batch_size)  # {layer: {key: [pair]}}
+        for layer, hits in hits_by_layer.items():
             for (estimator, rank), pair_hits in hits.items():
                 for split, mask in in_split.items():
                     value = pair_hits[mask].float().mean().item() if mask.any() else float("nan")

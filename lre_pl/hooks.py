@@ -9,7 +9,8 @@ context managers, so a hook can never outlive its use, whatever raises inside th
     captured[8]  # [batch, d]
 
 Hooks on one module run in the order they were registered: a ``capture`` entered inside a
-``patched`` on the same module sees the rewritten output.
+``patched`` on the same module sees the rewritten output. ``bypassed`` goes further than a hook: the
+modules do not run at all (a forward resumed after a layer whose output is already known).
 """
 
 from __future__ import annotations
@@ -83,3 +84,25 @@ def patched(
 
     with forward_hooks((module, hook_for(key)) for key, module in modules.items()):
         yield
+
+
+@contextlib.contextmanager
+def bypassed(modules: Iterable[nn.Module], output: torch.Tensor) -> Iterator[None]:
+    """Forwards run in the block skip ``modules``: each returns ``output`` without computing anything.
+
+    For modules whose output is one tensor (blocks and embeddings of transformers >= 5; a test runs
+    every supported family). Forward hooks on them still run. A ``forward`` set on the instance
+    before (accelerate's device hooks) is restored on exit, whatever raises inside the block.
+    """
+    modules = list(modules)
+    previous = [module.__dict__.get("forward") for module in modules]
+    try:
+        for module in modules:
+            module.forward = lambda *args, **kwargs: output
+        yield
+    finally:
+        for module, forward in zip(modules, previous):
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward

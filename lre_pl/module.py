@@ -471,16 +471,18 @@ class LinearRelationModule(pl.LightningModule):
         else:
             pairs = random_targets(edits.subjects, edits.objects, datamodule.hparams.seed)
         rank, world = rank_and_world()
-        metrics = {}
+        edit_fns = {}
         for i, layer in enumerate(self.layers):
             pinv = pinv_edits(edits, self.weights[i], self.ranks)
-            edit_fns = {f"causality@r{r}": edit for r, edit in pinv.items()}
+            edit_fns[layer] = {f"causality@r{r}": edit for r, edit in pinv.items()}
             if self.hparams.comparison_edits:
                 others = comparison_edits(self.lm, edits, layer)
-                edit_fns.update({f"edit/{kind}": edit for kind, edit in others.items()})
-            batch_size = datamodule.hparams.batch_size
-            counts = efficacy(self.lm, edits, layer, pairs[rank::world], edit_fns, batch_size)
-            for name, (hits, total) in counts.items():
+                edit_fns[layer].update({f"edit/{kind}": edit for kind, edit in others.items()})
+        batch_size = datamodule.hparams.batch_size
+        counts = efficacy(self.lm, edits, pairs[rank::world], edit_fns, batch_size)
+        metrics = {}
+        for i, layer in enumerate(self.layers):
+            for name, (hits, total) in counts[layer].items():
                 summed = self.trainer.strategy.reduce(
                     torch.tensor([float(hits), float(total)], device=self.device), reduce_op="sum"
                 )

@@ -2,10 +2,12 @@
 
 The tokens before the subject token (the *prefix*) run once, without gradients, into a key/value
 cache. The *suffix* (the subject token and what follows) then runs through the model's own forward
-as often as needed, each time from a fresh copy of that cache (transformers mutates a cache in
-place: reusing one would silently shift positions), with the outputs of chosen layers rewritten.
+as often as needed, each time from a fork of that cache (a forward appends to the cache it is
+given: reusing one would silently shift positions), with the outputs of chosen layers rewritten.
 The Jacobian engine and the causality edits both run on this: a rank sweep of edits costs one
-suffix forward per rank, never a forward of the whole prompt.
+suffix forward per rank, never a forward of the whole prompt. An edit at layer l changes nothing up to
+l, so edits resume after it (:meth:`SuffixRun.forward_from`) from the unedited output of l, read once
+for all of them (:meth:`SuffixRun.layer_outputs`): the blocks up to l are not re-run per edit.
 
 Batching: prefixes are left-padded to one width and suffixes right-padded, so that the subject
 token of every prompt sits in one column (column 0 of the suffix), with explicit position ids. The
@@ -16,13 +18,14 @@ of each prompt) run once, for one row, and their cache is repeated across the ba
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from lre_pl.hooks import patched
+from lre_pl.hooks import bypassed, patched
 from lre_pl.models import LanguageModel
 from lre_pl.prompts import EncodedPrompt
 
@@ -42,6 +45,19 @@ def shared_prefix_length(prompts: Sequence[EncodedPrompt]) -> int:
     return length
 
 
+def fork_cache(cache):
+    """A copy of a key/value cache that forwards can append to, leaving ``cache`` as it was.
+
+    transformers' dynamic cache layers append and repeat by assigning new tensors (``torch.cat``,
+    ``repeat_interleave``), never in place: new layer objects over the same tensors suffice. (A deep
+    copy of every tensor cost a quarter of an edit pass.) Tests reuse one cache across forwards and
+    compare each with an uncached forward.
+    """
+    fork = copy.copy(cache)
+    fork.layers = [copy.copy(layer) for layer in cache.layers]
+    return fork
+
+
 @dataclass
 class SharedPrefix:
     """The key/value cache of the tokens that every prompt of a set begins with, run for one row."""
@@ -59,10 +75,10 @@ class SharedPrefix:
         return cls(length, lm.base_model(input_ids=ids, use_cache=True)[1])
 
     def for_batch(self, batch: int):
-        """A fresh copy of the cache, repeated to ``batch`` rows (forwards append to their cache)."""
+        """A fork of the cache, repeated to ``batch`` rows (forwards append to their cache)."""
         if self.cache is None:
             return None
-        cache = copy.deepcopy(self.cache)
+        cache = fork_cache(self.cache)
         cache.batch_repeat_interleave(batch)
         return cache
 
@@ -80,8 +96,12 @@ class SuffixRun:
     cache: object | None  # the prefix's key/value cache (None: every subject is at position 0)
 
     @classmethod
-    def prepare(cls, lm: LanguageModel, prompts: Sequence[EncodedPrompt]) -> SuffixRun:
-        shared = SharedPrefix.of(lm, prompts)
+    def prepare(
+        cls, lm: LanguageModel, prompts: Sequence[EncodedPrompt], shared: SharedPrefix | None = None
+    ) -> SuffixRun:
+        """``shared``: the shared prefix of a larger set these prompts belong to (run once for all
+        its batches); ``None`` runs the shared prefix of these prompts."""
+        shared = shared or SharedPrefix.of(lm, prompts)
         c = shared.length  # columns [0, c): the shared tokens; [c, P): each prompt's own prefix
         prefix_width = max(p.subject_index for p in prompts)
         suffix_width = max(len(p.input_ids) - p.subject_index for p in prompts)
@@ -115,7 +135,7 @@ class SuffixRun:
 
     def repeated(self, times: int) -> SuffixRun:
         """This batch with every row repeated ``times`` times in a row (row b -> rows b * times + k)."""
-        cache = copy.deepcopy(self.cache)
+        cache = fork_cache(self.cache) if self.cache is not None else None
         if cache is not None:
             cache.batch_repeat_interleave(times)
         rows = (self.input_ids, self.attention_mask, self.position_ids)
@@ -139,8 +159,31 @@ class SuffixRun:
         ``rewrite(layer, hidden)`` replaces the output of each of ``layers``; ``hidden`` is
         [batch, suffix, d] with the subject token in column 0.
         """
+        return self._run(rewrite, set(layers), contextlib.nullcontext())
+
+    def layer_outputs(self, layers: Iterable[Layer]) -> dict[Layer, torch.Tensor]:
+        """The unedited output [batch, suffix, d] of each of ``layers``: what :meth:`forward_from` resumes from."""
+        outputs = {}
+
+        def keep(layer: Layer, hidden: torch.Tensor) -> torch.Tensor:
+            outputs[layer] = hidden
+            return hidden
+
+        self.forward(keep, layers)
+        return outputs
+
+    def forward_from(self, layer: Layer, hidden: torch.Tensor) -> torch.Tensor:
+        """o [batch, d] of the forward resumed after ``layer``, whose output is ``hidden`` [batch, suffix, d].
+
+        ``layer`` and the blocks before it do not run (they return ``hidden``): an edit at ``layer``
+        costs only the blocks after it.
+        """
+        lm = self.lm
+        skipped = [lm.token_embedding] if layer == "emb" else list(lm.blocks)[: lm.state_index(layer)]
+        return self._run(lambda _, h: h, set(), bypassed(skipped, hidden))
+
+    def _run(self, rewrite, layers: set, bypass) -> torch.Tensor:
         lm, p = self.lm, self.prefix_width
-        layers = set(layers)
         last_block = lm.num_blocks - 1
         rows = torch.arange(len(self.input_ids), device=lm.device)
         captured: dict[str, torch.Tensor] = {}
@@ -152,14 +195,14 @@ class SuffixRun:
                 captured["o"] = hidden[rows, self.last_index]
             return hidden
 
-        with patched({layer: lm.layer_module(layer) for layer in {*layers, last_block}}, hook):
+        with bypass, patched({layer: lm.layer_module(layer) for layer in {*layers, last_block}}, hook):
             lm.base_model(
                 input_ids=self.input_ids[:, p:],
                 attention_mask=self.attention_mask,
                 position_ids=self.position_ids[:, p:],
                 use_cache=self.cache is not None,
-                # The suffix forward appends to the cache it is given: give it a copy.
-                **{lm.cache_argument: copy.deepcopy(self.cache) if self.cache is not None else None},
+                # The suffix forward appends to the cache it is given: give it a fork.
+                **{lm.cache_argument: fork_cache(self.cache) if self.cache is not None else None},
             )
         return captured["o"]
 

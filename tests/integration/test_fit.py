@@ -260,11 +260,11 @@ def test_causality_of_a_fit_matches_a_hand_written_edit_loop(tiny_model_dir, tmp
     def is_prefix_match(token: str, target: str) -> bool:
         return zlib.crc32(f"{token}|{target}".encode()) % 2 == 0
 
-    recorded = []  # (layer, deltas, outputs) of every batched edit call, in call order
+    recorded = []  # (layer, outputs) of every batched edit call, in call order
 
-    def recording(lm, prompts, layer, deltas):
-        outputs = real_edited_outputs(lm, prompts, layer, deltas)
-        recorded.append((layer, outputs))
+    def recording(lm, prompts, deltas, shared=None):
+        outputs = real_edited_outputs(lm, prompts, deltas, shared)
+        recorded.extend(outputs.items())
         return outputs
 
     real_edited_outputs = lre_pl.editing.edited_outputs

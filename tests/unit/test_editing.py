@@ -33,16 +33,27 @@ def edit_set(llama):
     return EditSet(encoded, subjects, objects, states.subject_states, states.output_states)
 
 
-@pytest.mark.parametrize("layer", ["emb", 1])
-def test_batched_suffix_edits_match_full_forward_edits(llama, edit_set, layer):
+@pytest.mark.parametrize("layers", [["emb"], [1], [0, 2], [2, "emb"]])
+def test_batched_suffix_edits_match_full_forward_edits(llama, edit_set, layers):
+    """Several layers in one call (resumed after each, from one unedited pass), the last block included."""
     generator = torch.Generator().manual_seed(0)
-    deltas = [torch.randn(6, llama.hidden_size, generator=generator) for _ in range(2)]
-    batched = edited_outputs(llama, edit_set.prompts, layer, [torch.zeros(6, llama.hidden_size), *deltas])
-    torch.testing.assert_close(batched[0], edit_set.output_states, atol=1e-5, rtol=1e-4)  # no edit: o itself
-    for delta, outputs in zip(deltas, batched[1:]):
-        for row, prompt in enumerate(edit_set.prompts):
-            expected = edited_output(llama, prompt, layer, delta[row])
-            torch.testing.assert_close(outputs[row], expected, atol=1e-5, rtol=1e-4)
+    deltas = {
+        layer: [torch.randn(6, llama.hidden_size, generator=generator) for _ in range(2)] for layer in layers
+    }
+    batched = edited_outputs(
+        llama,
+        edit_set.prompts,
+        {layer: [torch.zeros(6, llama.hidden_size), *sets] for layer, sets in deltas.items()},
+    )
+    assert list(batched) == layers
+    for layer, sets in deltas.items():
+        torch.testing.assert_close(
+            batched[layer][0], edit_set.output_states, atol=1e-5, rtol=1e-4
+        )  # no edit: o
+        for delta, outputs in zip(sets, batched[layer][1:]):
+            for row, prompt in enumerate(edit_set.prompts):
+                expected = edited_output(llama, prompt, layer, delta[row])
+                torch.testing.assert_close(outputs[row], expected, atol=1e-5, rtol=1e-4)
 
 
 def test_full_rank_pinv_edit_moves_the_lre_output_to_the_target_exactly(edit_set):
@@ -91,8 +102,8 @@ def test_efficacy_counts_what_a_hand_written_loop_counts(llama, edit_set):
     edits = EditSet(
         edit_set.prompts, edit_set.subjects, objects, edit_set.subject_states, edit_set.output_states
     )
-    result = efficacy(llama, edits, layer, pairs, edit_fns, batch_size=7)
-    per_pair = edit_hits(llama, edits, layer, pairs, edit_fns, batch_size=5)
+    result = efficacy(llama, edits, pairs, {layer: edit_fns}, batch_size=7)[layer]
+    per_pair = edit_hits(llama, edits, pairs, {layer: edit_fns}, batch_size=5)[layer]
     for key in edit_fns:
         expected = [is_prefix_match(hand[key, s, t], objects[t]) for s, t in pairs]
         assert per_pair[key].tolist() == expected, key

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lre_pl.hooks import capture, patched
+from lre_pl.hooks import bypassed, capture, patched
 
 
 def test_capture_reads_every_layer_and_removes_its_hooks(llama):
@@ -34,3 +34,27 @@ def test_hooks_are_removed_when_the_block_raises(llama):
     with pytest.raises(RuntimeError, match="boom"), patched({0: llama.blocks[0]}, lambda _, hidden: hidden):
         raise RuntimeError("boom")
     assert dict(llama.blocks[0]._forward_hooks) == before
+
+
+def test_bypassed_modules_do_not_run_and_come_back(llama):
+    ids = torch.tensor([[5, 6, 7]])
+    blocks = list(llama.blocks)
+    calls = []
+    with torch.no_grad():
+        with capture({"o": blocks[-1]}) as plain:
+            llama.base_model(input_ids=ids)
+        replacement = torch.randn_like(plain["o"])
+        with (
+            patched({0: blocks[0]}, lambda _, hidden: calls.append(hidden) or hidden),  # hooks still run
+            bypassed(blocks, replacement),
+            capture({"o": blocks[-1]}) as skipped,
+        ):
+            llama.base_model(input_ids=ids)
+        assert calls and calls[0] is replacement
+        torch.testing.assert_close(skipped["o"], replacement)
+        with pytest.raises(RuntimeError, match="boom"), bypassed(blocks, replacement):
+            raise RuntimeError("boom")
+        assert not any("forward" in vars(block) for block in blocks)
+        with capture({"o": blocks[-1]}) as again:
+            llama.base_model(input_ids=ids)
+    torch.testing.assert_close(again["o"], plain["o"])

@@ -131,3 +131,32 @@ def test_an_uncached_hub_model_offline_says_so(monkeypatch):
     check_model_spec.cache_clear()
     with pytest.raises(InputError, match="not in the hub cache while HF_HUB_OFFLINE is set"):
         check_model_spec("lre-pl-tests/offline-model")
+
+
+@pytest.mark.parametrize("family", [*(cls.__name__ for cls, _ in FAMILIES), "llama", "gpt2"])
+def test_a_forward_resumed_after_a_layer_equals_the_edited_full_forward(family, llama, gpt2):
+    """``SuffixRun.forward_from`` skips the layers up to the edit by replacing their forwards; each
+    family's blocks must return the bare hidden tensor for that (and the cache must still line up)."""
+    from lre_pl.prompts import EncodedPrompt
+    from lre_pl.suffix import SuffixRun, add_at_subject
+
+    built = {cls.__name__: (cls, config) for cls, config in FAMILIES}
+    if family in built:
+        cls, config = built[family]
+        lm = LanguageModel(cls(config), llama.tokenizer, family)
+    else:
+        lm = {"llama": llama, "gpt2": gpt2}[family]
+    prompts = [
+        EncodedPrompt("", (1, 5, 6, 7, 8, 9, 10), 4),  # a shared prefix, then different lengths
+        EncodedPrompt("", (1, 5, 6, 11, 12, 13), 3),
+        EncodedPrompt("", (1, 5, 6, 14, 15, 16, 17, 18), 5),
+    ]
+    run = SuffixRun.prepare(lm, prompts)
+    delta = torch.randn(len(prompts), lm.hidden_size, generator=torch.Generator().manual_seed(0))
+    for layer in lm.layer_names():
+        with torch.no_grad():
+            expected = run.forward(lambda _, hidden: add_at_subject(hidden, delta), [layer])
+            unedited = run.layer_outputs([layer])[layer]  # [batch, suffix, d]
+            resumed = run.forward_from(layer, add_at_subject(unedited, delta))
+        torch.testing.assert_close(resumed, expected, atol=1e-5, rtol=1e-4, msg=f"layer {layer}")
+        assert not any("forward" in vars(m) for m in (lm.token_embedding, *lm.blocks))  # restored
