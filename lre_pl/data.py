@@ -225,7 +225,9 @@ class RelationDataModule(pl.LightningDataModule):
         n_train: training samples (few-shot examples of every prompt).
         seed: seed of the train/test split.
         template_index: which of the relation's prompt templates to use.
-        batch_size: prompts per batch for Jacobians and hidden states.
+        batch_size: prompts per batch of the Jacobian passes and of validation.
+        states_batch_size: prompts per forward of the knowns filter (no gradients, so it can be wider:
+            on a 2-core CPU 32 runs ~20 % faster per prompt than 8, 64 no faster than 32).
         min_known: fewest known test samples to go on with (at least 1); fewer is an error.
         filter_known: validate on known test samples only (the paper); ``False`` validates on all.
     """
@@ -239,6 +241,7 @@ class RelationDataModule(pl.LightningDataModule):
         seed: int = 0,
         template_index: int = 0,
         batch_size: int = 8,
+        states_batch_size: int = 32,
         min_known: int = 3,
         filter_known: bool = True,
     ):
@@ -249,7 +252,11 @@ class RelationDataModule(pl.LightningDataModule):
         check_dtype(dtype)
         self.relation = load_relation(relation)
         check_trial(self.relation, n_train, template_index)
-        for name, value in (("min_known", min_known), ("batch_size", batch_size)):
+        for name, value in (
+            ("min_known", min_known),
+            ("batch_size", batch_size),
+            ("states_batch_size", states_batch_size),
+        ):
             if value < 1:
                 raise InputError(f"{name}={value} must be at least 1")
         self.prompts: RelationPrompts | None = None
@@ -273,7 +280,7 @@ class RelationDataModule(pl.LightningDataModule):
         self.known = filter_known(
             lm,
             self.prompts,
-            self.hparams.batch_size,
+            self.hparams.states_batch_size,
             self.hparams.min_known,
             progress=True,
             keep_all=not self.hparams.filter_known,

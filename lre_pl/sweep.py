@@ -77,7 +77,7 @@ class SweepConfig:
     top_k: int = 3
     """faithfulness@1 and @top_k."""
     batch_size: int = 8
-    """Prompts per batch (Jacobians, states, edits)."""
+    """Prompts per batch of the Jacobian passes and the edits (the knowns filter runs 32 at a time)."""
     chunk_size: int | None = None
     """Vector-Jacobian products per backward pass (``None``: automatic)."""
     keep_jacobians: bool = False
