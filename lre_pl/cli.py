@@ -5,6 +5,7 @@ lre-pl fit --config configs/quickstart.yaml --print_config
 lre-pl validate --config configs/quickstart.yaml --model.operator_path RUN/operator.pt
 lre-pl relations [--category factual]
 lre-pl sweep --config configs/sweep/smollm2.yaml [--relations "[factual]"] [--trials "[0, 1]"]
+lre-pl beta-study --config configs/beta/all.yaml [--sweep_dir DIR] [--questions "[residual]"]
 
 Bad input ends in one line ``lre-pl: error: ...`` and a non-zero exit code, and leaves no run
 folder: what needs no model is checked before the model is loaded, and a run that fails later
@@ -40,7 +41,7 @@ TRAINER_DEFAULTS = {
     },
 }
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "sweep")
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "sweep", "beta-study")
 
 #: Libraries whose INFO lines (GPU/TPU availability, tips, "Seed set") and warnings are shown only with --verbose.
 QUIET_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning", "transformers")
@@ -94,26 +95,38 @@ def print_relations(argv: list[str]) -> None:
         print(f"{name:<{width}}  {category:<11}  {count:>7}")
 
 
-def run_sweep(argv: list[str]) -> None:
-    """``lre-pl sweep``: parse a :class:`~lre_pl.sweep.SweepConfig` (YAML and flags) and run it."""
+def parse_dataclass(config_class, prog: str, description: str, argv: list[str]):
+    """An instance of the dataclass ``config_class`` from ``--config`` YAML and flags (jsonargparse)."""
     from dataclasses import fields
 
     from jsonargparse import ActionConfigFile, ArgumentParser
 
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML config (configs/)")
+    parser.add_class_arguments(config_class)
+    parsed = parser.parse_args(argv)
+    return config_class(**{f.name: parsed[f.name] for f in fields(config_class)})
+
+
+def run_sweep(argv: list[str]) -> None:
+    """``lre-pl sweep``: a :class:`~lre_pl.sweep.SweepConfig` (YAML and flags), run."""
     from lre_pl.sweep import Sweep, SweepConfig
 
-    parser = ArgumentParser(
-        prog="lre-pl sweep",
-        description="The paper's protocol over many relations and trials; rerun to resume.",
-        exit_on_error=False,
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML sweep config (configs/sweep/)")
-    parser.add_class_arguments(SweepConfig)
-    parsed = parser.parse_args(argv)
-    config = SweepConfig(**{f.name: parsed[f.name] for f in fields(SweepConfig)})
+    description = "The paper's protocol over many relations and trials; rerun to resume."
+    config = parse_dataclass(SweepConfig, "lre-pl sweep", description, argv)
     root = Sweep(config, command=shlex.join(["lre-pl", "sweep", *argv])).run()
     if root is not None:
         print(f"lre_pl sweep: {root}/summary.md, results.csv, figures *.png (tensorboard --logdir {root})")
+
+
+def run_beta_study(argv: list[str]) -> None:
+    """``lre-pl beta-study``: a :class:`~lre_pl.beta_study.BetaStudyConfig` (YAML and flags), run."""
+    from lre_pl.beta_study import BetaStudyConfig, run_beta_study
+
+    description = "The beta study's questions on a finished sweep's bundles; rerun to resume."
+    config = parse_dataclass(BetaStudyConfig, "lre-pl beta-study", description, argv)
+    out = run_beta_study(config)
+    print(f"lre_pl beta-study: {out}/beta_study.md" + (f" and {config.report}" if config.report else ""))
 
 
 def take_verbose_flag(argv: list[str]) -> tuple[list[str], bool]:
@@ -138,8 +151,8 @@ def main(args: list[str] | None = None) -> None:
         if not verbose:
             quiet_libraries()
         install_sigterm_handler()
-        if argv and argv[0] == "sweep":
-            run_sweep(argv[1:])
+        if argv and argv[0] in ("sweep", "beta-study"):
+            {"sweep": run_sweep, "beta-study": run_beta_study}[argv[0]](argv[1:])
             return
         LRECLI(
             LinearRelationModule,

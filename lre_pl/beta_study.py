@@ -1,0 +1,345 @@
+"""The β study: why the LRE needs its Jacobian scaled by β > 1, as evaluation variants on bundles.
+
+Every question is answered from the protocol's bundles (:mod:`lre_pl.bundle`), at the layer the
+protocol chose for the LRE on each relation's dev split, with the protocol's known samples and
+dev/test split (:class:`~lre_pl.evaluation.BundleEvaluation`): no new Jacobian pass. Each question
+writes tidy rows (:data:`~lre_pl.evaluation.ROW_FIELDS`; ``estimator`` names the variant):
+
+- ``bias_variants``: faithfulness over the β grid with b = mean_i (o_i − J_i s_i) (``paper``),
+  o_mean − W s_mean (``mean_output``), the objects' corner (``corner``) or no b (``none``).
+- ``where_beta``: β on W s (``projection``, the paper), 1/β on b (``bias``), or on both (``both``:
+  β (W s + b)); and the largest logit difference between the first two, which a scale-invariant
+  final norm makes zero up to its ε.
+- ``per_sample_beta``: per sample the smallest β on a fine grid at which the readout's top-1 token
+  is the LM's own answer: with the sample's own J_i s_i and b_i (training samples) and with the
+  mean W and b (known test samples).
+- ``residual``: ε = o − (W s + b) on the known test samples: ‖ε‖ against ‖b‖ and ‖W s‖, and the
+  share of ‖ε‖² along b (what shrinking b can remove).
+- ``global_beta`` (across bundles): β learned by :class:`~lre_pl.global_beta.GlobalBetaModule` on
+  the dev samples of every relation (one β; one per category; one per relation), on the training
+  samples (to show their pull toward 1), and on half of the relations only (held out); each against
+  the per-relation best β of the grid, the paper's 2.25 and β = 1, on the test split.
+
+Where the study needs the LM (the corner's unembedding rows, decoding) it takes the loaded model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lre_pl.bundle import Bundle
+from lre_pl.errors import InputError
+from lre_pl.estimators import estimator_named
+from lre_pl.evaluation import ROW_FIELDS, BundleEvaluation, Decoder, EvaluationGrid
+from lre_pl.files import write_text_atomically
+from lre_pl.global_beta import collect_samples, fit_betas, group_of
+from lre_pl.models import load_language_model, parse_layer
+from lre_pl.operator import relation_readout
+
+Layer = int | str
+
+#: Questions answered per bundle; ``global_beta`` is answered across all of them.
+PER_BUNDLE = ("bias_variants", "where_beta", "per_sample_beta", "residual")
+QUESTIONS = (*PER_BUNDLE, "global_beta")
+
+#: The fixed β the paper found for GPT-J and GPT-2-XL, compared with the learned one.
+PAPER_BETA = 2.25
+BIAS_VARIANTS = ("paper", "mean_output", "corner", "none")
+WHERE_BETA = ("projection", "bias", "both")
+
+#: The fine β grid of the per-sample search: 0 to 10 in steps of 0.05.
+FINE_BETAS = [round(0.05 * i, 2) for i in range(201)]
+
+
+def readout(projection: torch.Tensor, bias: torch.Tensor, beta: float, where: str) -> torch.Tensor:
+    """The LRE's output [..., d] with β acting on W s (the paper), on b (as 1/β), or on both."""
+    if where == "projection":
+        return relation_readout(projection, bias, beta)
+    if where == "bias":
+        return projection + bias / beta if beta else torch.full_like(projection, float("nan"))
+    if where == "both":
+        return beta * relation_readout(projection, bias, 1.0)
+    raise ValueError(f"where={where!r}: use one of {WHERE_BETA}")
+
+
+def bias_variant(name: str, bundle: Bundle, layer: Layer, unembedding: torch.Tensor) -> torch.Tensor:
+    """b [d] of one variant at ``layer`` (``unembedding`` [vocab, d], for the corner).
+
+    ``corner``: the mean of the unit-normalised unembedding rows of the training objects' first
+    tokens (the paper's corner, over the training objects only: the test objects are what is
+    evaluated), scaled to the norm of the paper's b, so that only b's direction changes and β stays
+    comparable with the paper's readout.
+    """
+    i = bundle.layer_index(layer)
+    weight, paper = bundle.weights[i], bundle.biases[i]
+    if name == "paper":
+        return paper
+    if name == "mean_output":
+        return bundle.train_output_states.mean(0) - weight @ bundle.train_subject_states[:, i].mean(0)
+    if name == "corner":
+        rows = unembedding[bundle.train_object_tokens].float()  # [n, d]
+        corner = torch.nn.functional.normalize(rows, dim=-1).mean(0)
+        return corner * paper.norm() / corner.norm()
+    if name == "none":
+        return torch.zeros_like(paper)
+    raise ValueError(f"bias variant {name!r}: use one of {BIAS_VARIANTS}")
+
+
+def smallest_beta(
+    answers: Callable[[torch.Tensor], torch.Tensor],
+    projection: torch.Tensor,
+    bias: torch.Tensor,
+    own: torch.Tensor,
+    betas: Sequence[float] = FINE_BETAS,
+) -> torch.Tensor:
+    """[n]: per row the smallest β of ``betas`` at which ``answers(β W s + b)`` (top-1 token ids) is
+    ``own`` [n], the LM's own answer; nan where none is. ``projection`` and ``bias`` are [n, d].
+
+    A scan, not a bisection: nothing makes the hit monotone in β.
+    """
+    found = torch.full((len(projection),), float("nan"))
+    for beta in betas:
+        open_rows = found.isnan().nonzero().flatten()
+        if not len(open_rows):
+            break
+        hit = answers(relation_readout(projection[open_rows], bias[open_rows], beta)) == own[open_rows]
+        found[open_rows[hit]] = beta
+    return found
+
+
+class BetaStudy(BundleEvaluation):
+    """The study's questions on one bundle, at the LRE's dev-chosen layer (the protocol's rule)."""
+
+    def __init__(self, bundle: Bundle, grid: EvaluationGrid, decoder: Decoder, layer: Layer):
+        super().__init__(bundle, grid, decoder)
+        self.layer = layer
+
+    def study_rows(self, questions: Sequence[str] = PER_BUNDLE) -> list[dict]:
+        if len(self.known) < self.grid.min_known:
+            return []
+        for question in questions:
+            if question in PER_BUNDLE:
+                getattr(self, f"_{question}")()
+        return self._rows
+
+    def test_faithfulness(self, beta: float) -> float:
+        """faithfulness@1 of the LRE at this bundle's layer and ``beta`` on the test split."""
+        hits = self._hits_at(estimator_named("lre"), [(self.layer, beta)])[self.layer, beta]  # [k, 2]
+        return hits[self.splits["test"], 0].float().mean().item()
+
+    # ------------------------------------------------------------------------------- helpers
+    def _projection_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        i = self.bundle.layer_index(self.layer)
+        states = self.bundle.test_states(self.layer)[self.known]  # [k, d]
+        return states @ self.bundle.weights[i].T, self.bundle.biases[i]  # [k, d] W s, [d] b
+
+    def _scan(self, variant: str, question: str, readouts: Callable[[float], torch.Tensor]) -> None:
+        """Faithfulness rows of ``readouts(beta)`` [k, d] at every β of the grid (one decode)."""
+        betas = list(self.grid.betas)
+        hidden = torch.cat([readouts(beta) for beta in betas])  # [beta * k, d]
+        hits = self.decoder.hits(hidden, self.objects * len(betas)).reshape(len(betas), len(self.known), 2)
+        for beta, beta_hits in zip(betas, hits):
+            self._split_rows(
+                beta_hits, self.faithfulness_metrics, kind=question, estimator=variant, layer=str(self.layer),
+                beta=beta,
+            )  # fmt: skip
+
+    # ----------------------------------------------------------------------------- questions
+    def _bias_variants(self) -> None:
+        projection, _ = self._projection_and_bias()
+        unembedding = self.decoder.lm.unembedding.weight.detach().cpu()
+        for name in BIAS_VARIANTS:
+            bias = bias_variant(name, self.bundle, self.layer, unembedding)
+            self._scan(
+                name, "bias_variants", lambda beta, bias=bias: relation_readout(projection, bias, beta)
+            )
+
+    def _where_beta(self) -> None:
+        projection, bias = self._projection_and_bias()
+        for where in WHERE_BETA:
+            self._scan(where, "where_beta", lambda beta, where=where: readout(projection, bias, beta, where))
+        lm = self.decoder.lm
+        with torch.no_grad():  # decode(β W s + b) against decode(W s + b / β): equal but for the norm's ε
+            gap = max(
+                (lm.decode(readout(projection, bias, beta, "projection").to(lm.device))
+                 - lm.decode(readout(projection, bias, beta, "bias").to(lm.device))).abs().max().item()
+                for beta in self.grid.betas if beta > 0
+            )  # fmt: skip
+        self._row(kind="where_beta", split="all", metric="max_logit_gap_projection_vs_bias", value=gap,
+                  n=len(self.known), layer=str(self.layer))  # fmt: skip
+
+    def _per_sample_beta(self) -> None:
+        b, lm, i = self.bundle, self.decoder.lm, self.bundle.layer_index(self.layer)
+
+        def answers(hidden: torch.Tensor) -> torch.Tensor:  # [n, d] -> top-1 token ids [n]
+            with torch.no_grad():
+                return lm.decode(hidden.to(lm.device)).argmax(-1).cpu()
+
+        # Training samples with their own J_i s_i and b_i (β = 1 gives o_i itself, so at most 1).
+        train = smallest_beta(
+            answers, b.train_jacobian_states[:, i], b.train_biases[:, i], answers(b.train_output_states)
+        )
+        projection, bias = self._projection_and_bias()  # known test samples with the mean W and b
+        test = smallest_beta(
+            answers, projection, bias.expand_as(projection), answers(b.test_output_states[self.known])
+        )
+        for sample_set, values in (("train_own_J_b", train), ("test_mean_W_b", test)):
+            for value in values.tolist():  # one row per sample: the histograms read them
+                self._row(kind="per_sample_beta", estimator=sample_set, layer=str(self.layer), split="all",
+                          metric="smallest_beta", value=value, n=1)  # fmt: skip
+
+    def _residual(self) -> None:
+        projection, bias = self._projection_and_bias()
+        outputs = self.bundle.test_output_states[self.known]  # [k, d] F(s): the LM's own o
+        residual = outputs - (projection + bias)  # [k, d] ε
+        along_b = (residual @ bias / bias.norm()) ** 2 / residual.norm(dim=-1) ** 2  # share of ‖ε‖² along b
+        values = {
+            "residual_norm": residual.norm(dim=-1),
+            "bias_norm": bias.norm().expand(len(residual)),
+            "projection_norm": projection.norm(dim=-1),
+            "residual_over_bias": residual.norm(dim=-1) / bias.norm(),
+            "residual_over_projection": residual.norm(dim=-1) / projection.norm(dim=-1),
+            "residual_share_along_bias": along_b,
+            "residual_cosine_bias": torch.nn.functional.cosine_similarity(residual, bias[None], dim=-1),
+        }
+        for metric, per_sample in values.items():
+            self._split_rows(
+                per_sample[:, None], (metric,), kind="residual", estimator="lre", layer=str(self.layer)
+            )
+
+
+@dataclass
+class BetaStudyConfig:
+    """The β study over a finished ``lre-pl sweep`` folder; rerunning the same config resumes it."""
+
+    sweep_dir: str = "lightning_logs/sweep_smollm2-135m"
+    """A sweep folder (bundles, rows, sweep_config.json): the study reuses its model, grid and splits."""
+    questions: list[str] = field(default_factory=lambda: list(QUESTIONS))
+    """Which questions to answer (see :data:`QUESTIONS`)."""
+    output_dir: str | None = None
+    """Where the study's rows and report go; ``None``: ``<sweep_dir>/beta_study``."""
+    report: str | None = None
+    """Also write the markdown report here (e.g. ``docs/beta_study.md``), figures beside it."""
+
+    def check(self) -> Path:
+        root = Path(self.sweep_dir)
+        if not (root / "sweep_config.json").is_file():
+            raise InputError(
+                f"sweep_dir={self.sweep_dir!r} holds no sweep_config.json: run lre-pl sweep into it first"
+            )
+        unknown = sorted(set(self.questions) - set(QUESTIONS))
+        if unknown or not self.questions:
+            raise InputError(f"questions={self.questions}: choose from {list(QUESTIONS)}")
+        return root
+
+
+def chosen_points(rows: list[dict]) -> dict[tuple[str, int], tuple[Layer, float]]:
+    """{(relation, trial): the LRE's (layer, beta) chosen on the dev split} from a sweep's rows."""
+    return {
+        (row["relation"], row["trial"]): (parse_layer(row["layer"]), row["beta"])
+        for row in rows
+        if row["kind"] == "selected" and row["selection"] == "dev" and row["estimator"] == "lre"
+        and row["metric"] == "faithfulness@1"
+    }  # fmt: skip
+
+
+def global_beta_rows(
+    studies: Sequence[BetaStudy], best_betas: Sequence[float], model: str, log_dir: Path, seed: int = 0
+) -> list[dict]:
+    """Rows of learned betas (``metric="beta"``) and of test faithfulness per relation with each β.
+
+    ``best_betas``: each study's per-relation β chosen on dev by the sweep's grid. Each fit's loss
+    and β trajectory go to TensorBoard under ``log_dir``.
+    """
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    def logger(variant: str) -> TensorBoardLogger:
+        return TensorBoardLogger(str(log_dir), name=variant.replace(":", "_"), default_hp_metric=False)
+
+    tokenizer = studies[0].decoder.lm.tokenizer
+    items = [(study.bundle, study.layer, study.known, study.splits) for study in studies]
+    order = list(range(len(studies)))
+    random.Random(seed).shuffle(order)
+    learn_on = set(order[: len(order) // 2])  # held out: learned on these relations, reported on the rest
+    fits = {}
+    for grouping, source in (
+        ("global", "dev"),
+        ("category", "dev"),
+        ("relation", "dev"),
+        ("global", "train"),
+    ):
+        samples = collect_samples(items, tokenizer, source, grouping)
+        variant = f"learned:{grouping}:{source}"
+        fits[variant] = (grouping, fit_betas(model, samples, seed=seed, logger=logger(variant)))
+    held = collect_samples([items[i] for i in sorted(learn_on)], tokenizer, "dev", "global")
+    fits["heldout:global:dev"] = (
+        "global",
+        fit_betas(model, held, seed=seed, logger=logger("heldout:global:dev")),
+    )
+    rows = []
+    for variant, (grouping, betas) in fits.items():  # the learned betas, one row per group
+        for group, beta in betas.items():
+            where = {"relation": {"relation": group}, "category": {"category": group}}.get(grouping, {})
+            rows.append(dict.fromkeys(ROW_FIELDS) | dict(
+                model=studies[0].bundle.model, kind="global_beta", estimator=variant, split="all", metric="beta",
+                value=beta, beta=beta, n=1, **where,
+            ))  # fmt: skip
+    for index, (study, best) in enumerate(zip(studies, best_betas)):
+        compared = {"best_per_relation": best, f"paper_{PAPER_BETA}": PAPER_BETA, "beta_1": 1.0}
+        for variant, (grouping, betas) in fits.items():
+            if variant.startswith("heldout") and index in learn_on:
+                continue
+            compared[variant] = betas[group_of(study.bundle, grouping)]
+        for variant, beta in compared.items():
+            study._row(kind="global_beta", estimator=variant, layer=str(study.layer), beta=beta, split="test",
+                       metric="faithfulness@1", value=study.test_faithfulness(beta), n=len(study.splits["test"]))  # fmt: skip
+        rows += [row for row in study._rows if row["kind"] == "global_beta"]
+    return rows
+
+
+def run_beta_study(config: BetaStudyConfig) -> Path:
+    """Rows of every question for every evaluated bundle of the sweep (skipping row files that exist)."""
+    from lre_pl.sweep import SweepConfig, read_rows, slug
+
+    root = config.check()
+    sweep = SweepConfig(**json.loads((root / "sweep_config.json").read_text()))
+    grid = sweep.grid()
+    out = Path(config.output_dir or root / "beta_study")
+    points = chosen_points(read_rows(sorted((root / "rows").glob("*.jsonl"))))
+    if not points:
+        raise InputError(f"{root} has no evaluated relation (rows/*.jsonl): finish the sweep first")
+    lm = load_language_model(sweep.model, sweep.dtype, "cuda:0" if torch.cuda.is_available() else "cpu")
+    decoder = Decoder(lm, grid.top_k)
+
+    def study_of(relation: str, trial: int) -> BetaStudy:
+        bundle = Bundle.load(root / "bundles" / slug(relation) / f"trial_{trial}.pt")
+        return BetaStudy(bundle, grid, decoder, points[relation, trial][0])
+
+    bar = tqdm(sorted(points, key=str), desc="beta study", unit="trial")
+    for relation, trial in bar:
+        path = out / "rows" / f"{slug(relation)}__trial_{trial}.jsonl"
+        if path.exists() or not set(config.questions) & set(PER_BUNDLE):
+            continue
+        bar.set_postfix_str(f"{relation}, trial {trial}")
+        rows = study_of(relation, trial).study_rows(config.questions)
+        write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
+    bar.close()
+    path = out / "rows" / "global_beta.jsonl"
+    if "global_beta" in config.questions and not path.exists():
+        keys = sorted(points, key=str)
+        studies = [study_of(*key) for key in keys]
+        usable = [i for i, study in enumerate(studies) if len(study.known) >= grid.min_known]
+        best = [points[keys[i]][1] for i in usable]
+        rows = global_beta_rows([studies[i] for i in usable], best, sweep.model, out / "tensorboard")
+        write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
+    from lre_pl.beta_study_report import write_study_report
+
+    write_study_report(out, config.report)
+    return out

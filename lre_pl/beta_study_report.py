@@ -1,0 +1,235 @@
+"""The β study's report: a table and a verdict per question, and figures, from the study's rows alone."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from lre_pl.files import write_text_atomically
+from lre_pl.sweep import read_rows
+from lre_pl.sweep_report import _markdown_table, _mean, write_figure
+
+QUESTION_TITLES = {
+    "bias_variants": "1. Bias variants: does any b make β = 1 work?",
+    "where_beta": "2. Where β acts: on W s, on b (as 1/β), or on both",
+    "per_sample_beta": "4. Per-sample β: the smallest β that gives the LM's own answer",
+    "residual": "7. The linearisation residual ε = o − (W s + b) on known test samples",
+    "global_beta": "9. Can β be one global constant? β learned by gradient descent (trainer.fit)",
+}
+
+
+def selected_beta(rows: list[dict], question: str) -> dict[tuple, dict]:
+    """{(relation, trial, variant): {beta_1, chosen_beta, chosen}}: test faithfulness@1 at β = 1 and at
+    the β chosen on the dev split (first of ties)."""
+    by_key = defaultdict(lambda: defaultdict(dict))  # key -> split -> beta -> value
+    for row in rows:
+        if row["kind"] == question and row["metric"] == "faithfulness@1":
+            key = (row["relation"], row["trial"], row["estimator"])
+            by_key[key][row["split"]][row["beta"]] = row["value"]
+    result = {}
+    for key, splits in by_key.items():
+        dev = {beta: value for beta, value in splits["dev"].items() if not math.isnan(value)}
+        if not dev:
+            continue
+        chosen = max(dev, key=lambda beta: (dev[beta], -beta))
+        result[key] = {"beta_1": splits["test"].get(1.0, float("nan")), "chosen_beta": chosen,
+                       "chosen": splits["test"][chosen]}  # fmt: skip
+    return result
+
+
+def _faithfulness_table(rows: list[dict], question: str) -> tuple[str, dict[str, dict]]:
+    selected = selected_beta(rows, question)
+    per_variant = defaultdict(list)
+    for (_, _, variant), values in selected.items():
+        per_variant[variant].append(values)
+    summary = {}
+    table = []
+    for variant, values in per_variant.items():
+        betas = [v["chosen_beta"] for v in values]
+        summary[variant] = {
+            "beta_1": _mean(v["beta_1"] for v in values),
+            "chosen": _mean(v["chosen"] for v in values),
+            "median_beta": statistics.median(betas),
+        }
+        table.append([
+            variant, str(len(values)), f"{summary[variant]['beta_1']:.3f}", f"{summary[variant]['chosen']:.3f}",
+            f"{summary[variant]['median_beta']:.2f} [{min(betas):.2f}–{max(betas):.2f}]",
+        ])  # fmt: skip
+    headings = ["variant", "relations × trials", "faithfulness@1, β = 1 (test)",
+                "faithfulness@1, β chosen on dev (test)", "chosen β: median [range]"]  # fmt: skip
+    return _markdown_table(headings, table), summary
+
+
+def _per_sample_table(rows: list[dict]) -> tuple[str, dict[str, list[float]]]:
+    values = defaultdict(list)
+    for row in rows:
+        if row["kind"] == "per_sample_beta":
+            values[row["estimator"]].append(row["value"])
+    table = []
+    for sample_set, betas in values.items():
+        found = sorted(b for b in betas if not math.isnan(b))
+        quartiles = statistics.quantiles(found, n=4) if len(found) > 1 else [float("nan")] * 3
+        table.append([
+            sample_set, str(len(betas)), f"{len(found) / len(betas):.2f}",
+            f"{quartiles[1]:.2f} [{quartiles[0]:.2f}–{quartiles[2]:.2f}]",
+            f"{sum(b > 1 for b in found) / max(len(found), 1):.2f}",
+        ])  # fmt: skip
+    headings = [
+        "samples",
+        "n",
+        "share with a β ≤ 10",
+        "smallest β: median [quartiles]",
+        "share needing β > 1",
+    ]
+    return _markdown_table(headings, table), values
+
+
+def _residual_table(rows: list[dict]) -> tuple[str, dict[str, float]]:
+    per_metric = defaultdict(list)
+    for row in rows:
+        if row["kind"] == "residual" and row["split"] == "all":
+            per_metric[row["metric"]].append(row["value"])
+    means = {metric: _mean(values) for metric, values in per_metric.items()}
+    table = [[metric, f"{value:.3f}"] for metric, value in means.items()]
+    return _markdown_table(["mean over relations (known test samples)", "value"], table), means
+
+
+def study_markdown(rows: list[dict]) -> tuple[str, dict]:
+    models = sorted({row["model"] for row in rows})
+    relations = {(row["relation"], row["trial"]) for row in rows if row["trial"] is not None}
+    parts = [f"# The β study: {', '.join(models)}\n",
+             f"{len(relations)} relation × trial bundles, each at the LRE's layer chosen on its dev split. "
+             "Faithfulness is reported on the test split; β is chosen on the dev split.\n"]  # fmt: skip
+    numbers = {}
+    questions = {row["kind"] for row in rows}
+    if "bias_variants" in questions:
+        table, numbers["bias"] = _faithfulness_table(rows, "bias_variants")
+        best_at_1 = max(numbers["bias"], key=lambda v: numbers["bias"][v]["beta_1"])
+        paper = numbers["bias"].get("paper", {})
+        verdict = (
+            f"At β = 1 the best bias is `{best_at_1}` ({numbers['bias'][best_at_1]['beta_1']:.3f}); the paper's b "
+            f"reaches {paper.get('beta_1', float('nan')):.3f} at β = 1 and {paper.get('chosen', float('nan')):.3f} at "
+            f"its dev-chosen β (median {paper.get('median_beta', float('nan')):.2f})."
+        )
+        parts += [f"## {QUESTION_TITLES['bias_variants']}\n", table, f"\n**Verdict.** {verdict}\n"]
+    if "where_beta" in questions:
+        table, numbers["where"] = _faithfulness_table(rows, "where_beta")
+        gap = max(
+            (row["value"] for row in rows if row["metric"] == "max_logit_gap_projection_vs_bias"),
+            default=float("nan"),
+        )
+        numbers["where"]["max_logit_gap"] = gap
+        verdict = (
+            "With a scale-invariant final norm, decode(β W s + b) = decode(W s + b / β): the largest logit "
+            f"difference between the two over every relation and β > 0 is {gap:.2e} (the norm's ε), and "
+            "their faithfulness rows agree. Scaling both (β (W s + b)) changes nothing: amplifying the "
+            "projection and shrinking the bias are one move."
+        )
+        parts += [f"## {QUESTION_TITLES['where_beta']}\n", table, f"\n**Verdict.** {verdict}\n"]
+    if "per_sample_beta" in questions:
+        table, numbers["per_sample"] = _per_sample_table(rows)
+        parts += [f"## {QUESTION_TITLES['per_sample_beta']}\n", table,
+                  "\n`train_own_J_b`: each training sample with its own J_i s_i and b_i (β = 1 gives o_i "
+                  "exactly, so its β is at most 1). `test_mean_W_b`: known test samples with the LRE's mean W "
+                  "and b. Histogram: `per_sample_beta.png`.\n"]  # fmt: skip
+    if "residual" in questions:
+        table, numbers["residual"] = _residual_table(rows)
+        r = numbers["residual"]
+        verdict = (
+            f"‖ε‖ is {r.get('residual_over_bias', float('nan')):.2f} × ‖b‖ and "
+            f"{r.get('residual_over_projection', float('nan')):.2f} × ‖W s‖ on average; "
+            f"{r.get('residual_share_along_bias', float('nan')):.0%} of ‖ε‖² lies along b "
+            f"(cosine(ε, b) {r.get('residual_cosine_bias', float('nan')):.2f}): that share is what shrinking b can remove."
+        )
+        parts += [f"## {QUESTION_TITLES['residual']}\n", table, f"\n**Verdict.** {verdict}\n"]
+    if "global_beta" in questions:
+        table, numbers["global"], verdict = _global_table(rows)
+        parts += [f"## {QUESTION_TITLES['global_beta']}\n", table, f"\n**Verdict.** {verdict}\n"]
+    return "\n".join(parts), numbers
+
+
+def _global_table(rows: list[dict]) -> tuple[str, dict, str]:
+    """Test faithfulness per β choice: all relations, per category, and against the per-relation best."""
+    faith = defaultdict(dict)  # variant -> relation -> value
+    category, learned = {}, defaultdict(list)
+    for row in rows:
+        if row["kind"] != "global_beta":
+            continue
+        if row["metric"] == "beta":
+            learned[row["estimator"]].append(row["value"])
+        else:
+            faith[row["estimator"]][row["relation"]] = row["value"]
+            category[row["relation"]] = row["category"]
+    categories = sorted(set(category.values()))
+    best = faith.get("best_per_relation", {})
+    table, numbers = [], {}
+    for variant, values in faith.items():
+        mean = _mean(values.values())
+        loss = mean - _mean(best[r] for r in values)  # against the per-relation optimum on the same relations
+        numbers[variant] = {"mean": mean, "loss_vs_best": loss}
+        betas = learned.get(variant)
+        beta = (
+            f"{betas[0]:.2f}"
+            if betas and len(betas) == 1
+            else (f"{min(betas):.2f}–{max(betas):.2f}" if betas else "–")
+        )
+        per_category = [_mean(v for r, v in values.items() if category[r] == c) for c in categories]
+        table.append(
+            [
+                variant,
+                beta,
+                str(len(values)),
+                f"{mean:.3f}",
+                f"{loss:+.3f}",
+                *(f"{v:.3f}" for v in per_category),
+            ]
+        )
+    if "best_per_relation" in faith:
+        best_betas = sorted(row["beta"] for row in rows if row["kind"] == "global_beta"
+                            and row["estimator"] == "best_per_relation")  # fmt: skip
+        table[list(faith).index("best_per_relation")][1] = f"{best_betas[0]:.2f}–{best_betas[-1]:.2f}"
+    headings = ["β", "value", "relations", "faithfulness@1 (test)", "vs per-relation best", *categories]
+    g, h = numbers.get("learned:global:dev", {}), numbers.get("heldout:global:dev", {})
+    train = numbers.get("learned:global:train", {})
+    verdict = (
+        f"One β learned on every relation's dev samples ({(learned.get('learned:global:dev') or [float('nan')])[0]:.2f}) "
+        f"loses {-g.get('loss_vs_best', float('nan')):.3f} faithfulness against each relation's own best β; "
+        f"learned on half of the relations and tested on the others it loses {-h.get('loss_vs_best', float('nan')):.3f}. "
+        f"Fitted on the estimation samples instead, β = {(learned.get('learned:global:train') or [float('nan')])[0]:.2f} "
+        f"(faithfulness {train.get('mean', float('nan')):.3f}): the pull toward 1 of samples the LRE was estimated from."
+    )
+    return _markdown_table(headings, table), numbers, verdict
+
+
+def plot_per_sample_beta(values: dict[str, list[float]]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(values), figsize=(5 * len(values), 3.5), squeeze=False)
+    for axis, (sample_set, betas) in zip(axes[0], values.items()):
+        found = [b for b in betas if not math.isnan(b)]
+        axis.hist(found, bins=40, range=(0, 10))
+        axis.set(
+            title=f"{sample_set} ({len(found)}/{len(betas)} found)", xlabel="smallest β", ylabel="samples"
+        )
+    figure.tight_layout()
+    return figure
+
+
+def write_study_report(out: Path, report: str | None = None) -> None:
+    """``<out>/beta_study.md`` (and ``report`` if given, its figures beside it) from ``<out>/rows``."""
+    rows = read_rows(sorted((out / "rows").glob("*.jsonl")))
+    if not rows:
+        return
+    text, numbers = study_markdown(rows)
+    targets = [out / "beta_study.md"] + ([Path(report)] if report else [])
+    for target in targets:
+        write_text_atomically(target, text)
+        if "per_sample" in numbers:
+            write_figure(
+                plot_per_sample_beta(numbers["per_sample"]), target.parent / "per_sample_beta.png", None
+            )

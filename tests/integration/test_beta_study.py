@@ -1,0 +1,195 @@
+"""The β study on a tiny model's sweep: each question against its definition, the run, the report, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_sweep import tiny_config
+
+from lre_pl.beta_study import (
+    BIAS_VARIANTS,
+    FINE_BETAS,
+    BetaStudy,
+    BetaStudyConfig,
+    bias_variant,
+    readout,
+    run_beta_study,
+    smallest_beta,
+)
+from lre_pl.bundle import Bundle
+from lre_pl.errors import InputError
+from lre_pl.evaluation import Decoder
+from lre_pl.models import load_language_model
+from lre_pl.sweep import Sweep
+
+LAYER = 1
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    Sweep(tiny_config(tiny_model_dir, folder)).run()  # two relations of two categories
+    return folder
+
+
+@pytest.fixture(scope="module")
+def study(swept, tiny_model_dir):
+    config = tiny_config(tiny_model_dir, swept)
+    bundle = Bundle.load(swept / "bundles" / "country_capital_city" / "trial_0.pt")
+    lm = load_language_model(tiny_model_dir)
+    return BetaStudy(bundle, config.grid(), Decoder(lm, config.top_k), LAYER)
+
+
+def test_bias_variants_follow_their_definitions(study):
+    bundle, i = study.bundle, study.bundle.layer_index(LAYER)
+    unembedding = study.decoder.lm.unembedding.weight.detach()
+    weight, s, o = bundle.weights[i], bundle.train_subject_states[:, i], bundle.train_output_states
+    torch.testing.assert_close(
+        bias_variant("paper", bundle, LAYER, unembedding), (o - bundle.train_jacobian_states[:, i]).mean(0)
+    )
+    torch.testing.assert_close(
+        bias_variant("mean_output", bundle, LAYER, unembedding), o.mean(0) - weight @ s.mean(0)
+    )
+    corner = bias_variant("corner", bundle, LAYER, unembedding)
+    rows = unembedding[bundle.train_object_tokens]
+    direction = sum(row / row.norm() for row in rows)
+    torch.testing.assert_close(corner / corner.norm(), direction / direction.norm())
+    torch.testing.assert_close(corner.norm(), bundle.biases[i].norm())
+    assert bias_variant("none", bundle, LAYER, unembedding).abs().max() == 0
+    with pytest.raises(ValueError, match="bias variant 'mean'"):
+        bias_variant("mean", bundle, LAYER, unembedding)
+
+
+def test_beta_on_the_bias_decodes_like_beta_on_the_projection(study):
+    lm = study.decoder.lm
+    projection, bias = torch.randn(4, lm.hidden_size), torch.randn(lm.hidden_size) * 5
+    torch.testing.assert_close(readout(projection, bias, 2.0, "bias"), projection + bias / 2)
+    torch.testing.assert_close(readout(projection, bias, 2.0, "both"), 2 * (projection + bias))
+    for beta in (0.5, 2.0, 4.0):  # an RMSNorm is scale-invariant up to its eps
+        torch.testing.assert_close(
+            lm.decode(readout(projection, bias, beta, "projection")), lm.decode(readout(projection, bias, beta, "bias")),
+            atol=1e-4, rtol=1e-4,
+        )  # fmt: skip
+
+
+def test_smallest_beta_is_the_first_grid_beta_that_names_the_answer():
+    generator = torch.Generator().manual_seed(0)
+    unembedding = torch.randn(7, 5, generator=generator)
+    projection, bias = torch.randn(30, 5, generator=generator), torch.randn(30, 5, generator=generator)
+    own = torch.randint(7, (30,), generator=generator)
+
+    def answers(hidden):
+        return (hidden @ unembedding.T).argmax(-1)
+
+    found = smallest_beta(answers, projection, bias, own)
+    for row in range(30):
+        expected = next(
+            (
+                beta
+                for beta in FINE_BETAS
+                if answers((beta * projection[row] + bias[row])[None])[0] == own[row]
+            ),
+            None,
+        )
+        assert (found[row].isnan() and expected is None) or found[row].item() == pytest.approx(expected)
+
+
+def test_study_rows_answer_each_question(study):
+    rows = study.study_rows()
+    kinds = {row["kind"] for row in rows}
+    assert {"bias_variants", "where_beta", "per_sample_beta", "residual"} <= kinds
+    assert {row["estimator"] for row in rows if row["kind"] == "bias_variants"} == set(BIAS_VARIANTS)
+    gap = [row["value"] for row in rows if row["metric"] == "max_logit_gap_projection_vs_bias"]
+    assert len(gap) == 1 and gap[0] < 1e-3
+    faith = {  # β on W s and 1/β on b: the same hits at every β
+        (row["estimator"], row["beta"], row["split"]): row["value"]
+        for row in rows if row["kind"] == "where_beta" and row["metric"] == "faithfulness@1"
+    }  # fmt: skip
+    assert all(faith["projection", b, s] == faith["bias", b, s] for _, b, s in faith if b > 0)
+    train_betas = [row["value"] for row in rows if row["estimator"] == "train_own_J_b"]
+    assert len(train_betas) == 5 and all(value <= 1 for value in train_betas)  # β = 1 gives o_i itself
+    # The residual against a hand computation on all evaluated samples.
+    b, i = study.bundle, study.bundle.layer_index(LAYER)
+    s = b.test_states(LAYER)[study.known]
+    residual = b.test_output_states[study.known] - (s @ b.weights[i].T + b.biases[i])
+    [norm] = [r["value"] for r in rows if r["metric"] == "residual_norm" and r["split"] == "all"]
+    assert norm == pytest.approx(residual.norm(dim=-1).mean().item(), rel=1e-5)
+
+
+def test_the_study_runs_resumes_and_reports(swept, tmp_path):
+    report = tmp_path / "docs" / "beta_study.md"
+    report.parent.mkdir()
+    out = run_beta_study(
+        BetaStudyConfig(sweep_dir=str(swept), output_dir=str(tmp_path / "study"), report=str(report))
+    )
+    rows_file = out / "rows" / "country_capital_city__trial_0.jsonl"
+    first = rows_file.stat().st_mtime_ns
+    text = report.read_text()
+    for heading in (
+        "1. Bias variants",
+        "2. Where β acts",
+        "4. Per-sample β",
+        "7. The linearisation residual",
+    ):
+        assert heading in text
+    assert (report.parent / "per_sample_beta.png").stat().st_size > 0
+    assert (out / "beta_study.md").read_text() == text
+    run_beta_study(BetaStudyConfig(sweep_dir=str(swept), output_dir=str(out)))
+    assert rows_file.stat().st_mtime_ns == first  # resumed: nothing recomputed
+    assert all(json.loads(line)["layer"] is not None for line in rows_file.read_text().splitlines())
+
+
+def test_bad_study_input_is_one_clear_error(swept, tmp_path):
+    with pytest.raises(InputError, match="holds no sweep_config.json: run lre-pl sweep into it first"):
+        run_beta_study(BetaStudyConfig(sweep_dir=str(tmp_path)))
+    with pytest.raises(InputError, match=r"questions=\['why'\]: choose from"):
+        run_beta_study(BetaStudyConfig(sweep_dir=str(swept), questions=["why"]))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "sweep_config.json").write_text((Path(swept) / "sweep_config.json").read_text())
+    with pytest.raises(InputError, match="has no evaluated relation"):
+        run_beta_study(BetaStudyConfig(sweep_dir=str(empty)))
+
+
+def test_the_lightning_fit_of_beta_is_the_plain_adam_loop(study):
+    """fit_betas (trainer.fit, full batches) against lre_pl.beta.learn_beta's hand-written loop on the same samples."""
+    from lre_pl.beta import learn_beta
+    from lre_pl.global_beta import collect_samples, fit_betas
+
+    tokenizer = study.decoder.lm.tokenizer
+    samples = collect_samples([(study.bundle, LAYER, study.known, study.splits)], tokenizer, "dev", "global")
+    assert samples.group_names == ["all"] and len(samples.targets) == len(study.splits["dev"])
+    learned = fit_betas(study.decoder.lm.spec, samples, epochs=20, batch_size=len(samples.targets))
+    reference = learn_beta(
+        samples.projections, samples.biases[0], samples.targets, study.decoder.lm.decode, steps=20, lr=0.05
+    )
+    assert learned["all"] == pytest.approx(reference.betas[-1], rel=1e-4)
+    assert learned["all"] != pytest.approx(1.0, abs=1e-3)  # it moved
+    per_relation = collect_samples(
+        [(study.bundle, LAYER, study.known, study.splits)], tokenizer, "train", "relation"
+    )
+    assert per_relation.group_names == ["country capital city"] and len(per_relation.targets) == 5
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--sweep_dir", "{tmp}"], "holds no sweep_config.json: run lre-pl sweep into it first"),
+        (["--sweep_dir", "{swept}", "--questions", '["why"]'], "questions=['why']: choose from"),
+    ],
+)
+def test_the_cli_reports_bad_input_in_one_line(swept, tmp_path, flags, message):
+    import subprocess
+    import sys
+
+    flags = [flag.format(tmp=tmp_path, swept=swept) for flag in flags]
+    result = subprocess.run(
+        [sys.executable, "-m", "lre_pl.cli", "beta-study", *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines[-1].startswith("lre-pl: error: ") and message in lines[-1], lines
+    assert not (Path(swept) / "beta_study").exists()
