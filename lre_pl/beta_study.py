@@ -13,8 +13,19 @@ writes tidy rows (:data:`~lre_pl.evaluation.ROW_FIELDS`; ``estimator`` names the
 - ``per_sample_beta``: per sample the smallest β on a fine grid at which the readout's top-1 token
   is the LM's own answer: with the sample's own J_i s_i and b_i (training samples) and with the
   mean W and b (known test samples).
+- ``unit_s``: the LRE of unit s (W = mean_i ‖s_i‖ J_i, read on s/‖s‖ at test) and of equalised
+  ‖o‖ (every o_i, and so J_i and b_i, scaled by min_j ‖o_j‖ / ‖o_i‖ before averaging).
+- ``per_sample_w``: per training sample, ‖z‖, ‖W s_i‖ and the top-3 tokens of z = W_i s_i + b (its own
+  Jacobian) and of z = W s_i + b (the mean W).
+- ``after_norm``: the Jacobian of the final norm's output (D_i J_i, D_i the norm's Jacobian at o_i),
+  read at β = 1 and over the grid, decoded by the unembedding alone (no second norm).
 - ``residual``: ε = o − (W s + b) on the known test samples: ‖ε‖ against ‖b‖ and ‖W s‖, and the
   share of ‖ε‖² along b (what shrinking b can remove).
+- ``fixed_beta``: the layer searched (on dev) with β held at 1 and at the paper's 2.25.
+
+``unit_s``, ``per_sample_w`` and ``after_norm`` need each training sample's J_i at the study's layer:
+the bundle keeps only J_i s_i (J_i are d² each), so they are computed again for that one layer (five
+prompts, one engine pass) and checked against the bundle's J_i s_i.
 - ``global_beta`` (across bundles): β learned by :class:`~lre_pl.global_beta.GlobalBetaModule` on
   the dev samples of every relation (one β; one per category; one per relation), on the training
   samples (to show their pull toward 1), and on half of the relations only (held out); each against
@@ -25,6 +36,7 @@ Where the study needs the LM (the corner's unembedding rows, decoding) it takes 
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -35,18 +47,24 @@ import torch
 from tqdm.auto import tqdm
 
 from lre_pl.bundle import Bundle
+from lre_pl.data import RelationPrompts
 from lre_pl.errors import InputError
 from lre_pl.estimators import estimator_named
 from lre_pl.evaluation import ROW_FIELDS, BundleEvaluation, Decoder, EvaluationGrid
 from lre_pl.files import write_text_atomically
 from lre_pl.global_beta import collect_samples, fit_betas, group_of
+from lre_pl.jacobian import compute_jacobians
 from lre_pl.models import load_language_model, parse_layer
 from lre_pl.operator import relation_readout
+from lre_pl.relations import load_relation
 
 Layer = int | str
 
 #: Questions answered per bundle; ``global_beta`` is answered across all of them.
-PER_BUNDLE = ("bias_variants", "where_beta", "per_sample_beta", "residual")
+PER_BUNDLE = (
+    "bias_variants", "where_beta", "unit_s", "per_sample_beta", "per_sample_w", "after_norm", "residual",
+    "fixed_beta",
+)  # fmt: skip
 QUESTIONS = (*PER_BUNDLE, "global_beta")
 
 #: The fixed β the paper found for GPT-J and GPT-2-XL, compared with the learned one.
@@ -92,6 +110,22 @@ def bias_variant(name: str, bundle: Bundle, layer: Layer, unembedding: torch.Ten
     raise ValueError(f"bias variant {name!r}: use one of {BIAS_VARIANTS}")
 
 
+def after_norm_operator(
+    lm, jacobians: torch.Tensor, subject_states: torch.Tensor, output_states: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W [d, d], b [d]) of the LRE of the final norm's output: W = mean_i D_i J_i and
+    b = mean_i (norm(o_i) − D_i J_i s_i), D_i the final norm's Jacobian at o_i. Its readout is already
+    after the norm: decode it by the unembedding alone (the paper's code applied the norm again).
+    ``jacobians`` [n, d, d] J_i, ``subject_states`` [n, d] s_i, ``output_states`` [n, d] o_i.
+    """
+    o = output_states.to(lm.device)
+    with torch.no_grad():
+        d_norm = torch.stack([torch.func.jacrev(lm.final_norm)(row) for row in o]).cpu()  # [n, d, d] D_i
+        normed = lm.final_norm(o).cpu()  # [n, d]
+    products = d_norm @ jacobians  # [n, d, d] D_i J_i
+    return products.mean(0), (normed - torch.einsum("nij,nj->ni", products, subject_states)).mean(0)
+
+
 def smallest_beta(
     answers: Callable[[torch.Tensor], torch.Tensor],
     projection: torch.Tensor,
@@ -120,6 +154,7 @@ class BetaStudy(BundleEvaluation):
     def __init__(self, bundle: Bundle, grid: EvaluationGrid, decoder: Decoder, layer: Layer):
         super().__init__(bundle, grid, decoder)
         self.layer = layer
+        self.tables: dict[str, str] = {}  # question -> markdown the rows cannot hold (token strings)
 
     def study_rows(self, questions: Sequence[str] = PER_BUNDLE) -> list[dict]:
         if len(self.known) < self.grid.min_known:
@@ -140,11 +175,14 @@ class BetaStudy(BundleEvaluation):
         states = self.bundle.test_states(self.layer)[self.known]  # [k, d]
         return states @ self.bundle.weights[i].T, self.bundle.biases[i]  # [k, d] W s, [d] b
 
-    def _scan(self, variant: str, question: str, readouts: Callable[[float], torch.Tensor]) -> None:
+    def _scan(
+        self, variant: str, question: str, readouts: Callable[[float], torch.Tensor], apply_norm: bool = True
+    ) -> None:
         """Faithfulness rows of ``readouts(beta)`` [k, d] at every β of the grid (one decode)."""
         betas = list(self.grid.betas)
         hidden = torch.cat([readouts(beta) for beta in betas])  # [beta * k, d]
-        hits = self.decoder.hits(hidden, self.objects * len(betas)).reshape(len(betas), len(self.known), 2)
+        hits = self.decoder.hits(hidden, self.objects * len(betas), apply_norm)
+        hits = hits.reshape(len(betas), len(self.known), 2)
         for beta, beta_hits in zip(betas, hits):
             self._split_rows(
                 beta_hits, self.faithfulness_metrics, kind=question, estimator=variant, layer=str(self.layer),
@@ -194,6 +232,99 @@ class BetaStudy(BundleEvaluation):
             for value in values.tolist():  # one row per sample: the histograms read them
                 self._row(kind="per_sample_beta", estimator=sample_set, layer=str(self.layer), split="all",
                           metric="smallest_beta", value=value, n=1)  # fmt: skip
+
+    @functools.cached_property
+    def train_prompts(self) -> list:
+        """The training items of the bundle's trial (rebuilt: the split is seeded)."""
+        b = self.bundle
+        return RelationPrompts.build(load_relation(b.relation), self.decoder.lm, b.n_train, b.seed).train
+
+    @functools.cached_property
+    def jacobians(self) -> torch.Tensor:
+        """J_i [n, d, d] of the training samples at the study's layer (one engine pass, then checked)."""
+        b, lm = self.bundle, self.decoder.lm
+        result = compute_jacobians(lm, [item.prompt for item in self.train_prompts], [self.layer])
+        jacobians = result.jacobians[self.layer].detach().float().cpu()
+        i = b.layer_index(self.layer)
+        stored = b.train_jacobian_states[:, i]  # J_i s_i of the estimation: the same prompts, the same J_i
+        s = b.train_subject_states[:, i]
+        recomputed = torch.einsum("nij,nj->ni", jacobians, s)
+        # Float32 products carry an error of about eps * ‖J_i‖ ‖s_i‖, whatever the size of J_i s_i.
+        scale = (jacobians.flatten(1).norm(dim=-1) * s.norm(dim=-1)).max().item()
+        if (recomputed - stored).abs().max().item() > 1e-4 * scale:
+            raise RuntimeError(
+                f"J_i of {b.relation!r} at layer {self.layer} differ from its bundle's J_i s_i"
+            )
+        return jacobians
+
+    def _unit_s(self) -> None:
+        b, i = self.bundle, self.bundle.layer_index(self.layer)
+        s, o, jacobians = b.train_subject_states[:, i], b.train_output_states, self.jacobians
+        biases = o - torch.einsum("nij,nj->ni", jacobians, s)  # [n, d] b_i
+        test = b.test_states(self.layer)[self.known]  # [k, d]
+        unit_weight = (s.norm(dim=-1)[:, None, None] * jacobians).mean(0)  # d o / d u at u = s / ‖s‖
+        scale = o.norm(dim=-1).min() / o.norm(dim=-1)  # [n] every o_i down to the smallest norm
+        equal_weight = (scale[:, None, None] * jacobians).mean(0)
+        equal_bias = (scale[:, None] * biases).mean(0)
+        unit_projection = torch.nn.functional.normalize(test, dim=-1) @ unit_weight.T
+        equal_projection = test @ equal_weight.T
+        self._scan("unit_s", "unit_s", lambda beta: relation_readout(unit_projection, biases.mean(0), beta))
+        self._scan("equalised_o", "unit_s", lambda beta: relation_readout(equal_projection, equal_bias, beta))
+
+    def _per_sample_w(self) -> None:
+        """Rows of ‖z‖ and ‖W s_i‖ per training sample, and the notes' table with the top-3 tokens."""
+        b, lm, i = self.bundle, self.decoder.lm, self.bundle.layer_index(self.layer)
+        s, bias = b.train_subject_states[:, i], b.biases[i]
+        readouts = {"own_W_i": b.train_jacobian_states[:, i], "mean_W": s @ b.weights[i].T}  # W s_i [n, d]
+        lines = [
+            "| sample → object | W | ‖W s‖ | ‖z‖ | top-3 tokens of z = W s + b |",
+            "|---|---|---|---|---|",
+        ]
+        for name, projection in readouts.items():
+            z = projection + bias  # [n, d]
+            with torch.no_grad():
+                top = lm.decode(z.to(lm.device)).topk(3).indices.cpu()  # [n, 3]
+            hit = (top[:, 0] == b.train_object_tokens).float()
+            for metric, values in (("z_norm", z.norm(dim=-1)), ("projection_norm", projection.norm(dim=-1)),
+                                   ("top1_is_object", hit)):  # fmt: skip
+                for value in values.tolist():  # one row per sample
+                    self._row(kind="per_sample_w", estimator=name, layer=str(self.layer), split="all",
+                              metric=metric, value=value, n=1)  # fmt: skip
+            for item, tokens, p_norm, z_norm in zip(
+                self.train_prompts, top.tolist(), projection.norm(dim=-1), z.norm(dim=-1)
+            ):
+                words = ", ".join(repr(token) for token in lm.token_strings(tokens)).replace("|", "\\|")
+                lines.append(
+                    f"| {item.sample.subject} → {item.sample.object} | {name} | {p_norm:.1f} | {z_norm:.1f} | {words} |"
+                )
+        self.tables["per_sample_w"] = (
+            f"**{b.relation}** (trial {b.seed}, layer {self.layer})\n\n" + "\n".join(lines) + "\n"
+        )
+
+    def _after_norm(self) -> None:
+        i = self.bundle.layer_index(self.layer)
+        weight, bias = after_norm_operator(
+            self.decoder.lm,
+            self.jacobians,
+            self.bundle.train_subject_states[:, i],
+            self.bundle.train_output_states,
+        )
+        projection = self.bundle.test_states(self.layer)[self.known] @ weight.T
+        self._scan(
+            "after_norm",
+            "after_norm",
+            lambda beta: relation_readout(projection, bias, beta),
+            apply_norm=False,
+        )
+
+    def _fixed_beta(self) -> None:
+        """The layer chosen on dev with β held fixed (1, the paper's 2.25), reported on test."""
+        lre = estimator_named("lre")
+        for beta in (1.0, PAPER_BETA):
+            scores = self._hits_at(lre, [(layer, beta) for layer in self.bundle.layers])
+            layer, _ = max(scores, key=lambda key: scores[key][self.splits["dev"], 0].float().mean().item())
+            self._split_rows(scores[layer, beta], self.faithfulness_metrics, splits=("test",), kind="fixed_beta",
+                             estimator=f"beta={beta}", layer=str(layer), beta=beta)  # fmt: skip
 
     def _residual(self) -> None:
         projection, bias = self._projection_and_bias()
@@ -328,7 +459,10 @@ def run_beta_study(config: BetaStudyConfig) -> Path:
         if path.exists() or not set(config.questions) & set(PER_BUNDLE):
             continue
         bar.set_postfix_str(f"{relation}, trial {trial}")
-        rows = study_of(relation, trial).study_rows(config.questions)
+        study = study_of(relation, trial)
+        rows = study.study_rows(config.questions)
+        for question, table in study.tables.items():  # before the rows: a row file marks the bundle done
+            write_text_atomically(out / "tables" / question / f"{slug(relation)}__trial_{trial}.md", table)
         write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
     bar.close()
     path = out / "rows" / "global_beta.jsonl"

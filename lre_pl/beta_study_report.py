@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 from collections import defaultdict
@@ -14,7 +15,11 @@ from lre_pl.sweep_report import _markdown_table, _mean, write_figure
 QUESTION_TITLES = {
     "bias_variants": "1. Bias variants: does any b make β = 1 work?",
     "where_beta": "2. Where β acts: on W s, on b (as 1/β), or on both",
+    "unit_s": "3. Unit s, and equalised ‖o‖",
     "per_sample_beta": "4. Per-sample β: the smallest β that gives the LM's own answer",
+    "per_sample_w": "5. Each sample's own W_i against the mean W",
+    "after_norm": "6. The Jacobian after the final norm, decoded without a second norm",
+    "fixed_beta": "8. β held fixed, the layer searched",
     "residual": "7. The linearisation residual ε = o − (W s + b) on known test samples",
     "global_beta": "9. Can β be one global constant? β learned by gradient descent (trainer.fit)",
 }
@@ -96,7 +101,9 @@ def _residual_table(rows: list[dict]) -> tuple[str, dict[str, float]]:
     return _markdown_table(["mean over relations (known test samples)", "value"], table), means
 
 
-def study_markdown(rows: list[dict]) -> tuple[str, dict]:
+def study_markdown(rows: list[dict], tables: dict[str, list[str]] | None = None) -> tuple[str, dict]:
+    """The report's markdown and its headline numbers; ``tables``: markdown per question (token tables)."""
+    tables = tables or {}
     models = sorted({row["model"] for row in rows})
     relations = {(row["relation"], row["trial"]) for row in rows if row["trial"] is not None}
     parts = [f"# The β study: {', '.join(models)}\n",
@@ -128,12 +135,50 @@ def study_markdown(rows: list[dict]) -> tuple[str, dict]:
             "projection and shrinking the bias are one move."
         )
         parts += [f"## {QUESTION_TITLES['where_beta']}\n", table, f"\n**Verdict.** {verdict}\n"]
+    if "unit_s" in questions:
+        table, numbers["unit_s"] = _faithfulness_table(rows, "unit_s")
+        paper = numbers.get("bias", {}).get("paper", {})
+        parts += [f"## {QUESTION_TITLES['unit_s']}\n", table,
+                  f"\nAgainst the paper's LRE at the same layers: {paper.get('beta_1', float('nan')):.3f} at β = 1, "
+                  f"{paper.get('chosen', float('nan')):.3f} at its dev-chosen β.\n"]  # fmt: skip
     if "per_sample_beta" in questions:
         table, numbers["per_sample"] = _per_sample_table(rows)
         parts += [f"## {QUESTION_TITLES['per_sample_beta']}\n", table,
                   "\n`train_own_J_b`: each training sample with its own J_i s_i and b_i (β = 1 gives o_i "
                   "exactly, so its β is at most 1). `test_mean_W_b`: known test samples with the LRE's mean W "
                   "and b. Histogram: `per_sample_beta.png`.\n"]  # fmt: skip
+    if "per_sample_w" in questions:
+        norms = defaultdict(list)
+        for row in rows:
+            if row["kind"] == "per_sample_w":
+                norms[row["estimator"], row["metric"]].append(row["value"])
+        table = _markdown_table(
+            ["W", "‖W s‖ (mean)", "‖z‖ (mean)", "top-1 is the object"],
+            [[name, f"{_mean(norms[name, 'projection_norm']):.1f}", f"{_mean(norms[name, 'z_norm']):.1f}",
+              f"{_mean(norms[name, 'top1_is_object']):.2f}"] for name in ("own_W_i", "mean_W") if norms[name, "z_norm"]],
+        )  # fmt: skip
+        parts += [
+            f"## {QUESTION_TITLES['per_sample_w']}\n",
+            table,
+            "\nPer sample, with the top-3 tokens: `tables/per_sample_w/` beside the rows (the first below).\n",
+        ]
+        if tables.get("per_sample_w"):
+            parts.append(tables["per_sample_w"][0])
+    if "after_norm" in questions:
+        table, numbers["after_norm"] = _faithfulness_table(rows, "after_norm")
+        parts += [f"## {QUESTION_TITLES['after_norm']}\n", table]
+    if "fixed_beta" in questions:
+        fixed = defaultdict(list)
+        for row in rows:
+            if row["kind"] == "fixed_beta" and row["metric"] == "faithfulness@1":
+                fixed[row["estimator"]].append((row["value"], row["layer"]))
+        table = _markdown_table(
+            ["β held at", "relations × trials", "faithfulness@1 (test), layer chosen on dev", "layers chosen"],
+            [[name.removeprefix("beta="), str(len(v)), f"{_mean(x for x, _ in v):.3f}",
+              ", ".join(sorted({layer for _, layer in v}, key=lambda x: (x != "emb", int(x) if x != "emb" else 0)))]
+             for name, v in fixed.items()],
+        )  # fmt: skip
+        parts += [f"## {QUESTION_TITLES['fixed_beta']}\n", table]
     if "residual" in questions:
         table, numbers["residual"] = _residual_table(rows)
         r = numbers["residual"]
@@ -225,7 +270,15 @@ def write_study_report(out: Path, report: str | None = None) -> None:
     rows = read_rows(sorted((out / "rows").glob("*.jsonl")))
     if not rows:
         return
-    text, numbers = study_markdown(rows)
+    tables = {
+        folder.name: [path.read_text() for path in sorted(folder.glob("*.md"))]
+        for folder in sorted((out / "tables").glob("*"))
+    }
+    text, numbers = study_markdown(rows, tables)
+    from torch.utils.tensorboard import SummaryWriter
+
+    with contextlib.closing(SummaryWriter(str(out / "tensorboard"))) as experiment:
+        experiment.add_text("beta_study", text)
     targets = [out / "beta_study.md"] + ([Path(report)] if report else [])
     for target in targets:
         write_text_atomically(target, text)

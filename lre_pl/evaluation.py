@@ -82,12 +82,15 @@ class Decoder:
         return self.lm.token_strings(list(range(self.lm.unembedding.weight.shape[0])))
 
     @torch.no_grad()
-    def hits(self, hidden: torch.Tensor, objects: Sequence[str]) -> torch.Tensor:
-        """[N, 2] bool for hidden [N, d]: the top-1 token starts the object; one of the top k does."""
+    def hits(self, hidden: torch.Tensor, objects: Sequence[str], apply_norm: bool = True) -> torch.Tensor:
+        """[N, 2] bool for hidden [N, d]: the top-1 token starts the object; one of the top k does.
+
+        ``apply_norm=False`` decodes by the unembedding alone (``hidden`` is already after the final norm).
+        """
         lm, k = self.lm, self.top_k
         top = torch.cat(
             [
-                lm.decode(part.to(lm.device, lm.dtype)).topk(k).indices.cpu()
+                lm.decode(part.to(lm.device, lm.dtype), apply_norm).topk(k).indices.cpu()
                 for part in hidden.split(self.chunk)
             ]
         )  # [N, k]

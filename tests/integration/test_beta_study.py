@@ -12,6 +12,7 @@ from lre_pl.beta_study import (
     FINE_BETAS,
     BetaStudy,
     BetaStudyConfig,
+    after_norm_operator,
     bias_variant,
     readout,
     run_beta_study,
@@ -39,6 +40,12 @@ def study(swept, tiny_model_dir):
     bundle = Bundle.load(swept / "bundles" / "country_capital_city" / "trial_0.pt")
     lm = load_language_model(tiny_model_dir)
     return BetaStudy(bundle, config.grid(), Decoder(lm, config.top_k), LAYER)
+
+
+@pytest.fixture(scope="module")
+def answered(study):
+    """The rows of every per-bundle question (asked once: rows accumulate on the study)."""
+    return study.study_rows()
 
 
 def test_bias_variants_follow_their_definitions(study):
@@ -95,10 +102,11 @@ def test_smallest_beta_is_the_first_grid_beta_that_names_the_answer():
         assert (found[row].isnan() and expected is None) or found[row].item() == pytest.approx(expected)
 
 
-def test_study_rows_answer_each_question(study):
-    rows = study.study_rows()
+def test_study_rows_answer_each_question(study, answered):
+    rows = answered
     kinds = {row["kind"] for row in rows}
-    assert {"bias_variants", "where_beta", "per_sample_beta", "residual"} <= kinds
+    assert {"bias_variants", "where_beta", "unit_s", "per_sample_beta", "per_sample_w", "after_norm", "residual",
+            "fixed_beta"} <= kinds  # fmt: skip
     assert {row["estimator"] for row in rows if row["kind"] == "bias_variants"} == set(BIAS_VARIANTS)
     gap = [row["value"] for row in rows if row["metric"] == "max_logit_gap_projection_vs_bias"]
     assert len(gap) == 1 and gap[0] < 1e-3
@@ -193,3 +201,57 @@ def test_the_cli_reports_bad_input_in_one_line(swept, tmp_path, flags, message):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and lines[-1].startswith("lre-pl: error: ") and message in lines[-1], lines
     assert not (Path(swept) / "beta_study").exists()
+
+
+def test_the_recomputed_jacobians_match_an_independent_full_forward(study):
+    from reference import reference_jacobian
+
+    lm = study.decoder.lm
+    for row, item in enumerate(study.train_prompts[:2]):
+        expected, _ = reference_jacobian(lm, item.prompt, LAYER)
+        torch.testing.assert_close(study.jacobians[row], expected, atol=1e-4, rtol=1e-3)
+
+
+def test_unit_s_and_after_norm_follow_their_definitions(study, answered):
+    """The unit-s LRE read at β = 1 by hand; the after-norm W against autograd through norm(F(s))."""
+    from reference import full_forward_map
+
+    b, lm, i = study.bundle, study.decoder.lm, study.bundle.layer_index(LAYER)
+    rows = answered
+    s, jacobians = b.train_subject_states[:, i], study.jacobians
+    unit_weight = sum(s[n].norm() * jacobians[n] for n in range(len(s))) / len(s)
+    biases = b.train_output_states - torch.einsum("nij,nj->ni", jacobians, s)
+    test = b.test_states(LAYER)[study.known]
+    hidden = (test / test.norm(dim=-1, keepdim=True)) @ unit_weight.T + biases.mean(0)
+    expected = study.decoder.hits(hidden, study.objects)[study.splits["test"], 0].float().mean().item()
+    [value] = [r["value"] for r in rows if r["kind"] == "unit_s" and r["estimator"] == "unit_s" and r["beta"] == 1.0
+               and r["split"] == "test" and r["metric"] == "faithfulness@1"]  # fmt: skip
+    assert value == pytest.approx(expected)
+
+    weight, bias = after_norm_operator(lm, jacobians[:1], s[:1], b.train_output_states[:1])
+    function, state = full_forward_map(lm, study.train_prompts[0].prompt, LAYER)
+    normed = torch.autograd.functional.jacobian(lambda x: lm.final_norm(function(x)), state)
+    torch.testing.assert_close(weight, normed, atol=1e-4, rtol=1e-3)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            bias, lm.final_norm(function(state)) - normed @ state, atol=1e-4, rtol=1e-3
+        )
+
+
+def test_per_sample_w_and_fixed_beta_rows(study, answered, swept):
+    from lre_pl.sweep import read_rows
+
+    b, i = study.bundle, study.bundle.layer_index(LAYER)
+    rows = answered
+    z_norms = [r["value"] for r in rows if r["kind"] == "per_sample_w" and r["estimator"] == "own_W_i"
+               and r["metric"] == "z_norm"]  # fmt: skip
+    expected = (b.train_jacobian_states[:, i] + b.biases[i]).norm(dim=-1)
+    assert z_norms == pytest.approx(expected.tolist(), rel=1e-5)
+    table = study.tables["per_sample_w"]
+    assert table.count("| own_W_i |") == 5 and table.count("| mean_W |") == 5
+    # With β held at 1 the layer is chosen as the sweep chooses it (at layer_search_beta = 1).
+    [fixed] = [r for r in rows if r["kind"] == "fixed_beta" and r["estimator"] == "beta=1.0"
+               and r["metric"] == "faithfulness@1"]  # fmt: skip
+    [chosen] = [r for r in read_rows(sorted((swept / "rows").glob("country*.jsonl"))) if r["kind"] == "selected"
+                and r["selection"] == "dev" and r["estimator"] == "lre" and r["metric"] == "faithfulness@1"]  # fmt: skip
+    assert fixed["layer"] == chosen["layer"]
