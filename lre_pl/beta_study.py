@@ -6,7 +6,9 @@ dev/test split (:class:`~lre_pl.evaluation.BundleEvaluation`): no new Jacobian p
 writes tidy rows (:data:`~lre_pl.evaluation.ROW_FIELDS`; ``estimator`` names the variant):
 
 - ``bias_variants``: faithfulness over the β grid with b = mean_i (o_i − J_i s_i) (``paper``),
-  o_mean − W s_mean (``mean_output``), the objects' corner (``corner``) or no b (``none``).
+  o_mean − W s_mean (``mean_output``), F(s_mean) − W s_mean (``mean_subject``: the LM run on each
+  training prompt with s_mean in place of its s, outputs averaged), the objects' corner
+  (``corner``) or no b (``none``).
 - ``where_beta``: β on W s (``projection``, the paper), 1/β on b (``bias``), or on both (``both``:
   β (W s + b)); and the largest logit difference between the first two, which a scale-invariant
   final norm makes zero up to its ε.
@@ -57,6 +59,7 @@ from lre_pl.jacobian import compute_jacobians
 from lre_pl.models import load_language_model, parse_layer
 from lre_pl.operator import relation_readout
 from lre_pl.relations import load_relation
+from lre_pl.suffix import SuffixRun
 
 Layer = int | str
 
@@ -108,6 +111,20 @@ def bias_variant(name: str, bundle: Bundle, layer: Layer, unembedding: torch.Ten
     if name == "none":
         return torch.zeros_like(paper)
     raise ValueError(f"bias variant {name!r}: use one of {BIAS_VARIANTS}")
+
+
+@torch.no_grad()
+def mean_subject_bias(lm, prompts: Sequence, bundle: Bundle, layer: Layer) -> torch.Tensor:
+    """b = mean_i F_i(s_mean) − W s_mean [d]: F_i is the LM on training prompt i with s_mean written in
+    place of its subject state at ``layer``; the outputs are averaged over the prompts (the same
+    average as the paper's b over b_i). ``prompts``: the bundle's training prompts, in its order."""
+    i = bundle.layer_index(layer)
+    mean = bundle.train_subject_states[:, i].mean(0).to(lm.device, lm.dtype)  # [d] s_mean
+    run = SuffixRun.prepare(lm, prompts)
+    outputs = run.forward(
+        lambda _, hidden: torch.cat([mean.expand(len(hidden), 1, -1), hidden[:, 1:]], dim=1), [layer]
+    )
+    return outputs.float().cpu().mean(0) - bundle.weights[i] @ mean.float().cpu()
 
 
 def after_norm_operator(
@@ -193,8 +210,10 @@ class BetaStudy(BundleEvaluation):
     def _bias_variants(self) -> None:
         projection, _ = self._projection_and_bias()
         unembedding = self.decoder.lm.unembedding.weight.detach().cpu()
-        for name in BIAS_VARIANTS:
-            bias = bias_variant(name, self.bundle, self.layer, unembedding)
+        biases = {name: bias_variant(name, self.bundle, self.layer, unembedding) for name in BIAS_VARIANTS}
+        prompts = [item.prompt for item in self.train_prompts]
+        biases["mean_subject"] = mean_subject_bias(self.decoder.lm, prompts, self.bundle, self.layer)
+        for name, bias in biases.items():
             self._scan(
                 name, "bias_variants", lambda beta, bias=bias: relation_readout(projection, bias, beta)
             )

@@ -107,7 +107,10 @@ def test_study_rows_answer_each_question(study, answered):
     kinds = {row["kind"] for row in rows}
     assert {"bias_variants", "where_beta", "unit_s", "per_sample_beta", "per_sample_w", "after_norm", "residual",
             "fixed_beta"} <= kinds  # fmt: skip
-    assert {row["estimator"] for row in rows if row["kind"] == "bias_variants"} == set(BIAS_VARIANTS)
+    assert {row["estimator"] for row in rows if row["kind"] == "bias_variants"} == {
+        *BIAS_VARIANTS,
+        "mean_subject",
+    }
     gap = [row["value"] for row in rows if row["metric"] == "max_logit_gap_projection_vs_bias"]
     assert len(gap) == 1 and gap[0] < 1e-3
     faith = {  # β on W s and 1/β on b: the same hits at every β
@@ -255,3 +258,17 @@ def test_per_sample_w_and_fixed_beta_rows(study, answered, swept):
     [chosen] = [r for r in read_rows(sorted((swept / "rows").glob("country*.jsonl"))) if r["kind"] == "selected"
                 and r["selection"] == "dev" and r["estimator"] == "lre" and r["metric"] == "faithfulness@1"]  # fmt: skip
     assert fixed["layer"] == chosen["layer"]
+
+
+def test_the_mean_subject_bias_is_the_lm_at_the_mean_state(study):
+    from reference import full_forward_map
+
+    from lre_pl.beta_study import mean_subject_bias
+
+    b, lm, i = study.bundle, study.decoder.lm, study.bundle.layer_index(LAYER)
+    prompts = [item.prompt for item in study.train_prompts]
+    mean = b.train_subject_states[:, i].mean(0)
+    with torch.no_grad():
+        outputs = torch.stack([full_forward_map(lm, prompt, LAYER)[0](mean) for prompt in prompts])
+    expected = outputs.mean(0) - b.weights[i] @ mean
+    torch.testing.assert_close(mean_subject_bias(lm, prompts, b, LAYER), expected, atol=1e-5, rtol=1e-4)
