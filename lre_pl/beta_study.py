@@ -454,8 +454,9 @@ def global_beta_rows(
     return rows
 
 
-def run_beta_study(config: BetaStudyConfig) -> Path:
-    """Rows of every question for every evaluated bundle of the sweep (skipping row files that exist)."""
+def run_beta_study(config: BetaStudyConfig, command: str | None = None) -> Path:
+    """Rows of every question for every evaluated bundle of the sweep (skipping row files that exist),
+    then the report; ``command`` (the study's command line) is written into it."""
     from lre_pl.sweep import SweepConfig, read_rows, slug
 
     root = config.check()
@@ -472,17 +473,22 @@ def run_beta_study(config: BetaStudyConfig) -> Path:
         bundle = Bundle.load(root / "bundles" / slug(relation) / f"trial_{trial}.pt")
         return BetaStudy(bundle, grid, decoder, points[relation, trial][0])
 
+    # One row file per question and bundle: each resumes on its own when the questions change.
+    asked = [question for question in config.questions if question in PER_BUNDLE]
     bar = tqdm(sorted(points, key=str), desc="beta study", unit="trial")
     for relation, trial in bar:
-        path = out / "rows" / f"{slug(relation)}__trial_{trial}.jsonl"
-        if path.exists() or not set(config.questions) & set(PER_BUNDLE):
+        name = f"{slug(relation)}__trial_{trial}"
+        missing = [q for q in asked if not (out / "rows" / q / f"{name}.jsonl").exists()]
+        if not missing:
             continue
         bar.set_postfix_str(f"{relation}, trial {trial}")
         study = study_of(relation, trial)
-        rows = study.study_rows(config.questions)
-        for question, table in study.tables.items():  # before the rows: a row file marks the bundle done
-            write_text_atomically(out / "tables" / question / f"{slug(relation)}__trial_{trial}.md", table)
-        write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
+        rows = study.study_rows(missing)
+        for question in missing:  # the tables first: a row file marks its question done
+            if question in study.tables:
+                write_text_atomically(out / "tables" / question / f"{name}.md", study.tables[question])
+            lines = "".join(json.dumps(row) + "\n" for row in rows if row["kind"] == question)
+            write_text_atomically(out / "rows" / question / f"{name}.jsonl", lines)
     bar.close()
     path = out / "rows" / "global_beta.jsonl"
     if "global_beta" in config.questions and not path.exists():
@@ -494,5 +500,12 @@ def run_beta_study(config: BetaStudyConfig) -> Path:
         write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
     from lre_pl.beta_study_report import write_study_report
 
-    write_study_report(out, config.report)
+    sweep_command = root / "command.txt"
+    made_by = [
+        f"the sweep: `{sweep_command.read_text().strip()}`"
+        if sweep_command.exists()
+        else f"the sweep in `{root}`"
+    ]
+    made_by.append(f"the study: `{command}`" if command else f"the study: questions {config.questions}")
+    write_study_report(out, config.report, made_by)
     return out

@@ -6,6 +6,7 @@ import contextlib
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from lre_pl.files import write_text_atomically
@@ -265,9 +266,9 @@ def plot_per_sample_beta(values: dict[str, list[float]]):
     return figure
 
 
-def write_study_report(out: Path, report: str | None = None) -> None:
+def write_study_report(out: Path, report: str | None = None, made_by: Sequence[str] = ()) -> None:
     """``<out>/beta_study.md`` (and ``report`` if given, its figures beside it) from ``<out>/rows``."""
-    rows = read_rows(sorted((out / "rows").glob("*.jsonl")))
+    rows = read_rows(sorted((out / "rows").rglob("*.jsonl")))
     if not rows:
         return
     tables = {
@@ -275,6 +276,9 @@ def write_study_report(out: Path, report: str | None = None) -> None:
         for folder in sorted((out / "tables").glob("*"))
     }
     text, numbers = study_markdown(rows, tables)
+    if made_by:
+        title, rest = text.split("\n", 1)
+        text = f"{title}\n\nMade by " + "; ".join(made_by) + ".\n" + rest
     from torch.utils.tensorboard import SummaryWriter
 
     with contextlib.closing(SummaryWriter(str(out / "tensorboard"))) as experiment:

@@ -125,7 +125,7 @@ def run_beta_study(argv: list[str]) -> None:
 
     description = "The beta study's questions on a finished sweep's bundles; rerun to resume."
     config = parse_dataclass(BetaStudyConfig, "lre-pl beta-study", description, argv)
-    out = run_beta_study(config)
+    out = run_beta_study(config, command=shlex.join(["lre-pl", "beta-study", *argv]))
     print(f"lre_pl beta-study: {out}/beta_study.md" + (f" and {config.report}" if config.report else ""))
 
 

@@ -10,6 +10,7 @@ from test_sweep import tiny_config
 from lre_pl.beta_study import (
     BIAS_VARIANTS,
     FINE_BETAS,
+    PER_BUNDLE,
     BetaStudy,
     BetaStudyConfig,
     after_norm_operator,
@@ -30,7 +31,9 @@ LAYER = 1
 @pytest.fixture(scope="module")
 def swept(tiny_model_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
-    Sweep(tiny_config(tiny_model_dir, folder)).run()  # two relations of two categories
+    Sweep(
+        tiny_config(tiny_model_dir, folder), command="lre-pl sweep (test)"
+    ).run()  # two relations, two categories
     return folder
 
 
@@ -128,27 +131,38 @@ def test_study_rows_answer_each_question(study, answered):
     assert norm == pytest.approx(residual.norm(dim=-1).mean().item(), rel=1e-5)
 
 
-def test_the_study_runs_resumes_and_reports(swept, tmp_path):
-    report = tmp_path / "docs" / "beta_study.md"
-    report.parent.mkdir()
+def test_the_study_runs_resumes_per_question_and_reports(swept, tmp_path):
     out = run_beta_study(
-        BetaStudyConfig(sweep_dir=str(swept), output_dir=str(tmp_path / "study"), report=str(report))
+        BetaStudyConfig(sweep_dir=str(swept), output_dir=str(tmp_path / "study"), questions=["residual"])
     )
-    rows_file = out / "rows" / "country_capital_city__trial_0.jsonl"
+    rows_file = out / "rows" / "residual" / "country_capital_city__trial_0.jsonl"
     first = rows_file.stat().st_mtime_ns
+    assert sorted(p.name for p in (out / "rows").iterdir()) == ["residual"]
+    report = tmp_path / "docs" / "beta_study.md"
+    run_beta_study(
+        BetaStudyConfig(sweep_dir=str(swept), output_dir=str(out), report=str(report)), command="(test)"
+    )
+    assert rows_file.stat().st_mtime_ns == first  # resumed: only the questions not yet answered ran
+    assert sorted(p.name for p in (out / "rows").iterdir()) == sorted([*PER_BUNDLE, "global_beta.jsonl"])
     text = report.read_text()
-    for heading in (
-        "1. Bias variants",
-        "2. Where β acts",
-        "4. Per-sample β",
-        "7. The linearisation residual",
-    ):
-        assert heading in text
+    for heading in ("1. Bias variants", "2. Where β acts", "3. Unit s", "4. Per-sample β", "5. Each sample's own W_i",
+                    "6. The Jacobian after the final norm", "7. The linearisation residual", "8. β held fixed",
+                    "9. Can β be one global constant"):  # fmt: skip
+        assert heading in text, heading
+    assert "Made by the sweep: `lre-pl sweep (test)`; the study: `(test)`." in text
     assert (report.parent / "per_sample_beta.png").stat().st_size > 0
     assert (out / "beta_study.md").read_text() == text
-    run_beta_study(BetaStudyConfig(sweep_dir=str(swept), output_dir=str(out)))
-    assert rows_file.stat().st_mtime_ns == first  # resumed: nothing recomputed
-    assert all(json.loads(line)["layer"] is not None for line in rows_file.read_text().splitlines())
+    global_rows = [json.loads(line) for line in (out / "rows" / "global_beta.jsonl").read_text().splitlines()]
+    learned = {(r["estimator"], r["relation"], r["category"]) for r in global_rows if r["metric"] == "beta"}
+    assert ("learned:global:dev", None, None) in learned and ("learned:category:dev", None, "bias") in learned
+    assert ("learned:relation:dev", "country capital city", None) in learned
+    compared = [r["estimator"] for r in global_rows if r["metric"] == "faithfulness@1"]
+    assert set(compared) == {"best_per_relation", "paper_2.25", "beta_1", "learned:global:dev", "learned:category:dev",
+                             "learned:relation:dev", "learned:global:train", "heldout:global:dev"}  # fmt: skip
+    assert (
+        compared.count("heldout:global:dev") == 1 and compared.count("beta_1") == 2
+    )  # held out: the other half
+    assert list((out / "tensorboard").glob("learned_global_dev/version_0/events.*"))
 
 
 def test_bad_study_input_is_one_clear_error(swept, tmp_path):
@@ -272,3 +286,46 @@ def test_the_mean_subject_bias_is_the_lm_at_the_mean_state(study):
         outputs = torch.stack([full_forward_map(lm, prompt, LAYER)[0](mean) for prompt in prompts])
     expected = outputs.mean(0) - b.weights[i] @ mean
     torch.testing.assert_close(mean_subject_bias(lm, prompts, b, LAYER), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_every_beta_config_names_known_questions_and_one_config_per_question():
+    import yaml
+
+    from lre_pl.beta_study import QUESTIONS
+
+    folder = Path(__file__).parents[2] / "configs" / "beta"
+    configs = {
+        path.stem: BetaStudyConfig(**yaml.safe_load(path.read_text())) for path in folder.glob("*.yaml")
+    }
+    assert set(configs) == {*QUESTIONS, "all"}
+    for name, config in configs.items():
+        assert config.questions == ([name] if name != "all" else list(QUESTIONS)), name
+
+
+def test_two_ddp_processes_learn_the_beta_one_process_learns(study, tiny_model_dir, tmp_path):
+    """Two processes with half batches each average to the one-process full-batch gradient (equal halves)."""
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    from lre_pl.global_beta import collect_samples
+
+    items = [(study.bundle, LAYER, study.known, study.splits)]
+    samples = collect_samples(items, study.decoder.lm.tokenizer, "dev", "global")
+    keep = len(samples.targets) // 2 * 2  # an even count: the two shards are equal, nothing is padded
+    samples.projections, samples.biases = samples.projections[:keep], samples.biases[:keep]
+    samples.targets, samples.groups = samples.targets[:keep], samples.groups[:keep]
+    path = tmp_path / "samples.pt"
+    torch.save(asdict(samples), path)
+    script = Path(__file__).with_name("global_beta_ddp.py")
+    learned = []
+    for devices, batch in ((1, keep), (2, keep // 2)):
+        result = subprocess.run(
+            [sys.executable, str(script), tiny_model_dir, str(path), str(devices), str(batch)],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        [line] = [line for line in result.stdout.splitlines() if line.startswith("BETAS ")]
+        learned.append(json.loads(line.removeprefix("BETAS ")))
+    assert learned[1]["all"] == pytest.approx(learned[0]["all"], rel=1e-5)
+    assert learned[0]["all"] != pytest.approx(1.0, abs=1e-3)
