@@ -139,15 +139,30 @@ def study_markdown(rows: list[dict], tables: dict[str, list[str]] | None = None)
     if "unit_s" in questions:
         table, numbers["unit_s"] = _faithfulness_table(rows, "unit_s")
         paper = numbers.get("bias", {}).get("paper", {})
-        parts += [f"## {QUESTION_TITLES['unit_s']}\n", table,
-                  f"\nAgainst the paper's LRE at the same layers: {paper.get('beta_1', float('nan')):.3f} at β = 1, "
-                  f"{paper.get('chosen', float('nan')):.3f} at its dev-chosen β.\n"]  # fmt: skip
+        unit, equal = numbers["unit_s"].get("unit_s", {}), numbers["unit_s"].get("equalised_o", {})
+        verdict = (
+            f"At β = 1 unit s reaches {unit.get('beta_1', float('nan')):.3f} and equalised ‖o‖ "
+            f"{equal.get('beta_1', float('nan')):.3f}, against {paper.get('beta_1', float('nan')):.3f} for the paper's "
+            f"LRE at the same layers ({paper.get('chosen', float('nan')):.3f} at its dev-chosen β); their chosen β "
+            f"(medians {unit.get('median_beta', float('nan')):.2f} and {equal.get('median_beta', float('nan')):.2f}) "
+            "say whether either removes the need for β."
+        )
+        parts += [f"## {QUESTION_TITLES['unit_s']}\n", table, f"\n**Verdict.** {verdict}\n"]
     if "per_sample_beta" in questions:
         table, numbers["per_sample"] = _per_sample_table(rows)
         parts += [f"## {QUESTION_TITLES['per_sample_beta']}\n", table,
                   "\n`train_own_J_b`: each training sample with its own J_i s_i and b_i (β = 1 gives o_i "
                   "exactly, so its β is at most 1). `test_mean_W_b`: known test samples with the LRE's mean W "
                   "and b. Histogram: `per_sample_beta.png`.\n"]  # fmt: skip
+        test = sorted(b for b in numbers["per_sample"].get("test_mean_W_b", []) if not math.isnan(b))
+        train = numbers["per_sample"].get("train_own_J_b", [])
+        if test and train:
+            verdict = (
+                f"With the mean W and b, half of the known test samples need β ≤ {statistics.median(test):.2f} and "
+                f"{sum(b > 1 for b in test) / len(test):.0%} need β > 1. With its own b_i, "
+                f"{sum(b == 0 for b in train) / len(train):.0%} of the training samples are named by b_i alone (β = 0)."
+            )
+            parts.append(f"\n**Verdict.** {verdict}\n")
     if "per_sample_w" in questions:
         norms = defaultdict(list)
         for row in rows:
@@ -163,11 +178,34 @@ def study_markdown(rows: list[dict], tables: dict[str, list[str]] | None = None)
             table,
             "\nPer sample, with the top-3 tokens: `tables/per_sample_w/` beside the rows (the first below).\n",
         ]
+        own, mean = (
+            (_mean(norms[name, "projection_norm"]), _mean(norms[name, "top1_is_object"]))
+            for name in ("own_W_i", "mean_W")
+        )
+        parts.append(
+            f"\n**Verdict.** With its own W_i the projection has norm {own[0]:.1f} and names the object for "
+            f"{own[1]:.0%} of the training samples; with the mean W, {mean[0]:.1f} and {mean[1]:.0%}.\n"
+        )
         if tables.get("per_sample_w"):
             parts.append(tables["per_sample_w"][0])
     if "after_norm" in questions:
         table, numbers["after_norm"] = _faithfulness_table(rows, "after_norm")
-        parts += [f"## {QUESTION_TITLES['after_norm']}\n", table]
+        after, paper = numbers["after_norm"].get("after_norm", {}), numbers.get("bias", {}).get("paper", {})
+        verdict = (
+            f"After the norm, β = 1 gives {after.get('beta_1', float('nan')):.3f} (the pre-norm LRE "
+            f"{paper.get('beta_1', float('nan')):.3f}); its dev-chosen β has median {after.get('median_beta', float('nan')):.2f}."
+        )
+        parts += [f"## {QUESTION_TITLES['after_norm']}\n", table, f"\n**Verdict.** {verdict}\n"]
+    if "residual" in questions:
+        table, numbers["residual"] = _residual_table(rows)
+        r = numbers["residual"]
+        verdict = (
+            f"‖ε‖ is {r.get('residual_over_bias', float('nan')):.2f} × ‖b‖ and "
+            f"{r.get('residual_over_projection', float('nan')):.2f} × ‖W s‖ on average; "
+            f"{r.get('residual_share_along_bias', float('nan')):.0%} of ‖ε‖² lies along b "
+            f"(cosine(ε, b) {r.get('residual_cosine_bias', float('nan')):.2f}): that share is what shrinking b can remove."
+        )
+        parts += [f"## {QUESTION_TITLES['residual']}\n", table, f"\n**Verdict.** {verdict}\n"]
     if "fixed_beta" in questions:
         fixed = defaultdict(list)
         for row in rows:
@@ -179,17 +217,11 @@ def study_markdown(rows: list[dict], tables: dict[str, list[str]] | None = None)
               ", ".join(sorted({layer for _, layer in v}, key=lambda x: (x != "emb", int(x) if x != "emb" else 0)))]
              for name, v in fixed.items()],
         )  # fmt: skip
-        parts += [f"## {QUESTION_TITLES['fixed_beta']}\n", table]
-    if "residual" in questions:
-        table, numbers["residual"] = _residual_table(rows)
-        r = numbers["residual"]
-        verdict = (
-            f"‖ε‖ is {r.get('residual_over_bias', float('nan')):.2f} × ‖b‖ and "
-            f"{r.get('residual_over_projection', float('nan')):.2f} × ‖W s‖ on average; "
-            f"{r.get('residual_share_along_bias', float('nan')):.0%} of ‖ε‖² lies along b "
-            f"(cosine(ε, b) {r.get('residual_cosine_bias', float('nan')):.2f}): that share is what shrinking b can remove."
-        )
-        parts += [f"## {QUESTION_TITLES['residual']}\n", table, f"\n**Verdict.** {verdict}\n"]
+        means = {name.removeprefix("beta="): _mean(x for x, _ in v) for name, v in fixed.items()}
+        verdict = "; ".join(f"layer searched at β = {beta}: {value:.3f}" for beta, value in means.items())
+        parts += [f"## {QUESTION_TITLES['fixed_beta']}\n", table,
+                  f"\n**Verdict.** {verdict} (test faithfulness@1; β and layer interact: the protocol's layer "
+                  "search at β = 1 cannot see layers that only work at a larger β).\n"]  # fmt: skip
     if "global_beta" in questions:
         table, numbers["global"], verdict = _global_table(rows)
         parts += [f"## {QUESTION_TITLES['global_beta']}\n", table, f"\n**Verdict.** {verdict}\n"]
@@ -241,8 +273,9 @@ def _global_table(rows: list[dict]) -> tuple[str, dict, str]:
     train = numbers.get("learned:global:train", {})
     verdict = (
         f"One β learned on every relation's dev samples ({(learned.get('learned:global:dev') or [float('nan')])[0]:.2f}) "
-        f"loses {-g.get('loss_vs_best', float('nan')):.3f} faithfulness against each relation's own best β; "
-        f"learned on half of the relations and tested on the others it loses {-h.get('loss_vs_best', float('nan')):.3f}. "
+        f"changes test faithfulness by {g.get('loss_vs_best', float('nan')):+.3f} against each relation's own β "
+        f"chosen on the same dev samples; learned on half of the relations and tested on the others, by "
+        f"{h.get('loss_vs_best', float('nan')):+.3f} (negative: the single β loses). "
         f"Fitted on the estimation samples instead, β = {(learned.get('learned:global:train') or [float('nan')])[0]:.2f} "
         f"(faithfulness {train.get('mean', float('nan')):.3f}): the pull toward 1 of samples the LRE was estimated from."
     )
