@@ -24,6 +24,8 @@ writes tidy rows (:data:`~lre_pl.evaluation.ROW_FIELDS`; ``estimator`` names the
 - ``residual``: ε = o − (W s + b) on the known test samples: ‖ε‖ against ‖b‖ and ‖W s‖, and the
   share of ‖ε‖² along b (what shrinking b can remove).
 - ``fixed_beta``: the layer searched (on dev) with β held at 1 and at the paper's 2.25.
+- ``across_trials`` (across bundles): the spread over trials of test faithfulness with the layer and
+  β chosen on the first trial held fixed, against each trial's own choice (needs 2+ trials).
 
 ``unit_s``, ``per_sample_w`` and ``after_norm`` need each training sample's J_i at the study's layer:
 the bundle keeps only J_i s_i (J_i are d² each), so they are computed again for that one layer (five
@@ -41,6 +43,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +71,7 @@ PER_BUNDLE = (
     "bias_variants", "where_beta", "unit_s", "per_sample_beta", "per_sample_w", "after_norm", "residual",
     "fixed_beta",
 )  # fmt: skip
-QUESTIONS = (*PER_BUNDLE, "global_beta")
+QUESTIONS = (*PER_BUNDLE, "global_beta", "across_trials")
 
 #: The fixed β the paper found for GPT-J and GPT-2-XL, compared with the learned one.
 PAPER_BETA = 2.25
@@ -181,9 +184,10 @@ class BetaStudy(BundleEvaluation):
                 getattr(self, f"_{question}")()
         return self._rows
 
-    def test_faithfulness(self, beta: float) -> float:
-        """faithfulness@1 of the LRE at this bundle's layer and ``beta`` on the test split."""
-        hits = self._hits_at(estimator_named("lre"), [(self.layer, beta)])[self.layer, beta]  # [k, 2]
+    def test_faithfulness(self, beta: float, layer: Layer | None = None) -> float:
+        """faithfulness@1 of the LRE at ``layer`` (default: the study's) and ``beta`` on the test split."""
+        layer = self.layer if layer is None else layer
+        hits = self._hits_at(estimator_named("lre"), [(layer, beta)])[layer, beta]  # [k, 2]
         return hits[self.splits["test"], 0].float().mean().item()
 
     # ------------------------------------------------------------------------------- helpers
@@ -454,6 +458,19 @@ def global_beta_rows(
     return rows
 
 
+def across_trials_rows(studies: dict[int, BetaStudy], points: dict[int, tuple[Layer, float]]) -> list[dict]:
+    """One relation's trials: test faithfulness with the first trial's (layer, β) held fixed (``fixed``)
+    and with each trial's own dev choice (``own``). ``studies`` and ``points`` are keyed by trial."""
+    first = min(studies)
+    layer, beta = points[first]
+    for trial, study in sorted(studies.items()):
+        for variant, (at, value) in (("fixed", (layer, beta)), ("own", points[trial])):
+            study._row(kind="across_trials", estimator=variant, layer=str(at), beta=value, split="test",
+                       metric="faithfulness@1", value=study.test_faithfulness(value, at),
+                       n=len(study.splits["test"]))  # fmt: skip
+    return [row for study in studies.values() for row in study._rows if row["kind"] == "across_trials"]
+
+
 def run_beta_study(config: BetaStudyConfig, command: str | None = None) -> Path:
     """Rows of every question for every evaluated bundle of the sweep (skipping row files that exist),
     then the report; ``command`` (the study's command line) is written into it."""
@@ -497,6 +514,18 @@ def run_beta_study(config: BetaStudyConfig, command: str | None = None) -> Path:
         usable = [i for i, study in enumerate(studies) if len(study.known) >= grid.min_known]
         best = [points[keys[i]][1] for i in usable]
         rows = global_beta_rows([studies[i] for i in usable], best, sweep.model, out / "tensorboard")
+        write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
+    path = out / "rows" / "across_trials.jsonl"
+    if "across_trials" in config.questions and not path.exists():
+        trials = defaultdict(list)
+        for relation, trial in points:
+            trials[relation].append(trial)
+        rows = []
+        for relation, seeds in sorted(trials.items()):
+            studies = {trial: study_of(relation, trial) for trial in seeds}
+            studies = {t: study for t, study in studies.items() if len(study.known) >= grid.min_known}
+            if len(studies) >= 2:
+                rows += across_trials_rows(studies, {t: points[relation, t] for t in studies})
         write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
     from lre_pl.beta_study_report import write_study_report
 

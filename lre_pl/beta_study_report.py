@@ -23,6 +23,7 @@ QUESTION_TITLES = {
     "fixed_beta": "8. β held fixed, the layer searched",
     "residual": "7. The linearisation residual ε = o − (W s + b) on known test samples",
     "global_beta": "9. Can β be one global constant? β learned by gradient descent (trainer.fit)",
+    "across_trials": "10. Hyper-parameters held fixed across trials: the spread",
 }
 
 
@@ -102,8 +103,11 @@ def _residual_table(rows: list[dict]) -> tuple[str, dict[str, float]]:
     return _markdown_table(["mean over relations (known test samples)", "value"], table), means
 
 
-def study_markdown(rows: list[dict], tables: dict[str, list[str]] | None = None) -> tuple[str, dict]:
-    """The report's markdown and its headline numbers; ``tables``: markdown per question (token tables)."""
+def study_markdown(
+    rows: list[dict], tables: dict[str, list[str]] | None = None, answered: Sequence[str] = ()
+) -> tuple[str, dict]:
+    """The report's markdown and its headline numbers; ``tables``: markdown per question (token tables);
+    ``answered``: questions whose row files exist (a question can have no rows: too few trials)."""
     tables = tables or {}
     models = sorted({row["model"] for row in rows})
     relations = {(row["relation"], row["trial"]) for row in rows if row["trial"] is not None}
@@ -111,7 +115,7 @@ def study_markdown(rows: list[dict], tables: dict[str, list[str]] | None = None)
              f"{len(relations)} relation × trial bundles, each at the LRE's layer chosen on its dev split. "
              "Faithfulness is reported on the test split; β is chosen on the dev split.\n"]  # fmt: skip
     numbers = {}
-    questions = {row["kind"] for row in rows}
+    questions = {row["kind"] for row in rows} | set(answered)
     if "bias_variants" in questions:
         table, numbers["bias"] = _faithfulness_table(rows, "bias_variants")
         best_at_1 = max(numbers["bias"], key=lambda v: numbers["bias"][v]["beta_1"])
@@ -225,7 +229,35 @@ def study_markdown(rows: list[dict], tables: dict[str, list[str]] | None = None)
     if "global_beta" in questions:
         table, numbers["global"], verdict = _global_table(rows)
         parts += [f"## {QUESTION_TITLES['global_beta']}\n", table, f"\n**Verdict.** {verdict}\n"]
+    if "across_trials" in questions:
+        parts += [f"## {QUESTION_TITLES['across_trials']}\n", _across_trials_section(rows)]
     return "\n".join(parts), numbers
+
+
+def _across_trials_section(rows: list[dict]) -> str:
+    """Per relation the mean ± std over trials of test faithfulness, fixed (first trial's choice) and own."""
+    values = defaultdict(lambda: defaultdict(list))  # relation -> variant -> per-trial values
+    for row in rows:
+        if row["kind"] == "across_trials":
+            values[row["relation"]][row["estimator"]].append(row["value"])
+    if not values:
+        return "No relation has two or more evaluated trials: run the sweep with several trials.\n"
+    table = []
+    spreads = defaultdict(list)
+    for relation, variants in sorted(values.items()):
+        cells = []
+        for variant in ("fixed", "own"):
+            trial_values = variants[variant]
+            spreads[variant].append(statistics.stdev(trial_values))
+            cells.append(f"{statistics.mean(trial_values):.3f} ± {statistics.stdev(trial_values):.3f}")
+        table.append([relation, str(len(variants["fixed"])), *cells])
+    text = _markdown_table(
+        ["relation", "trials", "first trial's (layer, β) held fixed", "each trial's own choice"], table
+    )
+    return text + (
+        f"\n**Verdict.** The std over trials averages {_mean(spreads['fixed']):.3f} with the hyper-parameters held "
+        f"fixed and {_mean(spreads['own']):.3f} with each trial choosing its own.\n"
+    )
 
 
 def _global_table(rows: list[dict]) -> tuple[str, dict, str]:
@@ -308,7 +340,7 @@ def write_study_report(out: Path, report: str | None = None, made_by: Sequence[s
         folder.name: [path.read_text() for path in sorted(folder.glob("*.md"))]
         for folder in sorted((out / "tables").glob("*"))
     }
-    text, numbers = study_markdown(rows, tables)
+    text, numbers = study_markdown(rows, tables, [path.stem for path in (out / "rows").iterdir()])
     if made_by:
         title, rest = text.split("\n", 1)
         text = f"{title}\n\nMade by " + "; ".join(made_by) + ".\n" + rest

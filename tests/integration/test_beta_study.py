@@ -143,13 +143,16 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, tmp_path):
         BetaStudyConfig(sweep_dir=str(swept), output_dir=str(out), report=str(report)), command="(test)"
     )
     assert rows_file.stat().st_mtime_ns == first  # resumed: only the questions not yet answered ran
-    assert sorted(p.name for p in (out / "rows").iterdir()) == sorted([*PER_BUNDLE, "global_beta.jsonl"])
+    assert sorted(p.name for p in (out / "rows").iterdir()) == sorted(
+        [*PER_BUNDLE, "global_beta.jsonl", "across_trials.jsonl"]
+    )
     text = report.read_text()
     for heading in ("1. Bias variants", "2. Where β acts", "3. Unit s", "4. Per-sample β", "5. Each sample's own W_i",
                     "6. The Jacobian after the final norm", "7. The linearisation residual", "8. β held fixed",
                     "9. Can β be one global constant"):  # fmt: skip
         assert heading in text, heading
     assert "Made by the sweep: `lre-pl sweep (test)`; the study: `(test)`." in text
+    assert "No relation has two or more evaluated trials" in text  # one trial in this sweep
     assert (report.parent / "per_sample_beta.png").stat().st_size > 0
     assert (out / "beta_study.md").read_text() == text
     global_rows = [json.loads(line) for line in (out / "rows" / "global_beta.jsonl").read_text().splitlines()]
@@ -329,3 +332,37 @@ def test_two_ddp_processes_learn_the_beta_one_process_learns(study, tiny_model_d
         learned.append(json.loads(line.removeprefix("BETAS ")))
     assert learned[1]["all"] == pytest.approx(learned[0]["all"], rel=1e-5)
     assert learned[0]["all"] != pytest.approx(1.0, abs=1e-3)
+
+
+def test_hyper_parameters_held_fixed_across_trials(tiny_model_dir, tmp_path):
+    from lre_pl.beta_study import chosen_points
+    from lre_pl.operator import relation_readout
+    from lre_pl.sweep import read_rows
+
+    config = tiny_config(
+        tiny_model_dir, tmp_path / "sweep", relations=["country capital city"], trials=[0, 1]
+    )
+    Sweep(config).run()
+    out = run_beta_study(BetaStudyConfig(sweep_dir=str(tmp_path / "sweep"), questions=["across_trials"]))
+    rows = [json.loads(line) for line in (out / "rows" / "across_trials.jsonl").read_text().splitlines()]
+    points = chosen_points(read_rows(sorted((tmp_path / "sweep" / "rows").glob("*.jsonl"))))
+    layer, beta = points["country capital city", 0]
+    [fixed] = [r for r in rows if r["trial"] == 1 and r["estimator"] == "fixed"]
+    [own] = [r for r in rows if r["trial"] == 1 and r["estimator"] == "own"]
+    assert (fixed["layer"], fixed["beta"]) == (str(layer), beta)
+    assert (own["layer"], own["beta"]) == (
+        str(points["country capital city", 1][0]),
+        points["country capital city", 1][1],
+    )
+    # The fixed row by hand: trial 1's bundle read at trial 0's layer and beta, on trial 1's test split.
+    study = BetaStudy(
+        Bundle.load(tmp_path / "sweep" / "bundles" / "country_capital_city" / "trial_1.pt"), config.grid(),
+        Decoder(load_language_model(tiny_model_dir), config.top_k), layer,
+    )  # fmt: skip
+    i = study.bundle.layer_index(layer)
+    hidden = relation_readout(study.bundle.test_states(layer)[study.known] @ study.bundle.weights[i].T,
+                              study.bundle.biases[i], beta)  # fmt: skip
+    expected = study.decoder.hits(hidden, study.objects)[study.splits["test"], 0].float().mean().item()
+    assert fixed["value"] == pytest.approx(expected)
+    assert "10. Hyper-parameters held fixed across trials" in (out / "beta_study.md").read_text()
+    assert "± " in (out / "beta_study.md").read_text()
