@@ -419,9 +419,11 @@ def global_beta_rows(
 
     tokenizer = studies[0].decoder.lm.tokenizer
     items = [(study.bundle, study.layer, study.known, study.splits) for study in studies]
-    order = list(range(len(studies)))
-    random.Random(seed).shuffle(order)
-    learn_on = set(order[: len(order) // 2])  # held out: learned on these relations, reported on the rest
+    # Held out by relation (all its trials on one side): learned on half of them, reported on the rest.
+    relations = sorted({study.bundle.relation for study in studies})
+    random.Random(seed).shuffle(relations)
+    learned_relations = set(relations[: len(relations) // 2])
+    learn_on = {i for i, study in enumerate(studies) if study.bundle.relation in learned_relations}
     fits = {}
     for grouping, source in (
         ("global", "dev"),

@@ -270,8 +270,8 @@ def _global_table(rows: list[dict]) -> tuple[str, dict, str]:
         if row["metric"] == "beta":
             learned[row["estimator"]].append(row["value"])
         else:
-            faith[row["estimator"]][row["relation"]] = row["value"]
-            category[row["relation"]] = row["category"]
+            faith[row["estimator"]][row["relation"], row["trial"]] = row["value"]
+            category[row["relation"], row["trial"]] = row["category"]
     categories = sorted(set(category.values()))
     best = faith.get("best_per_relation", {})
     table, numbers = [], {}
@@ -293,21 +293,28 @@ def _global_table(rows: list[dict]) -> tuple[str, dict, str]:
                 str(len(values)),
                 f"{mean:.3f}",
                 f"{loss:+.3f}",
-                *(f"{v:.3f}" for v in per_category),
+                *("–" if math.isnan(v) else f"{v:.3f}" for v in per_category),
             ]
         )
     if "best_per_relation" in faith:
         best_betas = sorted(row["beta"] for row in rows if row["kind"] == "global_beta"
                             and row["estimator"] == "best_per_relation")  # fmt: skip
         table[list(faith).index("best_per_relation")][1] = f"{best_betas[0]:.2f}–{best_betas[-1]:.2f}"
-    headings = ["β", "value", "relations", "faithfulness@1 (test)", "vs per-relation best", *categories]
+    headings = [
+        "β",
+        "value",
+        "relations × trials",
+        "faithfulness@1 (test)",
+        "vs per-relation best",
+        *categories,
+    ]
     g, h = numbers.get("learned:global:dev", {}), numbers.get("heldout:global:dev", {})
     train = numbers.get("learned:global:train", {})
     verdict = (
         f"One β learned on every relation's dev samples ({(learned.get('learned:global:dev') or [float('nan')])[0]:.2f}) "
         f"changes test faithfulness by {g.get('loss_vs_best', float('nan')):+.3f} against each relation's own β "
         f"chosen on the same dev samples; learned on half of the relations and tested on the others, by "
-        f"{h.get('loss_vs_best', float('nan')):+.3f} (negative: the single β loses). "
+        f"{h.get('loss_vs_best', float('nan')):+.3f} (a negative number: the single β loses). "
         f"Fitted on the estimation samples instead, β = {(learned.get('learned:global:train') or [float('nan')])[0]:.2f} "
         f"(faithfulness {train.get('mean', float('nan')):.3f}): the pull toward 1 of samples the LRE was estimated from."
     )
