@@ -283,7 +283,7 @@ class BetaStudy(BundleEvaluation):
     def _unit_s(self) -> None:
         b, i = self.bundle, self.bundle.layer_index(self.layer)
         s, o, jacobians = b.train_subject_states[:, i], b.train_output_states, self.jacobians
-        biases = o - torch.einsum("nij,nj->ni", jacobians, s)  # [n, d] b_i
+        biases = b.train_biases[:, i]  # [n, d] b_i = o_i − J_i s_i, as estimated (J_i is checked against it)
         test = b.test_states(self.layer)[self.known]  # [k, d]
         unit_weight = (s.norm(dim=-1)[:, None, None] * jacobians).mean(0)  # d o / d u at u = s / ‖s‖
         scale = o.norm(dim=-1).min() / o.norm(dim=-1)  # [n] every o_i down to the smallest norm
