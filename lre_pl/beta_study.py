@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -171,10 +172,35 @@ def smallest_beta(
 class BetaStudy(BundleEvaluation):
     """The study's questions on one bundle, at the LRE's dev-chosen layer (the protocol's rule)."""
 
-    def __init__(self, bundle: Bundle, grid: EvaluationGrid, decoder: Decoder, layer: Layer):
+    def __init__(
+        self,
+        bundle: Bundle,
+        grid: EvaluationGrid,
+        decoder: Decoder,
+        layer: Layer,
+        max_known: int | None = None,
+    ):
         super().__init__(bundle, grid, decoder)
         self.layer = layer
         self.tables: dict[str, str] = {}  # question -> markdown the rows cannot hold (token strings)
+        if max_known is not None and len(self.known) > max_known:
+            self._keep_known(max_known)
+
+    def _keep_known(self, count: int) -> None:
+        """Keep ``count`` known samples: a seeded subset of the sweep's own dev split and of its test
+        split, in proportion, so that no sample the sweep chose the layer and β on is a study test sample."""
+        rng = random.Random(self.bundle.seed)
+        dev, test = self.splits["dev"].tolist(), self.splits["test"].tolist()
+        n_dev = min(len(dev), max(1, round(count * len(dev) / len(self.known))))
+        kept = {"dev": sorted(rng.sample(dev, n_dev)), "test": sorted(rng.sample(test, count - n_dev))}
+        positions = sorted(kept["dev"] + kept["test"])  # into the sweep's known samples
+        new_position = {position: i for i, position in enumerate(positions)}
+        self.known = self.known[positions]
+        self.objects = [self.bundle.test_objects[i] for i in self.known.tolist()]
+        self.splits = {
+            split: torch.tensor([new_position[p] for p in kept[split]], dtype=torch.long) for split in kept
+        }
+        self.splits["all"] = torch.arange(count)
 
     def study_rows(self, questions: Sequence[str] = PER_BUNDLE) -> list[dict]:
         if len(self.known) < self.grid.min_known:
@@ -186,9 +212,17 @@ class BetaStudy(BundleEvaluation):
 
     def test_faithfulness(self, beta: float, layer: Layer | None = None) -> float:
         """faithfulness@1 of the LRE at ``layer`` (default: the study's) and ``beta`` on the test split."""
+        return self.faithfulness_by_beta([beta], "test", layer)[0]
+
+    def faithfulness_by_beta(
+        self, betas: Sequence[float], split: str, layer: Layer | None = None
+    ) -> list[float]:
+        """faithfulness@1 of the LRE at ``layer`` (default: the study's) on ``split``, per β (one decode)."""
         layer = self.layer if layer is None else layer
-        hits = self._hits_at(estimator_named("lre"), [(layer, beta)])[layer, beta]  # [k, 2]
-        return hits[self.splits["test"], 0].float().mean().item()
+        hits = self._hits_at(
+            estimator_named("lre"), [(layer, beta) for beta in betas]
+        )  # (layer, β) -> [k, 2]
+        return [hits[layer, beta][self.splits[split], 0].float().mean().item() for beta in betas]
 
     # ------------------------------------------------------------------------------- helpers
     def _projection_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -371,27 +405,59 @@ class BetaStudy(BundleEvaluation):
 
 @dataclass
 class BetaStudyConfig:
-    """The β study over a finished ``lre-pl sweep`` folder; rerunning the same config resumes it."""
+    """The β study over finished ``lre-pl sweep`` folders; rerunning the same config resumes it."""
 
-    sweep_dir: str = "lightning_logs/sweep_smollm2-135m"
-    """A sweep folder (bundles, rows, sweep_config.json): the study reuses its model, grid and splits."""
+    sweep_dirs: list[str] = field(
+        default_factory=lambda: ["lightning_logs/sweep_beta_smollm2-135m", "lightning_logs/sweep_gemma3-270m"]
+    )
+    """Sweep folders (bundles, rows, sweep_config.json), one per model: each is studied with its own
+    model, grid and splits, and the report sets them side by side."""
     questions: list[str] = field(default_factory=lambda: list(QUESTIONS))
     """Which questions to answer (see :data:`QUESTIONS`)."""
     output_dir: str | None = None
-    """Where the study's rows and report go; ``None``: ``<sweep_dir>/beta_study``."""
+    """Where the study's rows and report go: ``None``: ``<sweep_dir>/beta_study`` for each sweep, shared
+    by every question's config; a folder: ``<output_dir>/<sweep folder name>``."""
     report: str | None = None
-    """Also write the markdown report here (e.g. ``docs/beta_study.md``), figures beside it."""
+    """Also write the markdown report of all the sweeps here (e.g. ``docs/beta_study.md``), figures beside it."""
+    max_known: int | None = 50
+    """At most this many known samples per bundle: a seeded subset of the sweep's own dev and test
+    splits, in proportion (no study test sample chose the sweep's layer and β); ``None``: the sweep's.
+    Each decode of Gemma 3 is a [d] x [d, 262k] product: 50 keeps its study within a CPU's reach."""
+    fit_epochs: int = 10
+    """Epochs of each learned-β fit (``global_beta``); β moves around its optimum after ~5."""
 
-    def check(self) -> Path:
-        root = Path(self.sweep_dir)
-        if not (root / "sweep_config.json").is_file():
-            raise InputError(
-                f"sweep_dir={self.sweep_dir!r} holds no sweep_config.json: run lre-pl sweep into it first"
-            )
+    def check(self) -> dict[Path, Path]:
+        """{sweep folder: its study folder}; one-line errors before any model is loaded."""
         unknown = sorted(set(self.questions) - set(QUESTIONS))
         if unknown or not self.questions:
             raise InputError(f"questions={self.questions}: choose from {list(QUESTIONS)}")
-        return root
+        if self.max_known is not None and self.max_known < 2:
+            raise InputError(
+                f"max_known={self.max_known} must be at least 2 (one dev and one test sample), or null"
+            )
+        if self.fit_epochs < 1:
+            raise InputError(f"fit_epochs={self.fit_epochs} must be at least 1")
+        if not self.sweep_dirs:
+            raise InputError("sweep_dirs is empty: give the folders of finished lre-pl sweep runs")
+        models = {}
+        for sweep_dir in self.sweep_dirs:
+            path = Path(sweep_dir) / "sweep_config.json"
+            if not path.is_file():
+                raise InputError(
+                    f"sweep_dir {sweep_dir!r} holds no sweep_config.json: run lre-pl sweep into it first"
+                )
+            model = json.loads(path.read_text())["model"]
+            if model in models:
+                raise InputError(
+                    f"sweep_dirs {models[model]!r} and {sweep_dir!r} are both of {model}: study one folder per model"
+                )
+            models[model] = sweep_dir
+        roots = [Path(sweep_dir) for sweep_dir in self.sweep_dirs]
+        if self.output_dir is None:
+            return {root: root / "beta_study" for root in roots}
+        if len({root.resolve().name for root in roots}) < len(roots):
+            raise InputError(f"sweep_dirs={self.sweep_dirs} share a folder name: give output_dir null")
+        return {root: Path(self.output_dir) / root.resolve().name for root in roots}
 
 
 def chosen_points(rows: list[dict]) -> dict[tuple[str, int], tuple[Layer, float]]:
@@ -404,8 +470,27 @@ def chosen_points(rows: list[dict]) -> dict[tuple[str, int], tuple[Layer, float]
     }  # fmt: skip
 
 
+def best_shared_betas(
+    scores: Sequence[dict[float, float]], groups: Sequence[str], betas: Sequence[float]
+) -> dict[str, float]:
+    """{group: the β of ``betas`` with the highest mean score over the group's bundles} (first of ties).
+    ``scores``: per bundle {β: faithfulness}; ``groups``: per bundle its group."""
+    members = defaultdict(list)
+    for score, group in zip(scores, groups):
+        members[group].append(score)
+    return {
+        group: max(betas, key=lambda beta: statistics.mean(score[beta] for score in group_scores))
+        for group, group_scores in members.items()
+    }
+
+
 def global_beta_rows(
-    studies: Sequence[BetaStudy], best_betas: Sequence[float], model: str, log_dir: Path, seed: int = 0
+    studies: Sequence[BetaStudy],
+    best_betas: Sequence[float],
+    model: str,
+    log_dir: Path,
+    seed: int = 0,
+    epochs: int = 10,
 ) -> list[dict]:
     """Rows of learned betas (``metric="beta"``) and of test faithfulness per relation with each β.
 
@@ -433,11 +518,20 @@ def global_beta_rows(
     ):
         samples = collect_samples(items, tokenizer, source, grouping)
         variant = f"learned:{grouping}:{source}"
-        fits[variant] = (grouping, fit_betas(model, samples, seed=seed, logger=logger(variant)))
+        fits[variant] = (grouping, fit_betas(model, samples, epochs, seed=seed, logger=logger(variant)))
+    # The best single β of the sweep's grid (and one per category), chosen on dev: no gradient, the
+    # grid's own optimum, to check that the learned β is not a poor optimiser's answer. Ties go as in
+    # the sweep's own β choice: the layer-search β first, then the grid's order.
+    grid = studies[0].grid
+    betas = sorted(grid.betas, key=lambda beta: beta != grid.layer_search_beta)
+    dev = [dict(zip(betas, study.faithfulness_by_beta(betas, "dev"))) for study in studies]  # {β: value} each
+    for grouping in ("global", "category"):
+        groups = [group_of(study.bundle, grouping) for study in studies]
+        fits[f"grid:{grouping}:dev"] = (grouping, best_shared_betas(dev, groups, betas))
     held = collect_samples([items[i] for i in sorted(learn_on)], tokenizer, "dev", "global")
     fits["heldout:global:dev"] = (
         "global",
-        fit_betas(model, held, seed=seed, logger=logger("heldout:global:dev")),
+        fit_betas(model, held, epochs, seed=seed, logger=logger("heldout:global:dev")),
     )
     rows = []
     for variant, (grouping, betas) in fits.items():  # the learned betas, one row per group
@@ -473,28 +567,48 @@ def across_trials_rows(studies: dict[int, BetaStudy], points: dict[int, tuple[La
     return [row for study in studies.values() for row in study._rows if row["kind"] == "across_trials"]
 
 
-def run_beta_study(config: BetaStudyConfig, command: str | None = None) -> Path:
-    """Rows of every question for every evaluated bundle of the sweep (skipping row files that exist),
-    then the report; ``command`` (the study's command line) is written into it."""
+def run_beta_study(config: BetaStudyConfig, command: str | None = None) -> list[Path]:
+    """Every sweep's study (:func:`study_sweep`), then the report over all of them; returns the study
+    folders. ``command`` (the study's command line) is written into the report."""
+    from lre_pl.beta_study_report import write_study_report
+
+    folders = config.check()
+    for root, out in folders.items():
+        study_sweep(root, out, config)
+    made_by = [f"the study: `{command}`" if command else f"the study: questions {config.questions}"]
+    write_study_report(list(folders.values()), config.report, made_by)
+    return list(folders.values())
+
+
+def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
+    """Rows of the config's questions for every evaluated bundle of the sweep in ``root``, into ``out/rows``.
+
+    Per bundle, a question's row file is skipped when it exists; the cross-bundle questions are redone
+    when the sweep's evaluated bundles are no longer the ones their rows cover. The sweep's commands
+    are copied beside the rows (``sweep_command.txt``) for the report.
+    """
     from lre_pl.sweep import SweepConfig, read_rows, slug
 
-    root = config.check()
     sweep = SweepConfig(**json.loads((root / "sweep_config.json").read_text()))
     grid = sweep.grid()
-    out = Path(config.output_dir or root / "beta_study")
     points = chosen_points(read_rows(sorted((root / "rows").glob("*.jsonl"))))
     if not points:
         raise InputError(f"{root} has no evaluated relation (rows/*.jsonl): finish the sweep first")
+    commands = root / "command.txt"
+    write_text_atomically(
+        out / "sweep_command.txt", commands.read_text() if commands.exists() else f"(the sweep in {root})\n"
+    )
     lm = load_language_model(sweep.model, sweep.dtype, "cuda:0" if torch.cuda.is_available() else "cpu")
     decoder = Decoder(lm, grid.top_k)
 
     def study_of(relation: str, trial: int) -> BetaStudy:
         bundle = Bundle.load(root / "bundles" / slug(relation) / f"trial_{trial}.pt")
-        return BetaStudy(bundle, grid, decoder, points[relation, trial][0])
+        return BetaStudy(bundle, grid, decoder, points[relation, trial][0], config.max_known)
 
     # One row file per question and bundle: each resumes on its own when the questions change.
-    asked = [question for question in config.questions if question in PER_BUNDLE]
-    bar = tqdm(sorted(points, key=str), desc="beta study", unit="trial")
+    questions = config.questions
+    asked = [question for question in questions if question in PER_BUNDLE]
+    bar = tqdm(sorted(points, key=str), desc=f"beta study ({sweep.model})", unit="trial")
     for relation, trial in bar:
         name = f"{slug(relation)}__trial_{trial}"
         missing = [q for q in asked if not (out / "rows" / q / f"{name}.jsonl").exists()]
@@ -509,19 +623,22 @@ def run_beta_study(config: BetaStudyConfig, command: str | None = None) -> Path:
             lines = "".join(json.dumps(row) + "\n" for row in rows if row["kind"] == question)
             write_text_atomically(out / "rows" / question / f"{name}.jsonl", lines)
     bar.close()
+    trials = defaultdict(list)
+    for relation, trial in sorted(points, key=str):
+        trials[relation].append(trial)
+    several = {(relation, trial) for relation, seeds in trials.items() if len(seeds) >= 2 for trial in seeds}
     path = out / "rows" / "global_beta.jsonl"
-    if "global_beta" in config.questions and not path.exists():
+    if "global_beta" in questions and _covered(path, "beta_1") != set(points):
         keys = sorted(points, key=str)
         studies = [study_of(*key) for key in keys]
         usable = [i for i, study in enumerate(studies) if len(study.known) >= grid.min_known]
         best = [points[keys[i]][1] for i in usable]
-        rows = global_beta_rows([studies[i] for i in usable], best, sweep.model, out / "tensorboard")
+        rows = global_beta_rows(
+            [studies[i] for i in usable], best, sweep.model, out / "tensorboard", epochs=config.fit_epochs
+        )
         write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
     path = out / "rows" / "across_trials.jsonl"
-    if "across_trials" in config.questions and not path.exists():
-        trials = defaultdict(list)
-        for relation, trial in points:
-            trials[relation].append(trial)
+    if "across_trials" in questions and (not path.exists() or _covered(path, "fixed") != several):
         rows = []
         for relation, seeds in sorted(trials.items()):
             studies = {trial: study_of(relation, trial) for trial in seeds}
@@ -529,14 +646,11 @@ def run_beta_study(config: BetaStudyConfig, command: str | None = None) -> Path:
             if len(studies) >= 2:
                 rows += across_trials_rows(studies, {t: points[relation, t] for t in studies})
         write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
-    from lre_pl.beta_study_report import write_study_report
 
-    sweep_command = root / "command.txt"
-    made_by = [
-        f"the sweep: `{sweep_command.read_text().strip()}`"
-        if sweep_command.exists()
-        else f"the sweep in `{root}`"
-    ]
-    made_by.append(f"the study: `{command}`" if command else f"the study: questions {config.questions}")
-    write_study_report(out, config.report, made_by)
-    return out
+
+def _covered(path: Path, estimator: str) -> set[tuple[str, int]]:
+    """The (relation, trial) keys of a cross-bundle row file's ``estimator`` rows (empty if no file)."""
+    if not path.exists():
+        return set()
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return {(row["relation"], row["trial"]) for row in rows if row["estimator"] == estimator}

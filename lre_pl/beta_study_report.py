@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -103,29 +104,26 @@ def _residual_table(rows: list[dict]) -> tuple[str, dict[str, float]]:
     return _markdown_table(["mean over relations (known test samples)", "value"], table), means
 
 
-def study_markdown(
+def model_sections(
     rows: list[dict], tables: dict[str, list[str]] | None = None, answered: Sequence[str] = ()
-) -> tuple[str, dict]:
-    """The report's markdown and its headline numbers; ``tables``: markdown per question (token tables);
-    ``answered``: questions whose row files exist (a question can have no rows: too few trials)."""
+) -> tuple[dict[str, str], dict]:
+    """One model's study: {question: markdown (table and verdict)} and the headline numbers.
+    ``tables``: markdown per question (token tables); ``answered``: questions whose row files exist
+    (a question can have no rows: too few trials)."""
     tables = tables or {}
-    models = sorted({row["model"] for row in rows})
-    relations = {(row["relation"], row["trial"]) for row in rows if row["trial"] is not None}
-    parts = [f"# The β study: {', '.join(models)}\n",
-             f"{len(relations)} relation × trial bundles, each at the LRE's layer chosen on its dev split. "
-             "Faithfulness is reported on the test split; β is chosen on the dev split.\n"]  # fmt: skip
-    numbers = {}
+    sections, numbers = {}, {}
     questions = {row["kind"] for row in rows} | set(answered)
     if "bias_variants" in questions:
         table, numbers["bias"] = _faithfulness_table(rows, "bias_variants")
         best_at_1 = max(numbers["bias"], key=lambda v: numbers["bias"][v]["beta_1"])
+        numbers["best_bias_at_1"] = best_at_1
         paper = numbers["bias"].get("paper", {})
         verdict = (
             f"At β = 1 the best bias is `{best_at_1}` ({numbers['bias'][best_at_1]['beta_1']:.3f}); the paper's b "
             f"reaches {paper.get('beta_1', float('nan')):.3f} at β = 1 and {paper.get('chosen', float('nan')):.3f} at "
             f"its dev-chosen β (median {paper.get('median_beta', float('nan')):.2f})."
         )
-        parts += [f"## {QUESTION_TITLES['bias_variants']}\n", table, f"\n**Verdict.** {verdict}\n"]
+        sections["bias_variants"] = _join(table, f"\n**Verdict.** {verdict}\n")
     if "where_beta" in questions:
         table, numbers["where"] = _faithfulness_table(rows, "where_beta")
         gap = max(
@@ -139,7 +137,7 @@ def study_markdown(
             "their faithfulness rows agree. Scaling both (β (W s + b)) changes nothing: amplifying the "
             "projection and shrinking the bias are one move."
         )
-        parts += [f"## {QUESTION_TITLES['where_beta']}\n", table, f"\n**Verdict.** {verdict}\n"]
+        sections["where_beta"] = _join(table, f"\n**Verdict.** {verdict}\n")
     if "unit_s" in questions:
         table, numbers["unit_s"] = _faithfulness_table(rows, "unit_s")
         paper = numbers.get("bias", {}).get("paper", {})
@@ -151,13 +149,13 @@ def study_markdown(
             f"(medians {unit.get('median_beta', float('nan')):.2f} and {equal.get('median_beta', float('nan')):.2f}) "
             "say whether either removes the need for β."
         )
-        parts += [f"## {QUESTION_TITLES['unit_s']}\n", table, f"\n**Verdict.** {verdict}\n"]
+        sections["unit_s"] = _join(table, f"\n**Verdict.** {verdict}\n")
     if "per_sample_beta" in questions:
         table, numbers["per_sample"] = _per_sample_table(rows)
-        parts += [f"## {QUESTION_TITLES['per_sample_beta']}\n", table,
+        sections["per_sample_beta"] = _join(table,
                   "\n`train_own_J_b`: each training sample with its own J_i s_i and b_i (β = 1 gives o_i "
                   "exactly, so its β is at most 1). `test_mean_W_b`: known test samples with the LRE's mean W "
-                  "and b. Histogram: `per_sample_beta.png`.\n"]  # fmt: skip
+                  f"and b. Histograms, pooled and per relation: `{figure_name(rows[0]['model'])}`.\n")  # fmt: skip
         test = sorted(b for b in numbers["per_sample"].get("test_mean_W_b", []) if not math.isnan(b))
         train = numbers["per_sample"].get("train_own_J_b", [])
         if test and train:
@@ -166,7 +164,7 @@ def study_markdown(
                 f"{sum(b > 1 for b in test) / len(test):.0%} need β > 1. With its own b_i, "
                 f"{sum(b == 0 for b in train) / len(train):.0%} of the training samples are named by b_i alone (β = 0)."
             )
-            parts.append(f"\n**Verdict.** {verdict}\n")
+            sections["per_sample_beta"] += f"\n**Verdict.** {verdict}\n"
     if "per_sample_w" in questions:
         norms = defaultdict(list)
         for row in rows:
@@ -177,21 +175,20 @@ def study_markdown(
             [[name, f"{_mean(norms[name, 'projection_norm']):.1f}", f"{_mean(norms[name, 'z_norm']):.1f}",
               f"{_mean(norms[name, 'top1_is_object']):.2f}"] for name in ("own_W_i", "mean_W") if norms[name, "z_norm"]],
         )  # fmt: skip
-        parts += [
-            f"## {QUESTION_TITLES['per_sample_w']}\n",
+        sections["per_sample_w"] = _join(
             table,
             "\nPer sample, with the top-3 tokens: `tables/per_sample_w/` beside the rows (the first below).\n",
-        ]
+        )
         own, mean = (
             (_mean(norms[name, "projection_norm"]), _mean(norms[name, "top1_is_object"]))
             for name in ("own_W_i", "mean_W")
         )
-        parts.append(
+        sections["per_sample_w"] += (
             f"\n**Verdict.** With its own W_i the projection has norm {own[0]:.1f} and names the object for "
             f"{own[1]:.0%} of the training samples; with the mean W, {mean[0]:.1f} and {mean[1]:.0%}.\n"
         )
         if tables.get("per_sample_w"):
-            parts.append(tables["per_sample_w"][0])
+            sections["per_sample_w"] += "\n" + tables["per_sample_w"][0]
     if "after_norm" in questions:
         table, numbers["after_norm"] = _faithfulness_table(rows, "after_norm")
         after, paper = numbers["after_norm"].get("after_norm", {}), numbers.get("bias", {}).get("paper", {})
@@ -199,7 +196,7 @@ def study_markdown(
             f"After the norm, β = 1 gives {after.get('beta_1', float('nan')):.3f} (the pre-norm LRE "
             f"{paper.get('beta_1', float('nan')):.3f}); its dev-chosen β has median {after.get('median_beta', float('nan')):.2f}."
         )
-        parts += [f"## {QUESTION_TITLES['after_norm']}\n", table, f"\n**Verdict.** {verdict}\n"]
+        sections["after_norm"] = _join(table, f"\n**Verdict.** {verdict}\n")
     if "residual" in questions:
         table, numbers["residual"] = _residual_table(rows)
         r = numbers["residual"]
@@ -209,7 +206,7 @@ def study_markdown(
             f"{r.get('residual_share_along_bias', float('nan')):.0%} of ‖ε‖² lies along b "
             f"(cosine(ε, b) {r.get('residual_cosine_bias', float('nan')):.2f}): that share is what shrinking b can remove."
         )
-        parts += [f"## {QUESTION_TITLES['residual']}\n", table, f"\n**Verdict.** {verdict}\n"]
+        sections["residual"] = _join(table, f"\n**Verdict.** {verdict}\n")
     if "fixed_beta" in questions:
         fixed = defaultdict(list)
         for row in rows:
@@ -223,25 +220,32 @@ def study_markdown(
         )  # fmt: skip
         means = {name.removeprefix("beta="): _mean(x for x, _ in v) for name, v in fixed.items()}
         verdict = "; ".join(f"layer searched at β = {beta}: {value:.3f}" for beta, value in means.items())
-        parts += [f"## {QUESTION_TITLES['fixed_beta']}\n", table,
+        numbers["fixed_beta"] = means
+        sections["fixed_beta"] = _join(table,
                   f"\n**Verdict.** {verdict} (test faithfulness@1; β and layer interact: the protocol's layer "
-                  "search at β = 1 cannot see layers that only work at a larger β).\n"]  # fmt: skip
+                  "search at β = 1 cannot see layers that only work at a larger β).\n")  # fmt: skip
     if "global_beta" in questions:
         table, numbers["global"], verdict = _global_table(rows)
-        parts += [f"## {QUESTION_TITLES['global_beta']}\n", table, f"\n**Verdict.** {verdict}\n"]
+        sections["global_beta"] = _join(table, f"\n**Verdict.** {verdict}\n")
     if "across_trials" in questions:
-        parts += [f"## {QUESTION_TITLES['across_trials']}\n", _across_trials_section(rows)]
-    return "\n".join(parts), numbers
+        sections["across_trials"], numbers["across_trials"] = _across_trials_section(rows)
+    numbers["bundles"] = len({(row["relation"], row["trial"]) for row in rows if row["trial"] is not None})
+    numbers["relations"] = len({row["relation"] for row in rows if row["relation"] is not None})
+    return sections, numbers
 
 
-def _across_trials_section(rows: list[dict]) -> str:
+def _join(*parts: str) -> str:
+    return "\n".join(parts)
+
+
+def _across_trials_section(rows: list[dict]) -> tuple[str, dict[str, float]]:
     """Per relation the mean ± std over trials of test faithfulness, fixed (first trial's choice) and own."""
     values = defaultdict(lambda: defaultdict(list))  # relation -> variant -> per-trial values
     for row in rows:
         if row["kind"] == "across_trials":
             values[row["relation"]][row["estimator"]].append(row["value"])
     if not values:
-        return "No relation has two or more evaluated trials: run the sweep with several trials.\n"
+        return "No relation has two or more evaluated trials: run the sweep with several trials.\n", {}
     table = []
     spreads = defaultdict(list)
     for relation, variants in sorted(values.items()):
@@ -254,10 +258,11 @@ def _across_trials_section(rows: list[dict]) -> str:
     text = _markdown_table(
         ["relation", "trials", "first trial's (layer, β) held fixed", "each trial's own choice"], table
     )
+    numbers = {variant: _mean(values) for variant, values in spreads.items()} | {"relations": len(values)}
     return text + (
-        f"\n**Verdict.** The std over trials averages {_mean(spreads['fixed']):.3f} with the hyper-parameters held "
-        f"fixed and {_mean(spreads['own']):.3f} with each trial choosing its own.\n"
-    )
+        f"\n**Verdict.** Over {len(values)} relations, the std over trials averages {numbers['fixed']:.3f} with the "
+        f"hyper-parameters held fixed and {numbers['own']:.3f} with each trial choosing its own.\n"
+    ), numbers
 
 
 def _global_table(rows: list[dict]) -> tuple[str, dict, str]:
@@ -279,6 +284,8 @@ def _global_table(rows: list[dict]) -> tuple[str, dict, str]:
         mean = _mean(values.values())
         loss = mean - _mean(best[r] for r in values)  # against the per-relation optimum on the same relations
         numbers[variant] = {"mean": mean, "loss_vs_best": loss}
+        if len(learned.get(variant, [])) == 1:
+            numbers[variant]["beta"] = learned[variant][0]
         betas = learned.get(variant)
         beta = (
             f"{betas[0]:.2f}"
@@ -310,7 +317,15 @@ def _global_table(rows: list[dict]) -> tuple[str, dict, str]:
     ]
     g, h = numbers.get("learned:global:dev", {}), numbers.get("heldout:global:dev", {})
     train = numbers.get("learned:global:train", {})
+    per_category = ", ".join(
+        f"{c} {_mean(v - best[r] for r, v in faith['grid:global:dev'].items() if category[r] == c):+.3f}"
+        for c in categories
+    ) if "grid:global:dev" in faith else "–"  # fmt: skip
+    grid = numbers.get("grid:global:dev", {})
     verdict = (
+        f"The best single β of the grid, chosen on every relation's dev samples ({grid.get('beta', float('nan')):.2f}), "
+        f"changes test faithfulness by {grid.get('loss_vs_best', float('nan')):+.3f} against each relation's own "
+        f"dev-chosen β (per category: {per_category}). "
         f"One β learned on every relation's dev samples ({(learned.get('learned:global:dev') or [float('nan')])[0]:.2f}) "
         f"changes test faithfulness by {g.get('loss_vs_best', float('nan')):+.3f} against each relation's own β "
         f"chosen on the same dev samples; learned on half of the relations and tested on the others, by "
@@ -321,44 +336,149 @@ def _global_table(rows: list[dict]) -> tuple[str, dict, str]:
     return _markdown_table(headings, table), numbers, verdict
 
 
-def plot_per_sample_beta(values: dict[str, list[float]]):
+def figure_name(model: str) -> str:
+    """The per-sample β figure's file name for a model spec (a name, hub id or local folder)."""
+    return "per_sample_beta_" + re.sub(r"[^\w.-]+", "_", Path(model).name) + ".png"
+
+
+def plot_per_sample_beta(model: str, rows: list[dict]):
+    """Histograms of the smallest β: both sample sets pooled, then the test samples per relation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(values), figsize=(5 * len(values), 3.5), squeeze=False)
-    for axis, (sample_set, betas) in zip(axes[0], values.items()):
+    pooled, per_relation = defaultdict(list), defaultdict(list)
+    for row in rows:
+        if row["kind"] == "per_sample_beta":
+            pooled[row["estimator"]].append(row["value"])
+            if row["estimator"] == "test_mean_W_b":
+                per_relation[row["relation"]].append(row["value"])
+    panels = [(f"{name}, all relations", values) for name, values in pooled.items()]
+    panels += [(f"test: {relation}", values) for relation, values in sorted(per_relation.items())]
+    columns = 6
+    grid_rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(3 * columns, 2.2 * grid_rows), squeeze=False)
+    for axis, (title, betas) in zip(axes.flat, panels):
         found = [b for b in betas if not math.isnan(b)]
         axis.hist(found, bins=40, range=(0, 10))
-        axis.set(
-            title=f"{sample_set} ({len(found)}/{len(betas)} found)", xlabel="smallest β", ylabel="samples"
-        )
+        axis.axvline(1.0, color="grey", linewidth=0.8)
+        axis.set_title(f"{title} ({len(found)}/{len(betas)})", fontsize=7)
+        axis.tick_params(labelsize=6)
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.axis("off")
+    figure.suptitle(f"{model}: the smallest β at which the readout gives the LM's own answer (line: β = 1)")
     figure.tight_layout()
     return figure
 
 
-def write_study_report(out: Path, report: str | None = None, made_by: Sequence[str] = ()) -> None:
-    """``<out>/beta_study.md`` (and ``report`` if given, its figures beside it) from ``<out>/rows``."""
-    rows = read_rows(sorted((out / "rows").rglob("*.jsonl")))
-    if not rows:
-        return
-    tables = {
-        folder.name: [path.read_text() for path in sorted(folder.glob("*.md"))]
-        for folder in sorted((out / "tables").glob("*"))
-    }
-    text, numbers = study_markdown(rows, tables, [path.stem for path in (out / "rows").iterdir()])
+def _headline_table(numbers: dict[str, dict]) -> str:
+    """The answers, one column per model: what each question's verdict rests on."""
+
+    def number(model: str, *path: str, fmt: str = ".3f") -> str:
+        value = numbers[model]
+        for key in path:
+            value = value.get(key, {}) if isinstance(value, dict) else {}
+        return "–" if isinstance(value, dict) or math.isnan(value) else format(value, fmt)
+
+    def learned(model: str, variant: str) -> str:
+        return number(model, "global", variant, "beta", fmt=".2f")
+
+    lines = [
+        ("bundles (relation × trial) / relations", lambda m: f"{numbers[m]['bundles']} / {numbers[m]['relations']}"),
+        ("LRE test faithfulness@1: β = 1 / β chosen per relation on dev",
+         lambda m: f"{number(m, 'bias', 'paper', 'beta_1')} / {number(m, 'bias', 'paper', 'chosen')}"),
+        ("best single β of the grid (chosen on dev): β, faithfulness, Δ vs per-relation best",
+         lambda m: f"{learned(m, 'grid:global:dev')}, {number(m, 'global', 'grid:global:dev', 'mean')}, "
+                   f"{number(m, 'global', 'grid:global:dev', 'loss_vs_best', fmt='+.3f')}"),
+        ("one β learned by trainer.fit on dev: β, faithfulness, Δ vs per-relation best",
+         lambda m: f"{learned(m, 'learned:global:dev')}, {number(m, 'global', 'learned:global:dev', 'mean')}, "
+                   f"{number(m, 'global', 'learned:global:dev', 'loss_vs_best', fmt='+.3f')}"),
+        ("… learned on half of the relations, tested on the other half: Δ vs per-relation best",
+         lambda m: number(m, "global", "heldout:global:dev", "loss_vs_best", fmt="+.3f")),
+        ("… one β per category: Δ vs per-relation best",
+         lambda m: number(m, "global", "learned:category:dev", "loss_vs_best", fmt="+.3f")),
+        ("… learned on the estimation samples instead: β",
+         lambda m: learned(m, "learned:global:train")),
+        ("the paper's β = 2.25: Δ vs per-relation best",
+         lambda m: number(m, "global", "paper_2.25", "loss_vs_best", fmt="+.3f")),
+        ("best b at β = 1 (bias variants)", lambda m: numbers[m].get("best_bias_at_1", "–")),
+        ("unit s / equalised ‖o‖ / after the norm, β = 1",
+         lambda m: f"{number(m, 'unit_s', 'unit_s', 'beta_1')} / {number(m, 'unit_s', 'equalised_o', 'beta_1')} / "
+                   f"{number(m, 'after_norm', 'after_norm', 'beta_1')}"),
+        ("layer searched at β = 1 / at β = 2.25",
+         lambda m: f"{number(m, 'fixed_beta', '1.0')} / {number(m, 'fixed_beta', '2.25')}"),
+        ("‖ε‖ / ‖b‖, and the share of ‖ε‖² along b",
+         lambda m: f"{number(m, 'residual', 'residual_over_bias', fmt='.2f')}, "
+                   f"{number(m, 'residual', 'residual_share_along_bias', fmt='.0%')}"),
+        ("max logit gap, β on W s against 1/β on b", lambda m: number(m, "where", "max_logit_gap", fmt=".1e")),
+    ]  # fmt: skip
+    models = list(numbers)
+    return _markdown_table(["", *models], [[label, *(cell(m) for m in models)] for label, cell in lines])
+
+
+def study_markdown(studies: dict[str, tuple[list[dict], dict[str, list[str]], Sequence[str]]],
+                   made_by: Sequence[str] = ()) -> tuple[str, dict[str, dict]]:  # fmt: skip
+    """The report over one or more models' studies ({model: (rows, tables, answered questions)}): the
+    headline numbers side by side, then per question each model's table and verdict."""
+    sections, numbers = {}, {}
+    for model, (rows, tables, answered) in studies.items():
+        sections[model], numbers[model] = model_sections(rows, tables, answered)
+    models = list(studies)
+    parts = [f"# The β study: {', '.join(models)}\n"]
     if made_by:
-        title, rest = text.split("\n", 1)
-        text = f"{title}\n\nMade by " + "; ".join(made_by) + ".\n" + rest
+        parts.append("Made by " + "; ".join(made_by) + ".\n")
+    parts.append(
+        "Every bundle is read at the LRE's layer chosen on its dev split; β is chosen on the dev split and "
+        "faithfulness is reported on the test split (known samples only).\n"
+    )
+    parts += ["## The answers\n", _headline_table(numbers)]
+    for question, title in QUESTION_TITLES.items():
+        answered = [model for model in models if question in sections[model]]
+        if not answered:
+            continue
+        parts.append(f"## {title}\n")
+        for model in answered:
+            if len(models) > 1:
+                parts.append(f"### {model}\n")
+            parts.append(sections[model][question])
+    return "\n".join(parts), numbers
+
+
+def write_study_report(outs: Sequence[Path], report: str | None = None, made_by: Sequence[str] = ()) -> None:
+    """``<out>/beta_study.md`` for each study folder (its model alone) and, if given, ``report`` over all
+    of them, each with its figures beside it, from the folders' rows alone. Each folder's
+    ``sweep_command.txt`` (the sweep's commands) opens the list of what made the report."""
+    studies, commands, folders = {}, {}, {}
+    for out in outs:
+        rows = read_rows(sorted((out / "rows").rglob("*.jsonl")))
+        if not rows:
+            continue
+        tables = {
+            folder.name: [path.read_text() for path in sorted(folder.glob("*.md"))]
+            for folder in sorted((out / "tables").glob("*"))
+        }
+        model = rows[0]["model"]
+        folders[model] = out
+        studies[model] = (rows, tables, [path.stem for path in (out / "rows").iterdir()])
+        sweep = out / "sweep_command.txt"
+        lines = sweep.read_text().splitlines() if sweep.exists() else []
+        commands[model] = f"{model}'s sweep: " + (", then ".join(f"`{line}`" for line in lines) or "–")
+    if not studies:
+        return
     from torch.utils.tensorboard import SummaryWriter
 
-    with contextlib.closing(SummaryWriter(str(out / "tensorboard"))) as experiment:
-        experiment.add_text("beta_study", text)
-    targets = [out / "beta_study.md"] + ([Path(report)] if report else [])
-    for target in targets:
+    targets = [(out / "beta_study.md", [model]) for model, out in folders.items()]
+    targets += [(Path(report), list(studies))] if report else []
+    for target, models in targets:
+        text, _ = study_markdown(
+            {model: studies[model] for model in models}, [commands[model] for model in models] + list(made_by)
+        )
         write_text_atomically(target, text)
-        if "per_sample" in numbers:
+        for model in (m for m in models if any(row["kind"] == "per_sample_beta" for row in studies[m][0])):
             write_figure(
-                plot_per_sample_beta(numbers["per_sample"]), target.parent / "per_sample_beta.png", None
+                plot_per_sample_beta(model, studies[model][0]), target.parent / figure_name(model), None
             )
+    for out in folders.values():
+        with contextlib.closing(SummaryWriter(str(out / "tensorboard"))) as experiment:
+            experiment.add_text("beta_study", (out / "beta_study.md").read_text())

@@ -123,10 +123,11 @@ def run_beta_study(argv: list[str]) -> None:
     """``lre-pl beta-study``: a :class:`~lre_pl.beta_study.BetaStudyConfig` (YAML and flags), run."""
     from lre_pl.beta_study import BetaStudyConfig, run_beta_study
 
-    description = "The beta study's questions on a finished sweep's bundles; rerun to resume."
+    description = "The beta study's questions on finished sweeps' bundles (one per model); rerun to resume."
     config = parse_dataclass(BetaStudyConfig, "lre-pl beta-study", description, argv)
-    out = run_beta_study(config, command=shlex.join(["lre-pl", "beta-study", *argv]))
-    print(f"lre_pl beta-study: {out}/beta_study.md" + (f" and {config.report}" if config.report else ""))
+    folders = run_beta_study(config, command=shlex.join(["lre-pl", "beta-study", *argv]))
+    reports = [str(out / "beta_study.md") for out in folders] + ([config.report] if config.report else [])
+    print(f"lre_pl beta-study: {', '.join(reports)}")
 
 
 def take_verbose_flag(argv: list[str]) -> tuple[list[str], bool]:

@@ -38,6 +38,8 @@ from lre_pl.relations import CATEGORIES, list_relations, load_relation
 
 #: The paper's beta grid: 0 to 5 in steps of 0.25.
 PAPER_BETAS = [round(0.25 * i, 2) for i in range(21)]
+#: Settings a rerun into an existing sweep folder may change: which work it does, and how fast.
+RESUMABLE_FIELDS = ("relations", "trials", "batch_size", "chunk_size", "output_dir", "trainer")
 
 
 @dataclass
@@ -164,7 +166,24 @@ class Sweep:
         self.relations = config.check()
         self.grid = config.grid()
         self.root = Path(config.output_dir)
+        self.check_folder()
         self.decoder: Decoder | None = None  # made at the first evaluation (the LM is loaded once)
+
+    def check_folder(self) -> None:
+        """A rerun into a folder may change which relations and trials it runs (and how), not what its
+        rows mean: a different model, grid or split in one folder would mix incomparable rows."""
+        path = self.root / "sweep_config.json"
+        if not path.exists():
+            return
+        before = json.loads(path.read_text())
+        now = json.loads(json.dumps(asdict(self.config)))  # as written: tuples as lists, layers parsed
+        changed = [name for name in now if name not in RESUMABLE_FIELDS and before.get(name) != now[name]]
+        if changed:
+            name = changed[0]
+            raise InputError(
+                f"output_dir={self.config.output_dir!r} was swept with {name}={before.get(name)!r}, not "
+                f"{now[name]!r}: rerun with the folder's {', '.join(changed)} or give a new output_dir"
+            )
 
     def check_against_model(self) -> None:
         """Layers and ranks against the model (loaded once; estimation reuses it), before any work."""
@@ -249,9 +268,13 @@ class Sweep:
         return self.root
 
     def _write_command(self) -> None:
-        """The exact command (``command.txt``) and the resolved config, beside the results they make."""
+        """The exact commands (``command.txt``: every distinct command that ran into this folder, in
+        order) and the resolved config of the last one, beside the results they make."""
         if self.command:
-            write_text_atomically(self.root / "command.txt", self.command + "\n")
+            path = self.root / "command.txt"
+            commands = path.read_text().splitlines() if path.exists() else []
+            if self.command not in commands:
+                write_text_atomically(path, "".join(f"{line}\n" for line in [*commands, self.command]))
         write_text_atomically(
             self.root / "sweep_config.json", json.dumps(asdict(self.config), indent=2) + "\n"
         )

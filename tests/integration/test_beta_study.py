@@ -1,6 +1,7 @@
 """The β study on a tiny model's sweep: each question against its definition, the run, the report, bad input."""
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -11,19 +12,23 @@ from lre_pl.beta_study import (
     BIAS_VARIANTS,
     FINE_BETAS,
     PER_BUNDLE,
+    QUESTIONS,
     BetaStudy,
     BetaStudyConfig,
     after_norm_operator,
     bias_variant,
+    chosen_points,
     readout,
     run_beta_study,
     smallest_beta,
 )
+from lre_pl.beta_study_report import figure_name, study_markdown
 from lre_pl.bundle import Bundle
 from lre_pl.errors import InputError
 from lre_pl.evaluation import Decoder
 from lre_pl.models import load_language_model
-from lre_pl.sweep import Sweep
+from lre_pl.operator import relation_readout
+from lre_pl.sweep import Sweep, read_rows, slug
 
 LAYER = 1
 
@@ -131,17 +136,17 @@ def test_study_rows_answer_each_question(study, answered):
     assert norm == pytest.approx(residual.norm(dim=-1).mean().item(), rel=1e-5)
 
 
-def test_the_study_runs_resumes_per_question_and_reports(swept, tmp_path):
-    out = run_beta_study(
-        BetaStudyConfig(sweep_dir=str(swept), output_dir=str(tmp_path / "study"), questions=["residual"])
+def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path):
+    [out] = run_beta_study(
+        BetaStudyConfig(sweep_dirs=[str(swept)], output_dir=str(tmp_path / "study"), questions=["residual"])
     )
+    assert out == tmp_path / "study" / swept.name
     rows_file = out / "rows" / "residual" / "country_capital_city__trial_0.jsonl"
     first = rows_file.stat().st_mtime_ns
     assert sorted(p.name for p in (out / "rows").iterdir()) == ["residual"]
     report = tmp_path / "docs" / "beta_study.md"
-    run_beta_study(
-        BetaStudyConfig(sweep_dir=str(swept), output_dir=str(out), report=str(report)), command="(test)"
-    )
+    config = BetaStudyConfig(sweep_dirs=[str(swept)], output_dir=str(tmp_path / "study"), report=str(report))
+    run_beta_study(config, command="(test)")
     assert rows_file.stat().st_mtime_ns == first  # resumed: only the questions not yet answered ran
     assert sorted(p.name for p in (out / "rows").iterdir()) == sorted(
         [*PER_BUNDLE, "global_beta.jsonl", "across_trials.jsonl"]
@@ -151,9 +156,10 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, tmp_path):
                     "6. The Jacobian after the final norm", "7. The linearisation residual", "8. β held fixed",
                     "9. Can β be one global constant"):  # fmt: skip
         assert heading in text, heading
-    assert "Made by the sweep: `lre-pl sweep (test)`; the study: `(test)`." in text
+    model = json.loads((swept / "sweep_config.json").read_text())["model"]
+    assert f"Made by {model}'s sweep: `lre-pl sweep (test)`; the study: `(test)`." in text
     assert "No relation has two or more evaluated trials" in text  # one trial in this sweep
-    assert (report.parent / "per_sample_beta.png").stat().st_size > 0
+    assert (report.parent / figure_name(model)).stat().st_size > 0
     assert (out / "beta_study.md").read_text() == text
     global_rows = [json.loads(line) for line in (out / "rows" / "global_beta.jsonl").read_text().splitlines()]
     learned = {(r["estimator"], r["relation"], r["category"]) for r in global_rows if r["metric"] == "beta"}
@@ -161,23 +167,90 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, tmp_path):
     assert ("learned:relation:dev", "country capital city", None) in learned
     compared = [r["estimator"] for r in global_rows if r["metric"] == "faithfulness@1"]
     assert set(compared) == {"best_per_relation", "paper_2.25", "beta_1", "learned:global:dev", "learned:category:dev",
-                             "learned:relation:dev", "learned:global:train", "heldout:global:dev"}  # fmt: skip
+                             "learned:relation:dev", "learned:global:train", "heldout:global:dev", "grid:global:dev",
+                             "grid:category:dev"}  # fmt: skip
+    # The grid's single β by hand: the β of the sweep's grid with the best mean dev faithfulness.
+    points = chosen_points(read_rows(sorted((swept / "rows").glob("*.jsonl"))))
+    grid = tiny_config(study.decoder.lm.spec, swept).grid()
+    studies = [BetaStudy(Bundle.load(swept / "bundles" / slug(relation) / f"trial_{trial}.pt"), grid,
+                         study.decoder, layer) for (relation, trial), (layer, _) in sorted(points.items())]  # fmt: skip
+    betas = [1.0] + [
+        beta for beta in grid.betas if beta != 1.0
+    ]  # ties: the layer-search β first, as the sweep
+    dev = [statistics.mean(s.faithfulness_by_beta([beta], "dev")[0] for s in studies) for beta in betas]
+    [grid_beta] = [
+        r["value"] for r in global_rows if r["estimator"] == "grid:global:dev" and r["metric"] == "beta"
+    ]
+    assert grid_beta == betas[dev.index(max(dev))]
+    per_category = {r["category"]: r["value"] for r in global_rows
+                    if r["estimator"] == "grid:category:dev" and r["metric"] == "beta"}  # fmt: skip
+    best = {r["category"]: r["beta"] for r in global_rows if r["estimator"] == "best_per_relation"}
+    assert per_category == best  # one relation per category: its grid β is the sweep's own dev choice
+    # A row file that no longer covers the sweep's bundles (here: relabelled) is redone; one that does is kept.
+    path = out / "rows" / "global_beta.jsonl"
+    path.write_text(path.read_text().replace('"trial": 0', '"trial": 7'))
+    across = (out / "rows" / "across_trials.jsonl").stat().st_mtime_ns
+    run_beta_study(config, command="(test)")
+    assert '"trial": 7' not in path.read_text() and '"trial": 0' in path.read_text()
+    assert (out / "rows" / "across_trials.jsonl").stat().st_mtime_ns == across
+    # Two models side by side: the answers table has a column per model, each question a section per model.
+    rows = read_rows(sorted((out / "rows").rglob("*.jsonl")))
+    two = {name: ([r | {"model": name} for r in rows], {}, QUESTIONS) for name in ("model-a", "model-b")}
+    text, numbers = study_markdown(two, ["(two)"])
+    assert text.startswith("# The β study: model-a, model-b\n\nMade by (two).")
+    assert "|  | model-a | model-b |" in text and text.count("### model-a") == text.count("### model-b") == 10
+    assert numbers["model-a"]["global"]["grid:global:dev"]["beta"] == grid_beta
     assert (
         compared.count("heldout:global:dev") == 1 and compared.count("beta_1") == 2
     )  # held out: the other half
     assert list((out / "tensorboard").glob("learned_global_dev/version_0/events.*"))
 
 
+def test_a_capped_study_keeps_a_subset_of_the_sweeps_own_dev_and_test_splits(study):
+    capped = BetaStudy(study.bundle, study.grid, study.decoder, LAYER, max_known=6)
+    assert len(study.known) > 6 and len(capped.known) == 6
+    for split in ("dev", "test"):  # as sample indices of the bundle
+        kept = capped.known[capped.splits[split]].tolist()
+        assert kept and set(kept) <= set(study.known[study.splits[split]].tolist()), split
+    assert sorted(capped.splits["dev"].tolist() + capped.splits["test"].tolist()) == list(range(6))
+    assert capped.objects == [study.bundle.test_objects[i] for i in capped.known.tolist()]
+    hidden = relation_readout(
+        study.bundle.test_states(LAYER)[capped.known] @ study.bundle.weights[study.bundle.layer_index(LAYER)].T,
+        study.bundle.biases[study.bundle.layer_index(LAYER)], 2.0,
+    )  # fmt: skip
+    expected = study.decoder.hits(hidden, capped.objects)[capped.splits["test"], 0].float().mean().item()
+    assert capped.test_faithfulness(2.0) == pytest.approx(expected)
+    assert BetaStudy(study.bundle, study.grid, study.decoder, LAYER, max_known=1000).known.equal(study.known)
+
+
+def test_the_best_shared_beta_maximises_the_group_mean_first_of_ties():
+    from lre_pl.beta_study import best_shared_betas
+
+    scores = [{1.0: 0.5, 2.0: 0.9, 3.0: 0.1}, {1.0: 0.6, 2.0: 0.2, 3.0: 0.7}, {1.0: 0.4, 2.0: 0.4, 3.0: 0.0}]
+    # Means over all three: 0.5, 0.5, 0.267: a tie, broken toward the first β given.
+    assert best_shared_betas(scores, ["all"] * 3, [1.0, 2.0, 3.0]) == {"all": 1.0}
+    assert best_shared_betas(scores, ["all"] * 3, [2.0, 1.0, 3.0]) == {"all": 2.0}
+    assert best_shared_betas(scores, ["a", "b", "a"], [1.0, 2.0, 3.0]) == {"a": 2.0, "b": 3.0}
+
+
 def test_bad_study_input_is_one_clear_error(swept, tmp_path):
     with pytest.raises(InputError, match="holds no sweep_config.json: run lre-pl sweep into it first"):
-        run_beta_study(BetaStudyConfig(sweep_dir=str(tmp_path)))
+        run_beta_study(BetaStudyConfig(sweep_dirs=[str(tmp_path)]))
     with pytest.raises(InputError, match=r"questions=\['why'\]: choose from"):
-        run_beta_study(BetaStudyConfig(sweep_dir=str(swept), questions=["why"]))
+        run_beta_study(BetaStudyConfig(sweep_dirs=[str(swept)], questions=["why"]))
+    with pytest.raises(InputError, match="max_known=1 must be at least 2"):
+        run_beta_study(BetaStudyConfig(sweep_dirs=[str(swept)], max_known=1))
+    with pytest.raises(InputError, match="fit_epochs=0 must be at least 1"):
+        run_beta_study(BetaStudyConfig(sweep_dirs=[str(swept)], fit_epochs=0))
+    with pytest.raises(InputError, match="sweep_dirs is empty"):
+        run_beta_study(BetaStudyConfig(sweep_dirs=[]))
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "sweep_config.json").write_text((Path(swept) / "sweep_config.json").read_text())
+    with pytest.raises(InputError, match="are both of .*: study one folder per model"):
+        run_beta_study(BetaStudyConfig(sweep_dirs=[str(swept), str(empty)]))
     with pytest.raises(InputError, match="has no evaluated relation"):
-        run_beta_study(BetaStudyConfig(sweep_dir=str(empty)))
+        run_beta_study(BetaStudyConfig(sweep_dirs=[str(empty)]))
 
 
 def test_the_lightning_fit_of_beta_is_the_plain_adam_loop(study):
@@ -203,8 +276,8 @@ def test_the_lightning_fit_of_beta_is_the_plain_adam_loop(study):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--sweep_dir", "{tmp}"], "holds no sweep_config.json: run lre-pl sweep into it first"),
-        (["--sweep_dir", "{swept}", "--questions", '["why"]'], "questions=['why']: choose from"),
+        (["--sweep_dirs", "[{tmp}]"], "holds no sweep_config.json: run lre-pl sweep into it first"),
+        (["--sweep_dirs", "[{swept}]", "--questions", '["why"]'], "questions=['why']: choose from"),
     ],
 )
 def test_the_cli_reports_bad_input_in_one_line(swept, tmp_path, flags, message):
@@ -294,15 +367,17 @@ def test_the_mean_subject_bias_is_the_lm_at_the_mean_state(study):
 def test_every_beta_config_names_known_questions_and_one_config_per_question():
     import yaml
 
-    from lre_pl.beta_study import QUESTIONS
-
     folder = Path(__file__).parents[2] / "configs" / "beta"
     configs = {
         path.stem: BetaStudyConfig(**yaml.safe_load(path.read_text())) for path in folder.glob("*.yaml")
     }
     assert set(configs) == {*QUESTIONS, "all"}
+    # Every question reads the folders the shipped sweep configs of the two models write.
+    sweeps = [yaml.safe_load((folder.parent / "sweep" / name).read_text())["output_dir"]
+              for name in ("smollm2_beta.yaml", "gemma3.yaml")]  # fmt: skip
     for name, config in configs.items():
         assert config.questions == ([name] if name != "all" else list(QUESTIONS)), name
+        assert config.sweep_dirs == sweeps and config.output_dir is None, name
 
 
 def test_two_ddp_processes_learn_the_beta_one_process_learns(study, tiny_model_dir, tmp_path):
@@ -336,14 +411,13 @@ def test_two_ddp_processes_learn_the_beta_one_process_learns(study, tiny_model_d
 
 def test_hyper_parameters_held_fixed_across_trials(tiny_model_dir, tmp_path):
     from lre_pl.beta_study import chosen_points
-    from lre_pl.operator import relation_readout
     from lre_pl.sweep import read_rows
 
     config = tiny_config(
         tiny_model_dir, tmp_path / "sweep", relations=["country capital city"], trials=[0, 1]
     )
     Sweep(config).run()
-    out = run_beta_study(BetaStudyConfig(sweep_dir=str(tmp_path / "sweep"), questions=["across_trials"]))
+    [out] = run_beta_study(BetaStudyConfig(sweep_dirs=[str(tmp_path / "sweep")], questions=["across_trials"]))
     rows = [json.loads(line) for line in (out / "rows" / "across_trials.jsonl").read_text().splitlines()]
     points = chosen_points(read_rows(sorted((tmp_path / "sweep" / "rows").glob("*.jsonl"))))
     layer, beta = points["country capital city", 0]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lre_pl.bundle import Bundle
+from lre_pl.errors import InputError
 from lre_pl.estimators import TrainingStatistics
 from lre_pl.evaluation import split_known
 from lre_pl.metrics import is_prefix_match
@@ -242,7 +243,22 @@ def test_bad_sweep_input_fails_in_one_line_before_any_work(tiny_model_dir, tmp_p
     assert not (folder / "bundles").exists() and not (folder / "rows").exists()
 
 
-@pytest.mark.parametrize("name", ["smollm2.yaml", "gemma3.yaml"])
+def test_a_folder_takes_more_relations_and_trials_but_not_another_grid(swept, tiny_model_dir):
+    """A rerun into a swept folder may add relations or trials (its commands are kept, in order); a
+    different grid, model or split would mix incomparable rows and is refused before any work."""
+    rows_before = rows_of(swept)
+    with pytest.raises(InputError, match=r"was swept with betas=\[0.5, 1.0, 2.0\], not \[1.0, 2.0\]: rerun"):
+        Sweep(tiny_config(tiny_model_dir, swept, betas=[1.0, 2.0]))
+    with pytest.raises(InputError, match="was swept with dev_fraction=0.5, not 0.25"):
+        Sweep(tiny_config(tiny_model_dir, swept, dev_fraction=0.25))
+    Sweep(
+        tiny_config(tiny_model_dir, swept, relations=RELATIONS[:1], batch_size=2), command="(narrower)"
+    ).run()
+    assert (swept / "command.txt").read_text() == "lre-pl sweep (test)\n(narrower)\n"
+    assert rows_of(swept) == rows_before  # nothing redone: both bundles had rows
+
+
+@pytest.mark.parametrize("name", ["smollm2.yaml", "smollm2_beta.yaml", "gemma3.yaml"])
 def test_shipped_sweep_configs_are_valid(name):
     import yaml
 
