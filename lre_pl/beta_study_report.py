@@ -283,7 +283,9 @@ def _global_table(rows: list[dict]) -> tuple[str, dict, str]:
     for variant, values in faith.items():
         mean = _mean(values.values())
         loss = mean - _mean(best[r] for r in values)  # against the per-relation optimum on the same relations
-        numbers[variant] = {"mean": mean, "loss_vs_best": loss}
+        numbers[variant] = {"mean": mean, "loss_vs_best": loss, "loss_by_category": {
+            c: _mean(v - best[r] for r, v in values.items() if category[r] == c) for c in categories
+        }}  # fmt: skip
         if len(learned.get(variant, [])) == 1:
             numbers[variant]["beta"] = learned[variant][0]
         betas = learned.get(variant)
@@ -318,9 +320,9 @@ def _global_table(rows: list[dict]) -> tuple[str, dict, str]:
     g, h = numbers.get("learned:global:dev", {}), numbers.get("heldout:global:dev", {})
     train = numbers.get("learned:global:train", {})
     per_category = ", ".join(
-        f"{c} {_mean(v - best[r] for r, v in faith['grid:global:dev'].items() if category[r] == c):+.3f}"
-        for c in categories
-    ) if "grid:global:dev" in faith else "–"  # fmt: skip
+        f"{c} {loss:+.3f}"
+        for c, loss in numbers.get("grid:global:dev", {}).get("loss_by_category", {}).items()
+    )
     grid = numbers.get("grid:global:dev", {})
     verdict = (
         f"The best single β of the grid, chosen on every relation's dev samples ({grid.get('beta', float('nan')):.2f}), "
@@ -417,6 +419,56 @@ def _headline_table(numbers: dict[str, dict]) -> str:
     return _markdown_table(["", *models], [[label, *(cell(m) for m in models)] for label, cell in lines])
 
 
+#: A variant "removes the need for β" if at β = 1 it comes within this of the LRE at its tuned β.
+REMOVES_BETA_MARGIN = 0.01
+
+
+def _verdicts(model: str, numbers: dict) -> str:
+    """The three answers the study exists for, in words, from one model's numbers."""
+    nan = float("nan")
+    lines = []
+    grid = numbers.get("global", {}).get("grid:global:dev")
+    if grid:
+        held = numbers["global"].get("heldout:global:dev", {}).get("loss_vs_best", nan)
+        worst = min(grid["loss_by_category"].items(), key=lambda item: item[1], default=("–", nan))
+        kind = "loses little" if grid["loss_vs_best"] > -0.02 else "loses"
+        lines.append(
+            f"**One global β?** The best single β of the grid ({grid.get('beta', nan):.2f}) {kind}: "
+            f"{grid['loss_vs_best']:+.3f} test faithfulness against each relation's own dev-chosen β (worst "
+            f"category: {worst[0]}, {worst[1]:+.3f}); a β learned on half of the relations scores {held:+.3f} "
+            "against the per-relation optimum on the other half."
+        )
+    tuned = numbers.get("bias", {}).get("paper", {}).get("chosen", nan)
+    candidates = {
+        f"b = {name}": values["beta_1"] for name, values in numbers.get("bias", {}).items() if name != "paper"
+    }
+    candidates |= {
+        name: values["beta_1"]
+        for key in ("unit_s", "after_norm")
+        for name, values in numbers.get(key, {}).items()
+    }
+    if candidates and not math.isnan(tuned):
+        best = max(candidates, key=candidates.get)
+        removes = [name for name, value in candidates.items() if value >= tuned - REMOVES_BETA_MARGIN]
+        lines.append(
+            "**Does a variant remove β?** " + (
+                f"Yes: {', '.join(removes)} reach{'es' if len(removes) == 1 else ''} at β = 1 the LRE's tuned {tuned:.3f}."
+                if removes else
+                f"No: the best at β = 1 is {best} ({candidates[best]:.3f}), against the LRE at its tuned β ({tuned:.3f})."
+            )
+        )  # fmt: skip
+    residual = numbers.get("residual", {})
+    if residual:
+        lines.append(
+            f"**How much of b is ε?** On known test samples ‖ε‖ = {residual.get('residual_over_bias', nan):.2f} ‖b‖, "
+            f"and {residual.get('residual_share_along_bias', nan):.0%} of ‖ε‖² lies along b: shrinking b (1/β on b, "
+            "which is β on W s) removes that share at most."
+        )
+    if not lines:
+        return ""
+    return f"\n**{model}**\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+
+
 def study_markdown(studies: dict[str, tuple[list[dict], dict[str, list[str]], Sequence[str]]],
                    made_by: Sequence[str] = ()) -> tuple[str, dict[str, dict]]:  # fmt: skip
     """The report over one or more models' studies ({model: (rows, tables, answered questions)}): the
@@ -432,7 +484,11 @@ def study_markdown(studies: dict[str, tuple[list[dict], dict[str, list[str]], Se
         "Every bundle is read at the LRE's layer chosen on its dev split; β is chosen on the dev split and "
         "faithfulness is reported on the test split (known samples only).\n"
     )
-    parts += ["## The answers\n", _headline_table(numbers)]
+    parts += [
+        "## The answers\n",
+        _headline_table(numbers),
+        *(_verdicts(model, numbers[model]) for model in models),
+    ]
     for question, title in QUESTION_TITLES.items():
         answered = [model for model in models if question in sections[model]]
         if not answered:
@@ -482,3 +538,5 @@ def write_study_report(outs: Sequence[Path], report: str | None = None, made_by:
     for out in folders.values():
         with contextlib.closing(SummaryWriter(str(out / "tensorboard"))) as experiment:
             experiment.add_text("beta_study", (out / "beta_study.md").read_text())
+            for path in sorted((out / "tables").glob("*/*.md")):  # e.g. per_sample_w/<relation>__trial_<t>
+                experiment.add_text(f"{path.parent.name}/{path.stem}", path.read_text())

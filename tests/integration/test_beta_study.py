@@ -204,6 +204,13 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
         compared.count("heldout:global:dev") == 1 and compared.count("beta_1") == 2
     )  # held out: the other half
     assert list((out / "tensorboard").glob("learned_global_dev/version_0/events.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert {"beta_study/text_summary", "per_sample_w/country_capital_city__trial_0/text_summary"} <= set(
+        events.Tags()["tensors"]
+    )
 
 
 def test_a_capped_study_keeps_a_subset_of_the_sweeps_own_dev_and_test_splits(study):
