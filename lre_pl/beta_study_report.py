@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lre_pl.files import write_text_atomically
 from lre_pl.sweep import read_rows
-from lre_pl.sweep_report import _markdown_table, _mean, write_figure
+from lre_pl.sweep_report import _markdown_table, _mean, write_figure, write_rows_csv
 
 QUESTION_TITLES = {
     "bias_variants": "1. Bias variants: does any b make β = 1 work?",
@@ -502,9 +502,10 @@ def study_markdown(studies: dict[str, tuple[list[dict], dict[str, list[str]], Se
 
 
 def write_study_report(outs: Sequence[Path], report: str | None = None, made_by: Sequence[str] = ()) -> None:
-    """``<out>/beta_study.md`` for each study folder (its model alone) and, if given, ``report`` over all
-    of them, each with its figures beside it, from the folders' rows alone. Each folder's
-    ``sweep_command.txt`` (the sweep's commands) opens the list of what made the report."""
+    """``<out>/beta_study.md`` and ``<out>/results.csv`` (every row) for each study folder (its model
+    alone) and, if given, ``report`` over all of them, each with its figures beside it, from the
+    folders' rows alone. Each folder's ``sweep_command.txt`` (the sweep's commands) opens the list of
+    what made the report."""
     studies, commands, folders = {}, {}, {}
     for out in outs:
         rows = read_rows(sorted((out / "rows").rglob("*.jsonl")))
@@ -514,6 +515,7 @@ def write_study_report(outs: Sequence[Path], report: str | None = None, made_by:
             folder.name: [path.read_text() for path in sorted(folder.glob("*.md"))]
             for folder in sorted((out / "tables").glob("*"))
         }
+        write_rows_csv(out / "results.csv", rows)  # every question's rows in one tidy table
         model = rows[0]["model"]
         folders[model] = out
         studies[model] = (rows, tables, [path.stem for path in (out / "rows").iterdir()])

@@ -285,6 +285,15 @@ def plot_figures(results: SweepResults, config):
     return figures
 
 
+def write_rows_csv(path: Path, rows: list[dict]) -> None:
+    """Tidy rows (:data:`~lre_pl.evaluation.ROW_FIELDS`) as one CSV file, written atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomically(path, buffer.getvalue())
+
+
 def write_report(root: Path, row_paths: list[Path], config) -> None:
     """results.csv, summary.md and the figures (PNG + TensorBoard) of every existing row file."""
     from torch.utils.tensorboard import SummaryWriter
@@ -294,11 +303,7 @@ def write_report(root: Path, row_paths: list[Path], config) -> None:
     rows = read_rows(row_paths)
     if not rows:
         return
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomically(root / "results.csv", buffer.getvalue())
+    write_rows_csv(root / "results.csv", rows)
     results = SweepResults(rows)
     summary = summary_markdown(results, config)
     write_text_atomically(root / "summary.md", summary)

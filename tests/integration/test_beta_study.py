@@ -161,6 +161,8 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
     assert "No relation has two or more evaluated trials" in text  # one trial in this sweep
     assert (report.parent / figure_name(model)).stat().st_size > 0
     assert (out / "beta_study.md").read_text() == text
+    with open(out / "results.csv") as table:
+        assert sum(1 for _ in table) == 1 + len(read_rows(sorted((out / "rows").rglob("*.jsonl"))))
     global_rows = [json.loads(line) for line in (out / "rows" / "global_beta.jsonl").read_text().splitlines()]
     learned = {(r["estimator"], r["relation"], r["category"]) for r in global_rows if r["metric"] == "beta"}
     assert ("learned:global:dev", None, None) in learned and ("learned:category:dev", None, "bias") in learned
