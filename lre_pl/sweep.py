@@ -10,9 +10,10 @@ Two stages per (relation, trial), each skipped when its file exists:
    written atomically to ``rows/<relation>__trial_<seed>.jsonl``.
 
 A file under its final name is complete (written to ``.partial``, then renamed), so Ctrl-C or a crash
-loses at most the relation in progress, and a rerun of the same command resumes. At the end the
-sweep folder gets ``results.csv`` (every row), ``summary.md`` (by category, like the paper's tables)
-and figures (PNG and TensorBoard), made from the row files alone.
+loses at most the relation in progress, and a rerun of the same command resumes. A rerun may also
+add relations or trials to a folder, never change its grid (:meth:`Sweep.check_folder`). At the end
+the sweep folder gets ``results.csv`` (every row of the folder), ``summary.md`` (by category, like the
+paper's tables) and figures (PNG and TensorBoard), made from the row files alone.
 """
 
 from __future__ import annotations
@@ -264,7 +265,8 @@ class Sweep:
             return None
         from lre_pl.sweep_report import write_report
 
-        write_report(self.root, [self.rows_path(r, s) for r, s in work], c)
+        # The folder's report: every row file in it (one grid, see check_folder), earlier commands' too.
+        write_report(self.root, sorted((self.root / "rows").glob("*.jsonl")), c)
         return self.root
 
     def _write_command(self) -> None:

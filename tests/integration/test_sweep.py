@@ -256,6 +256,7 @@ def test_a_folder_takes_more_relations_and_trials_but_not_another_grid(swept, ti
     ).run()
     assert (swept / "command.txt").read_text() == "lre-pl sweep (test)\n(narrower)\n"
     assert rows_of(swept) == rows_before  # nothing redone: both bundles had rows
+    assert "| bias | 1/1 |" in (swept / "summary.md").read_text()  # the folder's report: both relations
 
 
 @pytest.mark.parametrize("name", ["smollm2.yaml", "smollm2_beta.yaml", "gemma3.yaml"])
