@@ -585,7 +585,7 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
 
     Per bundle, a question's row file is skipped when it exists; the cross-bundle questions are redone
     when the sweep's evaluated bundles are no longer the ones their rows cover. The sweep's commands
-    are copied beside the rows (``sweep_command.txt``) for the report.
+    and config are copied beside the rows (``sweep_command.txt``, ``sweep_config.json``) for the report.
     """
     from lre_pl.sweep import SweepConfig, read_rows, slug
 
@@ -598,6 +598,7 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
     write_text_atomically(
         out / "sweep_command.txt", commands.read_text() if commands.exists() else f"(the sweep in {root})\n"
     )
+    write_text_atomically(out / "sweep_config.json", (root / "sweep_config.json").read_text())
     lm = load_language_model(sweep.model, sweep.dtype, "cuda:0" if torch.cuda.is_available() else "cpu")
     decoder = Decoder(lm, grid.top_k)
 

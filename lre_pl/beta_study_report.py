@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 import statistics
@@ -338,6 +339,26 @@ def _global_table(rows: list[dict]) -> tuple[str, dict, str]:
     return _markdown_table(headings, table), numbers, verdict
 
 
+def _grid_line(model: str, rows: list[dict], sweep: dict | None) -> str:
+    """One line on what a model's study covers: bundles, trials, known samples, the sweep's grid."""
+    bundles = {(row["relation"], row["trial"]) for row in rows if row["trial"] is not None}
+    known = sorted(row["n"] for row in rows if row["kind"] == "residual" and row["split"] == "all"
+                   and row["metric"] == "residual_norm")  # fmt: skip
+    line = (
+        f"**{model}**: {len(bundles)} bundles, {len({r for r, _ in bundles})} relations, trials "
+        f"{sorted({t for _, t in bundles})}"
+    )
+    if known:
+        line += f", {statistics.median(known):.0f} known samples per bundle (median; {known[0]}–{known[-1]})"
+    if sweep:
+        betas = sweep["betas"]
+        layers = (
+            "every layer" if sweep["layers"] == "all" else f"layers {', '.join(map(str, sweep['layers']))}"
+        )
+        line += f"; the sweep's grid: {layers}, β {min(betas)}..{max(betas)} ({len(betas)} values)"
+    return line + "."
+
+
 def figure_name(model: str) -> str:
     """The per-sample β figure's file name for a model spec (a name, hub id or local folder)."""
     return "per_sample_beta_" + re.sub(r"[^\w.-]+", "_", Path(model).name) + ".png"
@@ -470,7 +491,7 @@ def _verdicts(model: str, numbers: dict) -> str:
 
 
 def study_markdown(studies: dict[str, tuple[list[dict], dict[str, list[str]], Sequence[str]]],
-                   made_by: Sequence[str] = ()) -> tuple[str, dict[str, dict]]:  # fmt: skip
+                   made_by: Sequence[str] = (), settings: Sequence[str] = ()) -> tuple[str, dict[str, dict]]:  # fmt: skip
     """The report over one or more models' studies ({model: (rows, tables, answered questions)}): the
     headline numbers side by side, then per question each model's table and verdict."""
     sections, numbers = {}, {}
@@ -484,6 +505,7 @@ def study_markdown(studies: dict[str, tuple[list[dict], dict[str, list[str]], Se
         "Every bundle is read at the LRE's layer chosen on its dev split; β is chosen on the dev split and "
         "faithfulness is reported on the test split (known samples only).\n"
     )
+    parts += [f"- {line}" for line in settings] + ([""] if settings else [])
     parts += [
         "## The answers\n",
         _headline_table(numbers),
@@ -506,7 +528,7 @@ def write_study_report(outs: Sequence[Path], report: str | None = None, made_by:
     alone) and, if given, ``report`` over all of them, each with its figures beside it, from the
     folders' rows alone. Each folder's ``sweep_command.txt`` (the sweep's commands) opens the list of
     what made the report."""
-    studies, commands, folders = {}, {}, {}
+    studies, commands, folders, grids = {}, {}, {}, {}
     for out in outs:
         rows = read_rows(sorted((out / "rows").rglob("*.jsonl")))
         if not rows:
@@ -522,6 +544,10 @@ def write_study_report(outs: Sequence[Path], report: str | None = None, made_by:
         sweep = out / "sweep_command.txt"
         lines = sweep.read_text().splitlines() if sweep.exists() else []
         commands[model] = f"{model}'s sweep: " + (", then ".join(f"`{line}`" for line in lines) or "–")
+        settings = out / "sweep_config.json"
+        grids[model] = _grid_line(
+            model, rows, json.loads(settings.read_text()) if settings.exists() else None
+        )
     if not studies:
         return
     from torch.utils.tensorboard import SummaryWriter
@@ -530,7 +556,9 @@ def write_study_report(outs: Sequence[Path], report: str | None = None, made_by:
     targets += [(Path(report), list(studies))] if report else []
     for target, models in targets:
         text, _ = study_markdown(
-            {model: studies[model] for model in models}, [commands[model] for model in models] + list(made_by)
+            {model: studies[model] for model in models},
+            [commands[model] for model in models] + list(made_by),
+            [grids[model] for model in models],
         )
         write_text_atomically(target, text)
         for model in (m for m in models if any(row["kind"] == "per_sample_beta" for row in studies[m][0])):
