@@ -454,10 +454,26 @@ class BetaStudyConfig:
             models[model] = sweep_dir
         roots = [Path(sweep_dir) for sweep_dir in self.sweep_dirs]
         if self.output_dir is None:
-            return {root: root / "beta_study" for root in roots}
-        if len({root.resolve().name for root in roots}) < len(roots):
+            folders = {root: root / "beta_study" for root in roots}
+        elif len({root.resolve().name for root in roots}) < len(roots):
             raise InputError(f"sweep_dirs={self.sweep_dirs} share a folder name: give output_dir null")
-        return {root: Path(self.output_dir) / root.resolve().name for root in roots}
+        else:
+            folders = {root: Path(self.output_dir) / root.resolve().name for root in roots}
+        for out in folders.values():  # rows made with other settings would mix in silently
+            path = out / "study_settings.json"
+            before = json.loads(path.read_text()) if path.exists() else self.settings
+            changed = [name for name in self.settings if before.get(name) != self.settings[name]]
+            if changed:
+                raise InputError(
+                    f"{out} was studied with {changed[0]}={before.get(changed[0])}, not {self.settings[changed[0]]}: "
+                    "rerun with its settings or give another output_dir"
+                )
+        return folders
+
+    @property
+    def settings(self) -> dict:
+        """What the rows depend on besides the sweep: kept beside them (``study_settings.json``)."""
+        return {"max_known": self.max_known, "fit_epochs": self.fit_epochs}
 
 
 def chosen_points(rows: list[dict]) -> dict[tuple[str, int], tuple[Layer, float]]:
@@ -599,6 +615,7 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
         out / "sweep_command.txt", commands.read_text() if commands.exists() else f"(the sweep in {root})\n"
     )
     write_text_atomically(out / "sweep_config.json", (root / "sweep_config.json").read_text())
+    write_text_atomically(out / "study_settings.json", json.dumps(config.settings) + "\n")
     lm = load_language_model(sweep.model, sweep.dtype, "cuda:0" if torch.cuda.is_available() else "cpu")
     decoder = Decoder(lm, grid.top_k)
 

@@ -194,6 +194,10 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
     across = (out / "rows" / "across_trials.jsonl").stat().st_mtime_ns
     run_beta_study(config, command="(test)")
     assert '"trial": 7' not in path.read_text() and '"trial": 0' in path.read_text()
+    with pytest.raises(InputError, match="was studied with max_known=50, not 20: rerun with its settings"):
+        run_beta_study(
+            BetaStudyConfig(sweep_dirs=[str(swept)], output_dir=str(tmp_path / "study"), max_known=20)
+        )
     assert (out / "rows" / "across_trials.jsonl").stat().st_mtime_ns == across
     # Two models side by side: the answers table has a column per model, each question a section per model.
     rows = read_rows(sorted((out / "rows").rglob("*.jsonl")))
