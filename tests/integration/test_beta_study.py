@@ -170,7 +170,8 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
     compared = [r["estimator"] for r in global_rows if r["metric"] == "faithfulness@1"]
     assert set(compared) == {"best_per_relation", "paper_2.25", "beta_1", "learned:global:dev", "learned:category:dev",
                              "learned:relation:dev", "learned:global:train", "heldout:global:dev", "grid:global:dev",
-                             "grid:category:dev"}  # fmt: skip
+                             "grid:category:dev", "oracle:global:test", "oracle:category:test",
+                             "oracle:relation:test"}  # fmt: skip
     # The grid's single β by hand: the β of the sweep's grid with the best mean dev faithfulness.
     points = chosen_points(read_rows(sorted((swept / "rows").glob("*.jsonl"))))
     grid = tiny_config(study.decoder.lm.spec, swept).grid()
@@ -188,6 +189,10 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
                     if r["estimator"] == "grid:category:dev" and r["metric"] == "beta"}  # fmt: skip
     best = {r["category"]: r["beta"] for r in global_rows if r["estimator"] == "best_per_relation"}
     assert per_category == best  # one relation per category: its grid β is the sweep's own dev choice
+    test = [dict(zip(betas, s.faithfulness_by_beta(betas, "test"))) for s in studies]
+    oracle = {r["relation"]: r["value"] for r in global_rows if r["estimator"] == "oracle:relation:test"
+              and r["metric"] == "beta"}  # fmt: skip
+    assert oracle == {s.bundle.relation: max(betas, key=t.get) for s, t in zip(studies, test)}
     # A row file that no longer covers the sweep's bundles (here: relabelled) is redone; one that does is kept.
     path = out / "rows" / "global_beta.jsonl"
     path.write_text(path.read_text().replace('"trial": 0', '"trial": 7'))
