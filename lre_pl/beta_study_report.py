@@ -22,8 +22,8 @@ QUESTION_TITLES = {
     "per_sample_beta": "4. Per-sample β: the smallest β that gives the LM's own answer",
     "per_sample_w": "5. Each sample's own W_i against the mean W",
     "after_norm": "6. The Jacobian after the final norm, decoded without a second norm",
-    "fixed_beta": "8. β held fixed, the layer searched",
     "residual": "7. The linearisation residual ε = o − (W s + b) on known test samples",
+    "fixed_beta": "8. β held fixed, the layer searched",
     "global_beta": "9. Can β be one global constant? β learned by gradient descent (trainer.fit)",
     "across_trials": "10. Hyper-parameters held fixed across trials: the spread",
 }
@@ -31,7 +31,7 @@ QUESTION_TITLES = {
 
 def selected_beta(rows: list[dict], question: str) -> dict[tuple, dict]:
     """{(relation, trial, variant): {beta_1, chosen_beta, chosen}}: test faithfulness@1 at β = 1 and at
-    the β chosen on the dev split (first of ties)."""
+    the β chosen on the dev split (ties as the sweep breaks them: its layer-search β 1, then the smallest)."""
     by_key = defaultdict(lambda: defaultdict(dict))  # key -> split -> beta -> value
     for row in rows:
         if row["kind"] == question and row["metric"] == "faithfulness@1":
@@ -42,7 +42,9 @@ def selected_beta(rows: list[dict], question: str) -> dict[tuple, dict]:
         dev = {beta: value for beta, value in splits["dev"].items() if not math.isnan(value)}
         if not dev:
             continue
-        chosen = max(dev, key=lambda beta: (dev[beta], -beta))
+        chosen = max(
+            dev, key=lambda beta: (dev[beta], beta == 1.0, -beta)
+        )  # ties as the sweep: β = 1, then the smallest
         result[key] = {"beta_1": splits["test"].get(1.0, float("nan")), "chosen_beta": chosen,
                        "chosen": splits["test"][chosen]}  # fmt: skip
     return result
