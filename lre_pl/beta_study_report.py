@@ -423,7 +423,7 @@ def plot_per_sample_beta(model: str, rows: list[dict]):
     for axis in list(axes.flat)[len(panels) :]:
         axis.axis("off")
     figure.suptitle(f"{model}: the smallest β at which the readout gives the LM's own answer (line: β = 1)")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.98))  # room for the title
     return figure
 
 
@@ -496,7 +496,8 @@ def _verdicts(model: str, numbers: dict) -> str:
         lines.append(
             f"**One global β?** Both chosen on the reported test samples (the paper's way), one β "
             f"({one.get('beta', nan):.2f}) reaches {one['mean']:.3f} against {per_relation['mean']:.3f} with one β per "
-            f"relation: {one['mean'] - per_relation['mean']:+.3f} (worst category: {worst[0]}, {worst[1]:+.3f}). "
+            f"relation: {one['mean'] - per_relation['mean']:+.3f} (worst category: {worst[0]}, {worst[1]:+.3f}; an upper "
+            "bound on the loss, as each relation's own β is fitted to its few test samples). "
             f"Without looking at test, a β learned by trainer.fit on every relation's dev samples "
             f"({learned.get('beta', nan):.2f}) scores {learned.get('loss_vs_best', nan):+.3f} against each relation's "
             f"dev-chosen β, and learned on half of the relations {held.get('loss_vs_best', nan):+.3f} on the other half; "
