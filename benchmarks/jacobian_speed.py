@@ -15,7 +15,7 @@ Methods (one table row each):
 (a') the same ``f`` with ``torch.func.jacrev(f)(s0)``: the strongest single-layer baseline. One layer on
      every sample, and all 31 layers ("emb" + blocks 0..29) layer by layer on sample 0 (really run, not
      extrapolated).
-(b)  ``lre_pl.jacobian.compute_jacobians(lm, prompts, [layer])``, per sample and batched over all samples;
+(b)  ``lre_pl.lm.jacobian.compute_jacobians(lm, prompts, [layer])``, per sample and batched over all samples;
      the faster of the two is (b).
 (c)  ``compute_jacobians`` for all 31 layers in one call, per sample and batched; the faster is (c).
 
@@ -104,8 +104,8 @@ def _reset_peak() -> bool:
 
 def _training_prompts(lm):
     """Exactly the quickstart's 5 training prompts: seed-0 split, each with the other 4 as examples."""
-    from lre_pl.data import RelationPrompts
-    from lre_pl.relations import load_relation
+    from lre_pl.dataset.relations import load_relation
+    from lre_pl.lightning.datamodule import RelationPrompts
 
     prompts = RelationPrompts.build(load_relation(RELATION), lm, n_train=TRAINING_SAMPLES, seed=0)
     return [item.prompt for item in prompts.train]
@@ -118,7 +118,7 @@ def suffix_function(lm, prompt, layer, inplace: bool):
     an in-place write of a vmapped tensor into a plain one is not allowed, so (a') writes s with an
     out-of-place ``torch.cat``; both compute the same values through the same graph.
     """
-    from lre_pl.hooks import capture, patched
+    from lre_pl.lm.hooks import capture, patched
 
     ids = torch.tensor([prompt.input_ids], device=lm.device)  # [1, T]
     k = prompt.subject_index
@@ -230,8 +230,8 @@ def run_child(args) -> None:
     """One method family in this (sub)process; writes <workdir>/<method>.json and .pt."""
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    from lre_pl.jacobian import compute_jacobians
-    from lre_pl.models import load_language_model
+    from lre_pl.lm.jacobian import compute_jacobians
+    from lre_pl.lm.models import load_language_model
 
     lm = load_language_model(MODEL)
     rss_after_load = _rss_mib()

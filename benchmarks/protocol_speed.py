@@ -1,6 +1,6 @@
 """Where the whole protocol's time goes, and how it compares with the paper's code on the same work.
 
-Runs the sweep's own code (:class:`lre_pl.sweep.Sweep`, the config of ``configs/sweep/smollm2.yaml``)
+Runs the sweep's own code (:class:`lre_pl.experiments.sweep.runner.Sweep`, the config of ``configs/sweep/smollm2.yaml``)
 on ``--relations`` x ``--trials`` of SmolLM2-135M in a fresh temporary folder, and reads the timing rows
 it writes (knowns, Jacobians, grid, causality per relation and trial). In the same process, after the
 sweep, it measures the unit costs of the paper's code (evandez/relations) on each relation's own
@@ -61,8 +61,8 @@ DEFAULT_RELATIONS = ["country capital city", "adjective comparative", "plays pro
 
 def paper_edit_seconds(lm, bundle, reps: int) -> float:
     """Mean seconds of one edit the paper's way: the whole prompt, batch 1, Δs added at the subject."""
-    from lre_pl.hooks import patched
-    from lre_pl.prompts import encode_prompt, fill_subject
+    from lre_pl.dataset.prompts import encode_prompt, fill_subject
+    from lre_pl.lm.hooks import patched
 
     layer = bundle.layers[len(bundle.layers) // 2]
     seconds = []
@@ -85,7 +85,7 @@ def paper_edit_seconds(lm, bundle, reps: int) -> float:
 
 def paper_knowns_seconds(lm, bundle, reps: int) -> float:
     """Seconds per test prompt of a knowns filter over whole prompts, left-padded batches of 8."""
-    from lre_pl.prompts import encode_prompt, fill_subject, pad_left
+    from lre_pl.dataset.prompts import encode_prompt, fill_subject, pad_left
 
     subjects = (bundle.test_subjects * reps)[:reps]
     prompts = [encode_prompt(lm.tokenizer, fill_subject(bundle.test_prompt_template, s)) for s in subjects]
@@ -122,8 +122,8 @@ def paper_decode_seconds(lm, bundle, reps: int) -> float:
 
 def paper_jacobian_seconds(lm, relation: str, seed: int, n_train: int, layer: int, reps: int) -> float:
     """Mean seconds of one Jacobian the paper's way, on the first training prompt of this trial."""
-    from lre_pl.data import RelationPrompts
-    from lre_pl.relations import load_relation
+    from lre_pl.dataset.relations import load_relation
+    from lre_pl.lightning.datamodule import RelationPrompts
 
     prompt = RelationPrompts.build(load_relation(relation), lm, n_train=n_train, seed=seed).train[0].prompt
     paper_jacobian(lm, prompt, lm.num_blocks - 2)  # warm-up
@@ -138,9 +138,10 @@ def paper_jacobian_seconds(lm, relation: str, seed: int, n_train: int, layer: in
 
 
 def report(args) -> None:
-    from lre_pl.bundle import Bundle
-    from lre_pl.models import load_language_model
-    from lre_pl.sweep import Sweep, SweepConfig, read_rows
+    from lre_pl.experiments.sweep.runner import Sweep, SweepConfig
+    from lre_pl.lm.models import load_language_model
+    from lre_pl.lre.bundle import Bundle
+    from lre_pl.protocol.rows import read_rows
 
     device = "cuda:0" if args.device == "cuda" else "cpu"
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else None

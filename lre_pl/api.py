@@ -8,10 +8,10 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from lre_pl.callbacks import SampleProgressBar
-from lre_pl.data import RelationDataModule
-from lre_pl.module import Layer, LinearRelationModule
-from lre_pl.operator import LinearRelationOperator
+from lre_pl.lightning.callbacks import SampleProgressBar
+from lre_pl.lightning.datamodule import RelationDataModule
+from lre_pl.lightning.module import Layer, LinearRelationModule
+from lre_pl.lre.operator import LinearRelationOperator
 
 #: Estimation is one pass with no optimizer step: one epoch, no sanity check, no ModelCheckpoint
 #: (it never saves at global_step 0; the module saves its operator and checkpoint itself).

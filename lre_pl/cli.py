@@ -9,7 +9,7 @@ lre-pl beta-study --config configs/beta/all.yaml [--sweep_dir DIR] [--questions 
 
 Bad input ends in one line ``lre-pl: error: ...`` and a non-zero exit code, and leaves no run
 folder: what needs no model is checked before the model is loaded, and a run that fails later
-removes the folder it created (:class:`~lre_pl.callbacks.FailedRunCleanup`). SIGTERM stops a run at
+removes the folder it created (:class:`~lre_pl.lightning.callbacks.FailedRunCleanup`). SIGTERM stops a run at
 once with exit code 143. Without ``--verbose`` only the progress of the real work and the summary
 are printed.
 """
@@ -27,11 +27,11 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.cli import LightningCLI
 
 from lre_pl.api import ESTIMATION_TRAINER_DEFAULTS
-from lre_pl.callbacks import RunTerminated, SampleProgressBar, install_sigterm_handler
-from lre_pl.data import RelationDataModule
+from lre_pl.dataset.relations import CATEGORIES, list_relations
 from lre_pl.errors import InputError
-from lre_pl.module import LinearRelationModule
-from lre_pl.relations import CATEGORIES, list_relations
+from lre_pl.lightning.callbacks import RunTerminated, SampleProgressBar, install_sigterm_handler
+from lre_pl.lightning.datamodule import RelationDataModule
+from lre_pl.lightning.module import LinearRelationModule
 
 TRAINER_DEFAULTS = {
     **ESTIMATION_TRAINER_DEFAULTS,
@@ -109,8 +109,8 @@ def parse_dataclass(config_class, prog: str, description: str, argv: list[str]):
 
 
 def run_sweep(argv: list[str]) -> None:
-    """``lre-pl sweep``: a :class:`~lre_pl.sweep.SweepConfig` (YAML and flags), run."""
-    from lre_pl.sweep import Sweep, SweepConfig
+    """``lre-pl sweep``: a :class:`~lre_pl.experiments.sweep.runner.SweepConfig` (YAML and flags), run."""
+    from lre_pl.experiments.sweep.runner import Sweep, SweepConfig
 
     description = "The paper's protocol over many relations and trials; rerun to resume."
     config = parse_dataclass(SweepConfig, "lre-pl sweep", description, argv)
@@ -120,8 +120,8 @@ def run_sweep(argv: list[str]) -> None:
 
 
 def run_beta_study(argv: list[str]) -> None:
-    """``lre-pl beta-study``: a :class:`~lre_pl.beta_study.BetaStudyConfig` (YAML and flags), run."""
-    from lre_pl.beta_study import BetaStudyConfig, run_beta_study
+    """``lre-pl beta-study``: a :class:`~lre_pl.experiments.beta_study.study.BetaStudyConfig` (YAML and flags), run."""
+    from lre_pl.experiments.beta_study.study import BetaStudyConfig, run_beta_study
 
     description = "The beta study's questions on finished sweeps' bundles (one per model); rerun to resume."
     config = parse_dataclass(BetaStudyConfig, "lre-pl beta-study", description, argv)

@@ -1,6 +1,6 @@
 """An independent Jacobian: a full forward of the whole prompt, no cache, no batching.
 
-Deliberately shares nothing with lre_pl.jacobian but the adapter's module names and the hooks helpers:
+Deliberately shares nothing with lre_pl.lm.jacobian but the adapter's module names and the hooks helpers:
 the subject state is *replaced* (not perturbed) in a plain forward of the
 unpadded prompt, and ``torch.autograd.functional.jacobian`` differentiates it.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from lre_pl.hooks import capture, patched
-from lre_pl.models import LanguageModel
-from lre_pl.prompts import EncodedPrompt
+from lre_pl.dataset.prompts import EncodedPrompt
+from lre_pl.lm.hooks import capture, patched
+from lre_pl.lm.models import LanguageModel
 
 
 def full_forward_map(lm: LanguageModel, prompt: EncodedPrompt, layer):

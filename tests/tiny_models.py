@@ -8,8 +8,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from lre_pl.models import LanguageModel
-from lre_pl.relations import load_relation
+from lre_pl.dataset.relations import load_relation
+from lre_pl.lm.models import LanguageModel
 
 _CORPUS_RELATIONS = ("country capital city", "country language", "adjective antonym", "fruit inside color")
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lre_pl.hooks import capture, patched
-from lre_pl.jacobian import compute_jacobians
-from lre_pl.models import load_language_model
-from lre_pl.operator import LinearRelationOperator
-from lre_pl.prompts import encode_prompt, fill_subject, make_prompt
-from lre_pl.relations import load_relation
+from lre_pl.dataset.prompts import encode_prompt, fill_subject, make_prompt
+from lre_pl.dataset.relations import load_relation
+from lre_pl.lm.hooks import capture, patched
+from lre_pl.lm.jacobian import compute_jacobians
+from lre_pl.lm.models import load_language_model
+from lre_pl.lre.operator import LinearRelationOperator
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]
@@ -45,7 +45,7 @@ def test_the_converted_gguf_is_the_gguf():
     """The cached conversion (what every load reads) holds the weights and tokenizer of a direct GGUF load."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lre_pl.models import resolve_model_spec
+    from lre_pl.lm.models import resolve_model_spec
 
     lm = load_language_model("smollm2-135m")
     source, gguf_file = resolve_model_spec("smollm2-135m")
@@ -61,7 +61,7 @@ def test_the_converted_gguf_is_the_gguf():
 
 
 def test_an_unwritable_cache_falls_back_to_the_gguf_file(tmp_path, monkeypatch):
-    from lre_pl.models import converted_gguf, resolve_model_spec
+    from lre_pl.lm.models import converted_gguf, resolve_model_spec
 
     source, gguf_file = resolve_model_spec("smollm2-135m")
     blocker = tmp_path / "not_a_folder"
@@ -147,8 +147,8 @@ def test_sweep_on_smollm2(tmp_path):
     """The protocol on the real default model, one relation, a small grid: LRE beats the logit lens."""
     import json
 
-    from lre_pl.bundle import Bundle
-    from lre_pl.sweep import Sweep, SweepConfig
+    from lre_pl.experiments.sweep.runner import Sweep, SweepConfig
+    from lre_pl.lre.bundle import Bundle
 
     config = SweepConfig(
         relations=["country capital city"], layers=["emb", 8, 18], betas=[1.0, 2.0], ranks=[64, 576],

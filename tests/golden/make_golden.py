@@ -37,8 +37,8 @@ def run(folder: Path) -> dict:
     lm = tiny_llama(hidden=32, blocks=3)
     lm.model.save_pretrained(model_dir)
     lm.tokenizer.save_pretrained(model_dir)
-    from lre_pl.beta_study import BetaStudyConfig, run_beta_study
-    from lre_pl.sweep import Sweep, SweepConfig
+    from lre_pl.experiments.beta_study.study import BetaStudyConfig, run_beta_study
+    from lre_pl.experiments.sweep.runner import Sweep, SweepConfig
 
     sweep_dir, study_dir = folder / "sweep", folder / "study"
     config = SweepConfig(

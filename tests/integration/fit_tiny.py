@@ -8,8 +8,8 @@ import sys
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from lre_pl.data import RelationDataModule
-from lre_pl.module import LinearRelationModule
+from lre_pl.lightning.datamodule import RelationDataModule
+from lre_pl.lightning.module import LinearRelationModule
 
 
 def run(model_dir: str, out_dir: str, devices: int, **module_options) -> LinearRelationModule:

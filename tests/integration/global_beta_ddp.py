@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from lre_pl.global_beta import BetaSamples, fit_betas
+from lre_pl.experiments.beta_study.global_beta import BetaSamples, fit_betas
 
 if __name__ == "__main__":
     model, samples_path, devices, batch_size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

@@ -8,7 +8,10 @@ import pytest
 import torch
 from test_sweep import tiny_config
 
-from lre_pl.beta_study import (
+from lre_pl.errors import InputError
+from lre_pl.evaluation.grid import Decoder
+from lre_pl.experiments.beta_study.report import figure_name, study_markdown
+from lre_pl.experiments.beta_study.study import (
     BIAS_VARIANTS,
     FINE_BETAS,
     PER_BUNDLE,
@@ -22,13 +25,11 @@ from lre_pl.beta_study import (
     run_beta_study,
     smallest_beta,
 )
-from lre_pl.beta_study_report import figure_name, study_markdown
-from lre_pl.bundle import Bundle
-from lre_pl.errors import InputError
-from lre_pl.evaluation import Decoder
-from lre_pl.models import load_language_model
-from lre_pl.operator import relation_readout
-from lre_pl.sweep import Sweep, read_rows, slug
+from lre_pl.experiments.sweep.runner import Sweep, slug
+from lre_pl.lm.models import load_language_model
+from lre_pl.lre.bundle import Bundle
+from lre_pl.lre.operator import relation_readout
+from lre_pl.protocol.rows import read_rows
 
 LAYER = 1
 
@@ -242,7 +243,7 @@ def test_a_capped_study_keeps_a_subset_of_the_sweeps_own_dev_and_test_splits(stu
 
 
 def test_the_best_shared_beta_maximises_the_group_mean_first_of_ties():
-    from lre_pl.beta_study import best_shared_betas
+    from lre_pl.experiments.beta_study.study import best_shared_betas
 
     scores = [{1.0: 0.5, 2.0: 0.9, 3.0: 0.1}, {1.0: 0.6, 2.0: 0.2, 3.0: 0.7}, {1.0: 0.4, 2.0: 0.4, 3.0: 0.0}]
     # Means over all three: 0.5, 0.5, 0.267: a tie, broken toward the first β given.
@@ -272,9 +273,9 @@ def test_bad_study_input_is_one_clear_error(swept, tmp_path):
 
 
 def test_the_lightning_fit_of_beta_is_the_plain_adam_loop(study):
-    """fit_betas (trainer.fit, full batches) against lre_pl.beta.learn_beta's hand-written loop on the same samples."""
-    from lre_pl.beta import learn_beta
-    from lre_pl.global_beta import collect_samples, fit_betas
+    """fit_betas (trainer.fit, full batches) against lre_pl.lre.beta.learn_beta's hand-written loop on the same samples."""
+    from lre_pl.experiments.beta_study.global_beta import collect_samples, fit_betas
+    from lre_pl.lre.beta import learn_beta
 
     tokenizer = study.decoder.lm.tokenizer
     samples = collect_samples([(study.bundle, LAYER, study.known, study.splits)], tokenizer, "dev", "global")
@@ -350,7 +351,7 @@ def test_unit_s_and_after_norm_follow_their_definitions(study, answered):
 
 
 def test_per_sample_w_and_fixed_beta_rows(study, answered, swept):
-    from lre_pl.sweep import read_rows
+    from lre_pl.protocol.rows import read_rows
 
     b, i = study.bundle, study.bundle.layer_index(LAYER)
     rows = answered
@@ -371,7 +372,7 @@ def test_per_sample_w_and_fixed_beta_rows(study, answered, swept):
 def test_the_mean_subject_bias_is_the_lm_at_the_mean_state(study):
     from reference import full_forward_map
 
-    from lre_pl.beta_study import mean_subject_bias
+    from lre_pl.experiments.beta_study.study import mean_subject_bias
 
     b, lm, i = study.bundle, study.decoder.lm, study.bundle.layer_index(LAYER)
     prompts = [item.prompt for item in study.train_prompts]
@@ -404,7 +405,7 @@ def test_two_ddp_processes_learn_the_beta_one_process_learns(study, tiny_model_d
     import sys
     from dataclasses import asdict
 
-    from lre_pl.global_beta import collect_samples
+    from lre_pl.experiments.beta_study.global_beta import collect_samples
 
     items = [(study.bundle, LAYER, study.known, study.splits)]
     samples = collect_samples(items, study.decoder.lm.tokenizer, "dev", "global")
@@ -428,8 +429,8 @@ def test_two_ddp_processes_learn_the_beta_one_process_learns(study, tiny_model_d
 
 
 def test_hyper_parameters_held_fixed_across_trials(tiny_model_dir, tmp_path):
-    from lre_pl.beta_study import chosen_points
-    from lre_pl.sweep import read_rows
+    from lre_pl.experiments.beta_study.study import chosen_points
+    from lre_pl.protocol.rows import read_rows
 
     config = tiny_config(
         tiny_model_dir, tmp_path / "sweep", relations=["country capital city"], trials=[0, 1]

@@ -108,7 +108,7 @@ def test_validate_an_operator_file_reproduces_the_fit(tiny_args, tmp_path):
 
 def test_an_estimator_is_chosen_from_the_command_line(tiny_args, tmp_path):
     result = lre_pl(
-        "fit", *tiny_args, "--model.estimator", "lre_pl.estimators.LinearRegression", "--model.estimator.ridge", "0.01",
+        "fit", *tiny_args, "--model.estimator", "lre_pl.lre.estimators.LinearRegression", "--model.estimator.ridge", "0.01",
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -117,9 +117,35 @@ def test_an_estimator_is_chosen_from_the_command_line(tiny_args, tmp_path):
     assert operator["estimator"] == "LinearRegression(ridge=0.01)"
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["model"]["estimator"] == {
-        "class_path": "lre_pl.estimators.LinearRegression",
+        "class_path": "lre_pl.lre.estimators.LinearRegression",
         "init_args": {"ridge": 0.01},
     }
+
+
+def test_the_class_paths_and_checkpoints_of_0_1_keep_working(tiny_model_dir, tmp_path):
+    """0.1 had flat modules (``lre_pl.estimators``): a YAML naming them, and a checkpoint made by 0.1
+    (``tests/fixtures``: LinearRegression, ridge 0.01, block 1 of the tiny Llama), still work."""
+    config = tmp_path / "old.yaml"
+    config.write_text(
+        "model:\n  estimator:\n    class_path: lre_pl.estimators.LinearRegression\n    init_args: {ridge: 0.01}\n"
+    )
+    args = ["--model.model", tiny_model_dir, "--data.filter_known", "false", "--model.layers", "1"]
+    fit = lre_pl("fit", "--config", str(config), *args, cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    operator = torch.load(tmp_path / "lightning_logs" / "version_0" / "operator.pt", weights_only=True)
+    assert operator["estimator"] == "LinearRegression(ridge=0.01)"
+    old = ROOT / "tests" / "fixtures" / "lre_v0.1.0_linear_regression.ckpt"
+    (tmp_path / "tiny").symlink_to(tiny_model_dir)  # the checkpoint's model.model, which validate takes
+    validate = lre_pl("validate", "--config", str(config), *args, "--ckpt_path", str(old), cwd=tmp_path)
+    assert validate.returncode == 0, validate.stderr
+    from lre_pl.lightning.module import LinearRelationModule
+    from lre_pl.lre.estimators import LinearRegression
+
+    module = LinearRelationModule.load_from_checkpoint(old, model=tiny_model_dir)
+    assert isinstance(module.estimator, LinearRegression) and module.estimator.ridge == 0.01
+    saved = torch.load(old, weights_only=False)["lre"]
+    torch.testing.assert_close(module.weights, saved["weights"])
+    torch.testing.assert_close(module.weights[0], operator["weight"])  # the same fit, made by 0.2
 
 
 def test_a_fit_reports_causality_at_the_given_ranks(tiny_args, tmp_path):

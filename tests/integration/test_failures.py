@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lre_pl.cli import main
-from lre_pl.operator import LinearRelationOperator
+from lre_pl.lre.operator import LinearRelationOperator
 
 HERE = Path(__file__).parent
 
@@ -88,16 +88,16 @@ BEFORE_LOADING = [  # (arguments, expected message): all fail before any model i
 
 @pytest.mark.parametrize(("override", "message"), BEFORE_LOADING)
 def test_bad_input_before_loading(run_cli, tmp_path, tiny_model_dir, override, message, monkeypatch):
-    import lre_pl.data
-    import lre_pl.models
-    import lre_pl.module
+    import lre_pl.lightning.datamodule
+    import lre_pl.lightning.module
+    import lre_pl.lm.models
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(lre_pl.models, "load_language_model", no_loading)
-    monkeypatch.setattr(lre_pl.module, "load_language_model", no_loading)
-    monkeypatch.setattr(lre_pl.data, "load_language_model", no_loading)
+    monkeypatch.setattr(lre_pl.lm.models, "load_language_model", no_loading)
+    monkeypatch.setattr(lre_pl.lightning.module, "load_language_model", no_loading)
+    monkeypatch.setattr(lre_pl.lightning.datamodule, "load_language_model", no_loading)
     code, stderr = run_cli("fit", "--model.model", tiny_model_dir, "--data.filter_known", "false", *override)
     assert_failed_cleanly(code, stderr, message, tmp_path)
 
@@ -168,13 +168,13 @@ def test_sigterm_stops_the_run_at_once_and_leaves_nothing(tmp_path, tiny_args):
     program = f"""
 import sys, time
 from pathlib import Path
-import lre_pl.module
+import lre_pl.lightning.module
 
 def slow_jacobians(*args, **kwargs):
     Path({str(started_file)!r}).touch()
     time.sleep(120)
 
-lre_pl.module.compute_jacobians = slow_jacobians
+lre_pl.lightning.module.compute_jacobians = slow_jacobians
 from lre_pl.cli import main
 main(sys.argv[1:])
 """

@@ -9,9 +9,9 @@ import torch
 from fit_tiny import run
 from reference import full_forward_map, reference_jacobian
 
-from lre_pl.models import load_language_model
-from lre_pl.operator import LinearRelationOperator
-from lre_pl.prompts import EncodedPrompt, PromptText, encode_prompt, fill_subject
+from lre_pl.dataset.prompts import EncodedPrompt, PromptText, encode_prompt, fill_subject
+from lre_pl.lm.models import load_language_model
+from lre_pl.lre.operator import LinearRelationOperator
 
 HERE = Path(__file__).parent
 
@@ -126,7 +126,7 @@ def test_two_ddp_processes_estimate_what_one_process_does(tiny_model_dir, tmp_pa
 def test_learned_beta_is_fitted_per_layer_and_saved(tiny_model_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lre_pl.beta import learn_beta
+    from lre_pl.lre.beta import learn_beta
 
     module = run(tiny_model_dir, str(tmp_path), devices=1, learn_beta=True, beta_steps=40, beta_lr=0.1)
     assert module.layers == [1, "emb"]
@@ -156,12 +156,12 @@ def test_learned_beta_is_fitted_per_layer_and_saved(tiny_model_dir, tmp_path):
 
 
 def test_duplicate_layers_are_estimated_once(tiny_model_dir, tmp_path, monkeypatch):
-    import lre_pl.module
+    import lre_pl.lightning.module
 
     calls = []
-    original = lre_pl.module.compute_jacobians
+    original = lre_pl.lightning.module.compute_jacobians
     monkeypatch.setattr(
-        lre_pl.module,
+        lre_pl.lightning.module,
         "compute_jacobians",
         lambda lm, prompts, layers, *a: calls.append(layers) or original(lm, prompts, layers, *a),
     )
@@ -208,11 +208,13 @@ def test_baseline_estimators_fit_their_closed_form_on_independent_states(
     tiny_model_dir, tmp_path, monkeypatch, estimator
 ):
     """W and b of a baseline from s_i and o_i read by the independent full-forward reference."""
-    import lre_pl.estimators as estimators
-    import lre_pl.module
+    import lre_pl.lightning.module
+    import lre_pl.lre.estimators as estimators
 
     calls = []
-    monkeypatch.setattr(lre_pl.module, "compute_jacobians", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setattr(
+        lre_pl.lightning.module, "compute_jacobians", lambda *args, **kwargs: calls.append(args)
+    )
     module = run(tiny_model_dir, str(tmp_path), devices=1, estimator=getattr(estimators, estimator)())
     assert calls == []  # a baseline needs no Jacobian
     operator = LinearRelationOperator.load(tmp_path / "run" / "operator.pt")
@@ -255,7 +257,7 @@ def test_causality_of_a_fit_matches_a_hand_written_edit_loop(tiny_model_dir, tmp
 
     from reference import edited_output
 
-    import lre_pl.editing
+    import lre_pl.evaluation.causality
 
     def is_prefix_match(token: str, target: str) -> bool:
         return zlib.crc32(f"{token}|{target}".encode()) % 2 == 0
@@ -267,9 +269,9 @@ def test_causality_of_a_fit_matches_a_hand_written_edit_loop(tiny_model_dir, tmp
         recorded.extend(outputs.items())
         return outputs
 
-    real_edited_outputs = lre_pl.editing.edited_outputs
-    monkeypatch.setattr(lre_pl.editing, "is_prefix_match", is_prefix_match)
-    monkeypatch.setattr(lre_pl.editing, "edited_outputs", recording)
+    real_edited_outputs = lre_pl.evaluation.causality.edited_outputs
+    monkeypatch.setattr(lre_pl.evaluation.causality, "is_prefix_match", is_prefix_match)
+    monkeypatch.setattr(lre_pl.evaluation.causality, "edited_outputs", recording)
     module = run(tiny_model_dir, str(tmp_path), devices=1, ranks=[4, 32], causality_targets="all_pairs")
     known = module.trainer.datamodule.known
     lm, weight = module.lm, module.weights[0].double()  # layer 1

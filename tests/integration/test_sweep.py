@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from lre_pl.bundle import Bundle
+from lre_pl.dataset.matching import is_prefix_match
 from lre_pl.errors import InputError
-from lre_pl.estimators import TrainingStatistics
-from lre_pl.evaluation import split_known
-from lre_pl.metrics import is_prefix_match
-from lre_pl.models import load_language_model
-from lre_pl.operator import relation_readout
-from lre_pl.sweep import Sweep, SweepConfig
+from lre_pl.evaluation.grid import split_known
+from lre_pl.experiments.sweep.runner import Sweep, SweepConfig
+from lre_pl.lm.models import load_language_model
+from lre_pl.lre.bundle import Bundle
+from lre_pl.lre.estimators import TrainingStatistics
+from lre_pl.lre.operator import relation_readout
 
 ROOT = Path(__file__).parents[2]
 RELATIONS = ["country capital city", "characteristic gender"]

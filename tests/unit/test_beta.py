@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from lre_pl.beta import learn_beta
+from lre_pl.lre.beta import learn_beta
 
 
 def test_learned_beta_moves_to_the_known_optimum():

@@ -1,9 +1,15 @@
 import pytest
 import torch
 
-from lre_pl.data import RelationPrompts, check_trial, filter_known, object_token_id, split_samples
+from lre_pl.dataset.relations import Relation, RelationSample, load_relation
 from lre_pl.errors import InputError
-from lre_pl.relations import Relation, RelationSample, load_relation
+from lre_pl.lightning.datamodule import (
+    RelationPrompts,
+    check_trial,
+    filter_known,
+    object_token_id,
+    split_samples,
+)
 
 
 def test_split_is_seeded_and_round_robin_over_objects():
@@ -94,7 +100,7 @@ def test_too_few_known_samples_is_an_error_not_a_zero_metric(llama):
 
 def test_known_filter_uses_the_lm_prediction(llama, monkeypatch):
     """Objects rewritten to the tiny LM's own answers: exactly those samples are known."""
-    import lre_pl.data as data
+    import lre_pl.lightning.datamodule as data
 
     prompts = RelationPrompts.build(load_relation("country capital city"), llama, n_train=5, seed=0)
     states = data.collect_states(llama, prompts.test_prompts, batch_size=4)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from reference import edited_output
 
-from lre_pl.activations import collect_states
-from lre_pl.data import RelationPrompts
-from lre_pl.editing import (
+from lre_pl.dataset.matching import is_prefix_match
+from lre_pl.dataset.relations import load_relation
+from lre_pl.evaluation.causality import (
     COMPARISON_EDITS,
     EditSet,
     all_pairs,
@@ -17,9 +17,9 @@ from lre_pl.editing import (
     pinv_edits,
     random_targets,
 )
-from lre_pl.metrics import is_prefix_match
-from lre_pl.operator import LinearRelationOperator
-from lre_pl.relations import load_relation
+from lre_pl.lightning.datamodule import RelationPrompts
+from lre_pl.lm.activations import collect_states
+from lre_pl.lre.operator import LinearRelationOperator
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lre_pl.estimators import Identity, JacobianMean, LinearRegression, TrainingStatistics, Translation
+from lre_pl.lre.estimators import Identity, JacobianMean, LinearRegression, TrainingStatistics, Translation
 
 
 def _statistics(n=5, d=16, seed=0, scale=1.0):

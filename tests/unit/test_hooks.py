@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lre_pl.hooks import bypassed, capture, patched
+from lre_pl.lm.hooks import bypassed, capture, patched
 
 
 def test_capture_reads_every_layer_and_removes_its_hooks(llama):

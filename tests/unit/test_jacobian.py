@@ -6,10 +6,10 @@ import pytest
 import torch
 from reference import full_forward_map, reference_jacobian, relative_error
 
-from lre_pl.jacobian import compute_jacobians
-from lre_pl.models import LanguageModel
-from lre_pl.prompts import encode_prompt, fill_subject, make_prompt
-from lre_pl.relations import load_relation
+from lre_pl.dataset.prompts import encode_prompt, fill_subject, make_prompt
+from lre_pl.dataset.relations import load_relation
+from lre_pl.lm.jacobian import compute_jacobians
+from lre_pl.lm.models import LanguageModel
 
 
 def _prompts(lm):

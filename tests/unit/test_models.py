@@ -16,8 +16,8 @@ from transformers import (
 )
 
 from lre_pl.errors import InputError
-from lre_pl.hooks import capture
-from lre_pl.models import (
+from lre_pl.lm.hooks import capture
+from lre_pl.lm.models import (
     ADAPTERS,
     LanguageModel,
     adapter_for,
@@ -137,8 +137,8 @@ def test_an_uncached_hub_model_offline_says_so(monkeypatch):
 def test_a_forward_resumed_after_a_layer_equals_the_edited_full_forward(family, llama, gpt2):
     """``SuffixRun.forward_from`` skips the layers up to the edit by replacing their forwards; each
     family's blocks must return the bare hidden tensor for that (and the cache must still line up)."""
-    from lre_pl.prompts import EncodedPrompt
-    from lre_pl.suffix import SuffixRun, add_at_subject
+    from lre_pl.dataset.prompts import EncodedPrompt
+    from lre_pl.lm.suffix import SuffixRun, add_at_subject
 
     built = {cls.__name__: (cls, config) for cls, config in FAMILIES}
     if family in built:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lre_pl.errors import InputError
-from lre_pl.operator import LinearRelationOperator, WeightSpectrum, relation_readout
+from lre_pl.lre.operator import LinearRelationOperator, WeightSpectrum, relation_readout
 
 
 def _weight(d=12, rank=None, seed=0):

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from lre_pl.activations import collect_states
-from lre_pl.data import RelationPrompts
+from lre_pl.dataset.prompts import PromptText, encode_prompt, fill_subject, make_prompt, pad_left
+from lre_pl.dataset.relations import Relation, RelationSample, load_relation
 from lre_pl.errors import InputError
-from lre_pl.prompts import PromptText, encode_prompt, fill_subject, make_prompt, pad_left
-from lre_pl.relations import Relation, RelationSample, load_relation
-from lre_pl.suffix import shared_prefix_length
+from lre_pl.lightning.datamodule import RelationPrompts
+from lre_pl.lm.activations import collect_states
+from lre_pl.lm.suffix import shared_prefix_length
 
 
 def test_make_prompt_few_shot_layout_and_subject_span():

@@ -1,4 +1,4 @@
-"""Unit tests for lre_pl.relations: the shipped dataset, the loader's validation, and reference hparams."""
+"""Unit tests for lre_pl.dataset.relations: the shipped dataset, the loader's validation, and reference hparams."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lre_pl.relations import (
+from lre_pl.dataset.relations import (
     Relation,
     RelationDataError,
     RelationSample,

@@ -2,11 +2,11 @@
 
 Two stages per (relation, trial), each skipped when its file exists:
 
-1. **Estimation** (expensive): one Lightning ``fit`` of :class:`~lre_pl.module.LinearRelationModule`
+1. **Estimation** (expensive): one Lightning ``fit`` of :class:`~lre_pl.lightning.module.LinearRelationModule`
    at every layer, writing a bundle (``bundles/<relation>/trial_<seed>.pt``). Under DDP
    (``trainer: {strategy: ddp, devices: N}``) the training prompts and the test prompts are sharded
    across the ranks and reduced, as in ``lre-pl fit``; the bundle equals a one-process bundle.
-2. **Evaluation** (cheap, global rank 0): :class:`~lre_pl.evaluation.BundleEvaluation` of the bundle,
+2. **Evaluation** (cheap, global rank 0): :class:`~lre_pl.evaluation.grid.BundleEvaluation` of the bundle,
    written atomically to ``rows/<relation>__trial_<seed>.jsonl``.
 
 A file under its final name is complete (written to ``.partial``, then renamed), so Ctrl-C or a crash
@@ -27,15 +27,15 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
-from lre_pl.bundle import Bundle
-from lre_pl.data import RelationDataModule
+from lre_pl.dataset.relations import CATEGORIES, list_relations, load_relation
 from lre_pl.errors import InputError
-from lre_pl.estimators import ESTIMATORS, estimator_named
-from lre_pl.evaluation import ROW_FIELDS, BundleEvaluation, Decoder, EvaluationGrid
+from lre_pl.evaluation.grid import BundleEvaluation, Decoder, EvaluationGrid
 from lre_pl.files import write_text_atomically
-from lre_pl.models import check_dtype, check_model_spec, load_language_model, parse_layer
-from lre_pl.module import LinearRelationModule
-from lre_pl.relations import CATEGORIES, list_relations, load_relation
+from lre_pl.lightning.datamodule import RelationDataModule
+from lre_pl.lightning.module import LinearRelationModule
+from lre_pl.lm.models import check_dtype, check_model_spec, load_language_model, parse_layer
+from lre_pl.lre.bundle import Bundle
+from lre_pl.lre.estimators import ESTIMATORS, estimator_named
 
 #: The paper's beta grid: 0 to 5 in steps of 0.25.
 PAPER_BETAS = [round(0.25 * i, 2) for i in range(21)]
@@ -263,7 +263,7 @@ class Sweep:
         bar.close()
         if rank != 0:
             return None
-        from lre_pl.sweep_report import write_report
+        from lre_pl.experiments.sweep.report import write_report
 
         # The folder's report: every row file in it (one grid, see check_folder), earlier commands' too.
         write_report(self.root, sorted((self.root / "rows").glob("*.jsonl")), c)
@@ -280,13 +280,3 @@ class Sweep:
         write_text_atomically(
             self.root / "sweep_config.json", json.dumps(asdict(self.config), indent=2) + "\n"
         )
-
-
-def read_rows(paths: list[Path]) -> list[dict]:
-    """Rows of every existing row file (with the fields of :data:`ROW_FIELDS`)."""
-    rows = []
-    for path in paths:
-        if path.exists():
-            rows += [json.loads(line) for line in path.read_text().splitlines() if line]
-    assert all(set(row) == set(ROW_FIELDS) for row in rows)
-    return rows

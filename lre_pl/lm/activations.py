@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from lre_pl.hooks import capture
-from lre_pl.models import LanguageModel
-from lre_pl.prompts import EncodedPrompt
-from lre_pl.suffix import SharedPrefix
+from lre_pl.dataset.prompts import EncodedPrompt
+from lre_pl.lm.hooks import capture
+from lre_pl.lm.models import LanguageModel
+from lre_pl.lm.suffix import SharedPrefix
 
 
 @dataclass

@@ -16,14 +16,19 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lre_pl.activations import PromptStates, collect_states
-from lre_pl.distributed import PaddedDataset, UnrepeatedDistributedSampler, gather_objects, rank_and_world
-from lre_pl.editing import EditSet
+from lre_pl.dataset.matching import is_prefix_match
+from lre_pl.dataset.prompts import SUBJECT_SLOT, EncodedPrompt, encode_prompt, fill_subject, make_prompt
+from lre_pl.dataset.relations import Relation, RelationSample, load_relation
 from lre_pl.errors import InputError
-from lre_pl.metrics import is_prefix_match
-from lre_pl.models import LanguageModel, check_dtype, check_model_spec, load_language_model
-from lre_pl.prompts import SUBJECT_SLOT, EncodedPrompt, encode_prompt, fill_subject, make_prompt
-from lre_pl.relations import Relation, RelationSample, load_relation
+from lre_pl.evaluation.causality import EditSet
+from lre_pl.lightning.distributed import (
+    PaddedDataset,
+    UnrepeatedDistributedSampler,
+    gather_objects,
+    rank_and_world,
+)
+from lre_pl.lm.activations import PromptStates, collect_states
+from lre_pl.lm.models import LanguageModel, check_dtype, check_model_spec, load_language_model
 
 
 def check_trial(relation: Relation, n_train: int, template_index: int = 0) -> None:

@@ -6,18 +6,16 @@ Numbers of a category are means over its evaluated relations, per trial; the tab
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from lre_pl.evaluation import ROW_FIELDS
+from lre_pl.dataset.relations import CATEGORIES
 from lre_pl.files import write_text_atomically
-from lre_pl.relations import CATEGORIES
-from lre_pl.reports import write_figure
+from lre_pl.lightning.outputs import write_figure
+from lre_pl.protocol.rows import read_rows, write_rows_csv
 
 #: Columns of the summary's faithfulness table: (heading, estimator, selection, reported split).
 FAITHFULNESS_COLUMNS = (
@@ -285,20 +283,9 @@ def plot_figures(results: SweepResults, config):
     return figures
 
 
-def write_rows_csv(path: Path, rows: list[dict]) -> None:
-    """Tidy rows (:data:`~lre_pl.evaluation.ROW_FIELDS`) as one CSV file, written atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomically(path, buffer.getvalue())
-
-
 def write_report(root: Path, row_paths: list[Path], config) -> None:
     """results.csv, summary.md and the figures (PNG + TensorBoard) of every existing row file."""
     from torch.utils.tensorboard import SummaryWriter
-
-    from lre_pl.sweep import read_rows
 
     rows = read_rows(row_paths)
     if not rows:

@@ -8,7 +8,7 @@ layer; the edit succeeds when the edited LM's top-1 next token is a prefix of th
 
 The comparison edits of the paper replace s instead: by the target's s', by the target subject's
 token embedding, or by o'. Every edit re-runs only the suffix of the source prompts from their
-cached prefix (:class:`~lre_pl.suffix.SuffixRun`), batched, resumed after the edited layer: a rank
+cached prefix (:class:`~lre_pl.lm.suffix.SuffixRun`), batched, resumed after the edited layer: a rank
 sweep at layer l costs the blocks after l of one suffix forward per rank.
 """
 
@@ -21,11 +21,11 @@ from typing import TypeVar
 
 import torch
 
-from lre_pl.metrics import is_prefix_match
-from lre_pl.models import LanguageModel
-from lre_pl.operator import WeightSpectrum
-from lre_pl.prompts import EncodedPrompt
-from lre_pl.suffix import SharedPrefix, SuffixRun, add_at_subject
+from lre_pl.dataset.matching import is_prefix_match
+from lre_pl.dataset.prompts import EncodedPrompt
+from lre_pl.lm.models import LanguageModel
+from lre_pl.lm.suffix import SharedPrefix, SuffixRun, add_at_subject
+from lre_pl.lre.operator import WeightSpectrum
 
 Layer = int | str
 Key = TypeVar("Key")

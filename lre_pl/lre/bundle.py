@@ -3,7 +3,7 @@
 Estimation is the expensive part (a Jacobian pass over the training prompts, a forward over every
 test prompt); evaluation (layer x beta x rank grids, baselines, causality) only reads bundles, so
 every new question is an evaluation variant, never a new Jacobian pass. A bundle is written
-atomically by the Lightning fit that estimates it (:class:`~lre_pl.module.LinearRelationModule` with
+atomically by the Lightning fit that estimates it (:class:`~lre_pl.lightning.module.LinearRelationModule` with
 ``bundle_path``): a file under its final name is complete.
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 import lre_pl
+from lre_pl.dataset.matching import is_prefix_match
 from lre_pl.errors import InputError
-from lre_pl.estimators import TrainingStatistics
 from lre_pl.files import atomic_path
-from lre_pl.metrics import is_prefix_match
+from lre_pl.lre.estimators import TrainingStatistics
 
 Layer = int | str
 

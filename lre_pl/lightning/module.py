@@ -11,20 +11,20 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from lre_pl.activations import collect_states
-from lre_pl.beta import learn_beta
-from lre_pl.bundle import Bundle
-from lre_pl.callbacks import FailedRunCleanup
-from lre_pl.distributed import gather_objects, rank_and_world
-from lre_pl.editing import COMPARISON_EDITS, all_pairs, comparison_edits, efficacy, pinv_edits, random_targets
+from lre_pl.dataset.relations import HPARAMS_MODELS, reference_hparams
 from lre_pl.errors import InputError
-from lre_pl.estimators import Estimator, JacobianMean, TrainingStatistics
-from lre_pl.jacobian import compute_jacobians
-from lre_pl.metrics import PrefixRecallAtK
-from lre_pl.models import LanguageModel, check_dtype, check_model_spec, load_language_model, parse_layer
-from lre_pl.operator import LinearRelationOperator, relation_readout
-from lre_pl.relations import HPARAMS_MODELS, reference_hparams
-from lre_pl.reports import (
+from lre_pl.evaluation.causality import (
+    COMPARISON_EDITS,
+    all_pairs,
+    comparison_edits,
+    efficacy,
+    pinv_edits,
+    random_targets,
+)
+from lre_pl.evaluation.metrics import PrefixRecallAtK
+from lre_pl.lightning.callbacks import FailedRunCleanup
+from lre_pl.lightning.distributed import gather_objects, rank_and_world
+from lre_pl.lightning.outputs import (
     layer_table,
     log_weight_spectra,
     plot_faithfulness_by_layer,
@@ -32,6 +32,13 @@ from lre_pl.reports import (
     write_hparams,
     write_prediction_table,
 )
+from lre_pl.lm.activations import collect_states
+from lre_pl.lm.jacobian import compute_jacobians
+from lre_pl.lm.models import LanguageModel, check_dtype, check_model_spec, load_language_model, parse_layer
+from lre_pl.lre.beta import learn_beta
+from lre_pl.lre.bundle import Bundle
+from lre_pl.lre.estimators import Estimator, JacobianMean, TrainingStatistics
+from lre_pl.lre.operator import LinearRelationOperator, relation_readout
 
 Layer = int | str
 
@@ -51,7 +58,7 @@ class LinearRelationModule(pl.LightningModule):
 
     - ``__init__``: checks everything that needs no model (model spec, dtype, layer syntax, top_k,
       the operator file and that it is of this model), so bad input fails before any loading.
-    - ``configure_callbacks``: :class:`~lre_pl.callbacks.FailedRunCleanup` (SIGTERM stops the run at
+    - ``configure_callbacks``: :class:`~lre_pl.lightning.callbacks.FailedRunCleanup` (SIGTERM stops the run at
       once; a failed run removes the run folder it created).
     - ``setup``: checks the data module against this module (model, dtype, the operator's relation);
       takes the layer from the paper's hyper-parameters if asked.
@@ -88,8 +95,8 @@ class LinearRelationModule(pl.LightningModule):
         operator_path: an ``operator.pt`` to validate instead of estimating one.
         reference_hparams: ``gptj``, ``gpt2-xl`` or ``llama``: take the layer from the paper's best
             hyper-parameters of that model for the data module's relation (replaces ``layers``).
-        estimator: how (W, b) come from the training samples (``lre_pl.estimators``): ``None`` is
-            the paper's LRE (:class:`~lre_pl.estimators.JacobianMean`); the baselines
+        estimator: how (W, b) come from the training samples (``lre_pl.lre.estimators``): ``None`` is
+            the paper's LRE (:class:`~lre_pl.lre.estimators.JacobianMean`); the baselines
             ``Translation``, ``LinearRegression`` and ``Identity`` need no Jacobian.
         ranks: also measure causality (the paper's edit Δs = W⁺_r (o' − o), W⁺_r the rank-r
             pseudo-inverse of the unscaled W) at these ranks: ``val/causality@r<rank>``.
@@ -97,7 +104,7 @@ class LinearRelationModule(pl.LightningModule):
             with a different subject and object) or ``all_pairs`` (every such pair; deterministic).
         comparison_edits: also the paper's comparison edits (same targets), which replace s by the
             target's s', by the target subject's token embedding or by o': ``val/edit/<kind>``.
-        bundle_path: write the estimation bundle (:class:`~lre_pl.bundle.Bundle`: W and b of every
+        bundle_path: write the estimation bundle (:class:`~lre_pl.lre.bundle.Bundle`: W and b of every
             layer, per-sample s_i, o_i, b_i, J_i s_i, every test sample's states) there at the end of
             ``fit``, instead of the operator files: what ``lre-pl sweep`` evaluates.
         keep_jacobians: also keep every per-sample J_i in the bundle (d^2 floats per sample and layer).
@@ -276,7 +283,7 @@ class LinearRelationModule(pl.LightningModule):
         return self.log_beta.detach().exp().tolist()
 
     def configure_optimizers(self):
-        return None  # beta, when learned, is fitted in closed loop by lre_pl.beta.learn_beta
+        return None  # beta, when learned, is fitted in closed loop by lre_pl.lre.beta.learn_beta
 
     # ------------------------------------------------------------------------------- estimation
     def on_fit_start(self) -> None:

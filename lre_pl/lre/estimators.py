@@ -2,11 +2,11 @@
 
 Each estimator is a small class whose one call maps the gathered per-sample statistics
 of one layer to ``(weight [d, d], bias [d])``; decoding ``beta * W s + b`` is the operator's job
-(:func:`lre_pl.operator.relation_readout`). Select one from YAML::
+(:func:`lre_pl.lre.operator.relation_readout`). Select one from YAML::
 
     model:
       estimator:
-        class_path: lre_pl.estimators.LinearRegression
+        class_path: lre_pl.lre.estimators.LinearRegression
         init_args: {ridge: 0.001}
 
 The LRE on the embedding layer is :class:`JacobianMean` at layer ``emb``.

@@ -1,9 +1,9 @@
 """The β study: why the LRE needs its Jacobian scaled by β > 1, as evaluation variants on bundles.
 
-Every question is answered from the protocol's bundles (:mod:`lre_pl.bundle`), at the layer the
+Every question is answered from the protocol's bundles (:mod:`lre_pl.lre.bundle`), at the layer the
 protocol chose for the LRE on each relation's dev split, with the protocol's known samples and
-dev/test split (:class:`~lre_pl.evaluation.BundleEvaluation`): no new Jacobian pass. Each question
-writes tidy rows (:data:`~lre_pl.evaluation.ROW_FIELDS`; ``estimator`` names the variant):
+dev/test split (:class:`~lre_pl.evaluation.grid.BundleEvaluation`): no new Jacobian pass. Each question
+writes tidy rows (:data:`~lre_pl.evaluation.grid.ROW_FIELDS`; ``estimator`` names the variant):
 
 - ``bias_variants``: faithfulness over the β grid with b = mean_i (o_i − J_i s_i) (``paper``),
   o_mean − W s_mean (``mean_output``), F(s_mean) − W s_mean (``mean_subject``: the LM run on each
@@ -30,7 +30,7 @@ writes tidy rows (:data:`~lre_pl.evaluation.ROW_FIELDS`; ``estimator`` names the
 ``unit_s``, ``per_sample_w`` and ``after_norm`` need each training sample's J_i at the study's layer:
 the bundle keeps only J_i s_i (J_i are d² each), so they are computed again for that one layer (five
 prompts, one engine pass) and checked against the bundle's J_i s_i.
-- ``global_beta`` (across bundles): β learned by :class:`~lre_pl.global_beta.GlobalBetaModule` on
+- ``global_beta`` (across bundles): β learned by :class:`~lre_pl.experiments.beta_study.global_beta.GlobalBetaModule` on
   the dev samples of every relation (one β; one per category; one per relation), on the training
   samples (to show their pull toward 1), and on half of the relations only (held out); each against
   the per-relation best β of the grid, the paper's 2.25 and β = 1, on the test split.
@@ -52,18 +52,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lre_pl.bundle import Bundle
-from lre_pl.data import RelationPrompts
+from lre_pl.dataset.relations import load_relation
 from lre_pl.errors import InputError
-from lre_pl.estimators import estimator_named
-from lre_pl.evaluation import ROW_FIELDS, BundleEvaluation, Decoder, EvaluationGrid
+from lre_pl.evaluation.grid import BundleEvaluation, Decoder, EvaluationGrid
+from lre_pl.experiments.beta_study.global_beta import collect_samples, fit_betas, group_of
 from lre_pl.files import write_text_atomically
-from lre_pl.global_beta import collect_samples, fit_betas, group_of
-from lre_pl.jacobian import compute_jacobians
-from lre_pl.models import load_language_model, parse_layer
-from lre_pl.operator import relation_readout
-from lre_pl.relations import load_relation
-from lre_pl.suffix import SuffixRun
+from lre_pl.lightning.datamodule import RelationPrompts
+from lre_pl.lm.jacobian import compute_jacobians
+from lre_pl.lm.models import load_language_model, parse_layer
+from lre_pl.lm.suffix import SuffixRun
+from lre_pl.lre.bundle import Bundle
+from lre_pl.lre.estimators import estimator_named
+from lre_pl.lre.operator import relation_readout
+from lre_pl.protocol.rows import ROW_FIELDS
 
 Layer = int | str
 
@@ -593,7 +594,7 @@ def across_trials_rows(studies: dict[int, BetaStudy], points: dict[int, tuple[La
 def run_beta_study(config: BetaStudyConfig, command: str | None = None) -> list[Path]:
     """Every sweep's study (:func:`study_sweep`), then the report over all of them; returns the study
     folders. ``command`` (the study's command line) is written into the report."""
-    from lre_pl.beta_study_report import write_study_report
+    from lre_pl.experiments.beta_study.report import write_study_report
 
     folders = config.check()
     for root, out in folders.items():
@@ -610,7 +611,8 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
     when the sweep's evaluated bundles are no longer the ones their rows cover. The sweep's commands
     and config are copied beside the rows (``sweep_command.txt``, ``sweep_config.json``) for the report.
     """
-    from lre_pl.sweep import SweepConfig, read_rows, slug
+    from lre_pl.experiments.sweep.runner import SweepConfig, slug
+    from lre_pl.protocol.rows import read_rows
 
     sweep = SweepConfig(**json.loads((root / "sweep_config.json").read_text()))
     grid = sweep.grid()

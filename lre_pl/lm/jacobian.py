@@ -1,7 +1,7 @@
 """The Jacobian engine: J_l = d o / d s_l for many layers and samples in one pass.
 
 For a batch of prompts, the tokens before the subject token (the *prefix*) run
-once without gradients and are kept as a key/value cache (:class:`lre_pl.suffix.SuffixRun`).
+once without gradients and are kept as a key/value cache (:class:`lre_pl.lm.suffix.SuffixRun`).
 The tokens from the subject on (the *suffix*) then run through the model's own forward, with a zero
 perturbation ``delta_l`` added to the output of every requested layer ``l`` at
 the subject token. ``o`` is the last block's output at the last token (before
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lre_pl.models import LanguageModel
-from lre_pl.prompts import EncodedPrompt
-from lre_pl.suffix import SuffixRun, add_at_subject
+from lre_pl.dataset.prompts import EncodedPrompt
+from lre_pl.lm.models import LanguageModel
+from lre_pl.lm.suffix import SuffixRun, add_at_subject
 
 Layer = int | str
 

@@ -7,11 +7,7 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 
-
-def is_prefix_match(token: str, target: str) -> bool:
-    """The paper's criterion: the stripped, lower-cased token is a non-empty prefix of the object."""
-    token = token.strip().lower()
-    return bool(token) and target.strip().lower().startswith(token)
+from lre_pl.dataset.matching import is_prefix_match
 
 
 class PrefixRecallAtK(Metric):

@@ -11,9 +11,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from lre_pl.experiments.sweep.report import _markdown_table, _mean
 from lre_pl.files import write_text_atomically
-from lre_pl.sweep import read_rows
-from lre_pl.sweep_report import _markdown_table, _mean, write_figure, write_rows_csv
+from lre_pl.lightning.outputs import write_figure
+from lre_pl.protocol.rows import read_rows, write_rows_csv
 
 QUESTION_TITLES = {
     "bias_variants": "1. Bias variants: does any b make β = 1 work?",

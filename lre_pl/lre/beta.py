@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lre_pl.operator import relation_readout
+from lre_pl.lre.operator import relation_readout
 
 
 @dataclass

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lre_pl.dataset.relations import RelationSample
 from lre_pl.errors import InputError
-from lre_pl.relations import RelationSample
 
 #: Where the subject goes in a prompt template (the relation files' convention).
 SUBJECT_SLOT = "{}"

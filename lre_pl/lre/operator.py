@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 import lre_pl
+from lre_pl.dataset.prompts import SUBJECT_SLOT, encode_prompt, fill_subject
 from lre_pl.errors import InputError
 from lre_pl.files import atomic_path
-from lre_pl.hooks import capture
-from lre_pl.models import LanguageModel, load_language_model
-from lre_pl.prompts import SUBJECT_SLOT, encode_prompt, fill_subject
+from lre_pl.lm.hooks import capture
+from lre_pl.lm.models import LanguageModel, load_language_model
 
 #: Fields an operator file must hold.
 REQUIRED_FIELDS = ("weight", "bias", "beta", "layer", "relation", "model")
@@ -95,7 +95,7 @@ class LinearRelationOperator:
     test_prompt_template: str = SUBJECT_SLOT
     """The few-shot prompt of test samples; the subject goes, literally, in place of its LAST ``{}``."""
     estimator: str = "JacobianMean()"
-    """How W and b were made (``lre_pl.estimators``): the LRE, or a baseline."""
+    """How W and b were made (``lre_pl.lre.estimators``): the LRE, or a baseline."""
     version: str = lre_pl.__version__
 
     def __call__(self, subject_state: torch.Tensor) -> torch.Tensor:

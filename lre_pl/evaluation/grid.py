@@ -1,8 +1,8 @@
 """Evaluation of an estimation bundle: faithfulness grids, baselines and causality, as tidy rows.
 
-Everything here reads a :class:`~lre_pl.bundle.Bundle`; no Jacobian is ever recomputed. Decoding
+Everything here reads a :class:`~lre_pl.lre.bundle.Bundle`; no Jacobian is ever recomputed. Decoding
 (final norm + unembedding) is the only model work of the faithfulness grids; causality re-runs the
-suffix of the known test prompts with the edits (:mod:`lre_pl.editing`).
+suffix of the known test prompts with the edits (:mod:`lre_pl.evaluation.causality`).
 
 Protocol (the paper's, with a held-out choice added):
 
@@ -26,7 +26,6 @@ Rows are dicts with the fields of :data:`ROW_FIELDS`.
 from __future__ import annotations
 
 import functools
-import math
 import random
 import time
 from collections.abc import Sequence
@@ -34,23 +33,17 @@ from dataclasses import dataclass
 
 import torch
 
-from lre_pl.bundle import Bundle
-from lre_pl.editing import EditSet, comparison_edits, edit_hits, pinv_edits, random_targets
-from lre_pl.estimators import Estimator
-from lre_pl.metrics import is_prefix_match
-from lre_pl.models import LanguageModel
-from lre_pl.operator import relation_readout
-from lre_pl.prompts import encode_prompt, fill_subject
+from lre_pl.dataset.matching import is_prefix_match
+from lre_pl.dataset.prompts import encode_prompt, fill_subject
+from lre_pl.evaluation.causality import EditSet, comparison_edits, edit_hits, pinv_edits, random_targets
+from lre_pl.lm.models import LanguageModel
+from lre_pl.lre.bundle import Bundle
+from lre_pl.lre.estimators import Estimator
+from lre_pl.lre.operator import relation_readout
+from lre_pl.protocol.rows import ROW_FIELDS
+from lre_pl.protocol.splits import SPLITS, split_known
 
 Layer = int | str
-
-ROW_FIELDS = (
-    "model", "relation", "category", "trial", "kind", "selection", "estimator", "layer", "beta", "rank",
-    "split", "metric", "value", "n",
-)  # fmt: skip
-
-#: The splits of the known test samples rows report on.
-SPLITS = ("dev", "test", "all")
 
 
 @dataclass(frozen=True)
@@ -102,18 +95,6 @@ class Decoder:
             dtype=torch.bool,
         ).reshape(len(objects), k)
         return torch.stack([matches[:, 0], matches.any(1)], dim=1)
-
-
-def split_known(count: int, dev_fraction: float, seed: int) -> dict[str, torch.Tensor]:
-    """Positions (into the known samples) of the dev, test and all splits: a seeded shuffle."""
-    order = list(range(count))
-    random.Random(seed).shuffle(order)
-    n_dev = min(count - 1, max(1, math.ceil(count * dev_fraction)))
-    return {
-        "dev": torch.tensor(sorted(order[:n_dev]), dtype=torch.long),
-        "test": torch.tensor(sorted(order[n_dev:]), dtype=torch.long),
-        "all": torch.arange(count),
-    }
 
 
 def _best(scores: dict, split: torch.Tensor):

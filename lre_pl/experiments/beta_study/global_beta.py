@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lre_pl.bundle import Bundle
-from lre_pl.data import object_token_id
-from lre_pl.models import LanguageModel, load_language_model
-from lre_pl.operator import relation_readout
-from lre_pl.prompts import fill_subject
+from lre_pl.dataset.prompts import fill_subject
+from lre_pl.lightning.datamodule import object_token_id
+from lre_pl.lm.models import LanguageModel, load_language_model
+from lre_pl.lre.bundle import Bundle
+from lre_pl.lre.operator import relation_readout
 
 Layer = int | str
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lre_pl.hooks import bypassed, patched
-from lre_pl.models import LanguageModel
-from lre_pl.prompts import EncodedPrompt
+from lre_pl.dataset.prompts import EncodedPrompt
+from lre_pl.lm.hooks import bypassed, patched
+from lre_pl.lm.models import LanguageModel
 
 Layer = int | str
 

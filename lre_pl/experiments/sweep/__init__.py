@@ -1,0 +1,1 @@
+"""``lre-pl sweep``: the paper's protocol over many relations and trials, resumable, and its report."""

@@ -1,0 +1,1 @@
+"""The Lightning pieces: the LightningModule (its hooks), the DataModule, callbacks, run outputs and DDP helpers."""
