@@ -26,7 +26,6 @@ Rows are dicts with the fields of :data:`ROW_FIELDS`.
 from __future__ import annotations
 
 import functools
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,8 +39,9 @@ from lre_pl.lm.models import LanguageModel
 from lre_pl.lre.bundle import Bundle
 from lre_pl.lre.estimators import Estimator
 from lre_pl.lre.operator import relation_readout
-from lre_pl.protocol.rows import ROW_FIELDS
-from lre_pl.protocol.splits import SPLITS, split_known
+from lre_pl.protocol.rows import make_row
+from lre_pl.protocol.selection import SELECTIONS, SelectionRule
+from lre_pl.protocol.splits import SPLITS, KnownSamples
 
 Layer = int | str
 
@@ -61,6 +61,18 @@ class EvaluationGrid:
     known_only: bool = True
     top_k: int = 3
     batch_size: int = 16
+
+    @property
+    def selection_rule(self) -> SelectionRule:
+        """How the LRE's layer, β and rank are chosen from this grid's scores."""
+        return SelectionRule(self.betas, self.layer_search_beta, self.ranks)
+
+    def known_samples(self, bundle: Bundle) -> KnownSamples:
+        """The samples of ``bundle`` this grid evaluates (known only, or all; capped) and their split."""
+        evaluated = (
+            bundle.known if self.known_only else torch.ones(len(bundle.test_objects), dtype=torch.bool)
+        )
+        return KnownSamples.of(evaluated, self.dev_fraction, bundle.seed, self.max_known)
 
 
 class Decoder:
@@ -97,30 +109,37 @@ class Decoder:
         return torch.stack([matches[:, 0], matches.any(1)], dim=1)
 
 
-def _best(scores: dict, split: torch.Tensor):
-    """The key whose hits@1 [known, 2] have the highest mean on ``split`` (first of ties)."""
-    return max(scores, key=lambda key: scores[key][split, 0].float().mean().item())
-
-
 class BundleEvaluation:
     """Evaluates one bundle; :meth:`rows` runs everything and returns the tidy rows."""
 
     def __init__(self, bundle: Bundle, grid: EvaluationGrid, decoder: Decoder):
         self.bundle, self.grid, self.decoder = bundle, grid, decoder
-        known = bundle.known if grid.known_only else torch.ones(len(bundle.test_objects), dtype=torch.bool)
-        self.known = known.nonzero().flatten()  # [k] indices into the bundle's test samples
-        if grid.max_known is not None and len(self.known) > grid.max_known:  # a seeded subset
-            chosen = sorted(random.Random(bundle.seed).sample(range(len(self.known)), grid.max_known))
-            self.known = self.known[chosen]
-        self.objects = [bundle.test_objects[i] for i in self.known.tolist()]
-        self.splits = split_known(len(self.known), grid.dev_fraction, bundle.seed)
+        self.samples = grid.known_samples(bundle)
         self._rows: list[dict] = []
+
+    @property
+    def known(self) -> torch.Tensor:
+        """[k] indices of the evaluated samples into the bundle's test samples."""
+        return self.samples.indices
+
+    @property
+    def splits(self) -> dict[str, torch.Tensor]:
+        """split -> positions into :attr:`known`."""
+        return self.samples.splits
+
+    @property
+    def objects(self) -> list[str]:
+        return [self.bundle.test_objects[i] for i in self.known.tolist()]
 
     def _row(self, **fields) -> None:
         b = self.bundle
-        row = dict.fromkeys(ROW_FIELDS)
-        row.update(model=b.model, relation=b.relation, category=b.category, trial=b.seed, **fields)
-        self._rows.append(row)
+        self._rows.append(
+            make_row(model=b.model, relation=b.relation, category=b.category, trial=b.seed, **fields)
+        )
+
+    def _means(self, hits: dict, split: str) -> dict:
+        """{key: faithfulness@1 on ``split``} of per-sample ``hits`` {key: [known, 2]} (NaN: empty split)."""
+        return {key: value[self.splits[split], 0].float().mean().item() for key, value in hits.items()}
 
     def _split_rows(self, hits: torch.Tensor, metrics: Sequence[str], splits=SPLITS, **fields) -> None:
         """One row per split and metric of per-sample ``hits`` [known, len(metrics)]."""
@@ -180,37 +199,40 @@ class BundleEvaluation:
 
     def _faithfulness(self, estimator: Estimator) -> dict[str, tuple[Layer, float]]:
         """Grid rows of one estimator and its selected rows; returns the chosen (layer, beta) per selection."""
-        b, grid, name = self.bundle, self.grid, estimator.name
-        search_beta = grid.layer_search_beta if estimator.takes_beta else 1.0
+        b, name = self.bundle, estimator.name
+        # Only the LRE scans β; every other estimator is read at β = 1 and chooses its layer alone.
+        rule = self.grid.selection_rule if estimator.takes_beta else SelectionRule([1.0])
+        search_beta = rule.layer_search_beta
         scores = self._hits_at(estimator, [(layer, search_beta) for layer in b.layers])
         chosen_layers = {
-            "dev": _best(scores, self.splits["dev"])[0],
-            "paper": _best(scores, self.splits["all"])[0],
+            selection: rule.layer(
+                {layer: value for (layer, _), value in self._means(scores, chosen_on).items()}, b.layers
+            )
+            for selection, (chosen_on, _) in SELECTIONS.items()
         }
-        variants = {name: scores}
+        variants = {name: None}  # variant -> its fixed layer (None: the chosen one)
         if estimator.takes_beta:
             scan_layers = sorted(set(chosen_layers.values()) | ({"emb"} & set(b.layers)), key=str)
-            betas = [beta for beta in grid.betas if beta != search_beta]
+            betas = [beta for beta in rule.betas if beta != search_beta]
             scores.update(
                 self._hits_at(estimator, [(layer, beta) for layer in scan_layers for beta in betas])
             )
             if "emb" in b.layers:
-                variants[f"{name}_emb"] = {key: value for key, value in scores.items() if key[0] == "emb"}
+                variants[f"{name}_emb"] = "emb"
         for (layer, beta), hits in scores.items():
             self._split_rows(
                 hits, self.faithfulness_metrics, kind="grid", estimator=name, layer=str(layer), beta=beta
             )
         chosen = {}
-        for variant, points in variants.items():
-            for selection, split, report in (("dev", "dev", "test"), ("paper", "all", "all")):
-                if variant == name:  # layer first, then beta at that layer
-                    layer = chosen_layers[selection]
-                    points = {key: value for key, value in scores.items() if key[0] == layer}
-                layer, beta = _best(points, self.splits[split])
-                if variant == name:
+        for variant, fixed_layer in variants.items():
+            for selection, (chosen_on, report) in SELECTIONS.items():
+                layer = chosen_layers[selection] if fixed_layer is None else fixed_layer
+                at_layer = {beta: hits for (at, beta), hits in scores.items() if at == layer}
+                beta = rule.beta(self._means(at_layer, chosen_on))
+                if fixed_layer is None:
                     chosen[selection] = (layer, beta)
                 self._split_rows(
-                    points[layer, beta], self.faithfulness_metrics, splits=(report,), kind="selected",
+                    at_layer[beta], self.faithfulness_metrics, splits=(report,), kind="selected",
                     selection=selection, estimator=variant, layer=str(layer), beta=beta,
                 )  # fmt: skip
         return chosen
@@ -252,12 +274,14 @@ class BundleEvaluation:
                     value = pair_hits[mask].float().mean().item() if mask.any() else float("nan")
                     self._row(kind="grid", estimator=estimator, layer=str(layer), rank=rank, split=split,
                               metric="efficacy", value=value, n=int(mask.sum()))  # fmt: skip
-            for selection, split, report in (("dev", "dev", "test"), ("paper", "all", "all")):
+            for selection, (chosen_on, report) in SELECTIONS.items():
                 if chosen[selection][0] != layer:
                     continue
-                rates = {key: value[in_split[split]].float().mean().item() for key, value in hits.items()}
                 # The rank is the LRE's hyper-parameter; comparison edits have none of their own.
-                best_rank = max(grid.ranks, key=lambda rank: rates["lre", rank]) if grid.ranks else None
+                rates = {
+                    rank: hits["lre", rank][in_split[chosen_on]].float().mean().item() for rank in grid.ranks
+                }
+                best_rank = grid.selection_rule.rank(rates)
                 for key, pair_hits in hits.items():
                     if key[0] == "lre" and key[1] != best_rank:
                         continue

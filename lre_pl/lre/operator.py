@@ -25,11 +25,26 @@ from lre_pl.lm.models import LanguageModel, load_language_model
 REQUIRED_FIELDS = ("weight", "bias", "beta", "layer", "relation", "model")
 
 
+#: Where β acts in :func:`relation_readout`.
+BETA_ACTS_ON = ("projection", "bias", "both")
+
+
 def relation_readout(
-    projection: torch.Tensor, bias: torch.Tensor, beta: float | torch.Tensor
+    projection: torch.Tensor, bias: torch.Tensor, beta: float | torch.Tensor, acts_on: str = "projection"
 ) -> torch.Tensor:
-    """beta * (W s) + b from the projection W s [..., d]: the one place the LRE's output is formed."""
-    return beta * projection + bias
+    """The LRE's output [..., d] from the projection W s [..., d] and b: the one place it is formed.
+
+    ``acts_on``: ``projection`` is the paper's β W s + b; ``bias`` shrinks the translation instead,
+    W s + b / β (NaN at β = 0); ``both`` scales the whole readout, β (W s + b). Through a
+    scale-invariant final norm the first two decode alike (up to the norm's ε).
+    """
+    if acts_on == "projection":
+        return beta * projection + bias
+    if acts_on == "bias":
+        return projection + bias / beta if beta else torch.full_like(projection, float("nan"))
+    if acts_on == "both":
+        return beta * (projection + bias)
+    raise ValueError(f"acts_on={acts_on!r}: use one of {BETA_ACTS_ON}")
 
 
 @dataclass(frozen=True)

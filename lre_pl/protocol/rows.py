@@ -1,12 +1,21 @@
-"""The protocol's tidy rows: their schema, and reading and writing them (JSONL, CSV)."""
+"""The protocol's tidy rows: their schema, one builder, and their files (JSONL with a count, CSV).
+
+Every experiment (the sweep, the β study, later ones) writes rows of exactly :data:`ROW_FIELDS`, made
+by :func:`make_row`. A rows file ends with a line that counts its rows (``# rows: N``), written last:
+a file cut anywhere, even at a line boundary, does not verify (:func:`rows_complete`), so a stage
+whose rows file does not verify is not done.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from lre_pl.errors import InputError
 from lre_pl.files import write_text_atomically
 
 #: Every row of every experiment has exactly these fields (``None`` where one does not apply).
@@ -15,19 +24,62 @@ ROW_FIELDS = (
     "split", "metric", "value", "n",
 )  # fmt: skip
 
+_FOOTER = re.compile(r"# rows: (\d+)")
 
-def read_rows(paths: list[Path]) -> list[dict]:
-    """Rows of every existing row file (with the fields of :data:`ROW_FIELDS`)."""
+
+def make_row(**fields) -> dict:
+    """A row: every field of :data:`ROW_FIELDS` in order, ``None`` where not given; an unknown field is
+    a programming error (a misspelt field would silently become a new column)."""
+    unknown = set(fields) - set(ROW_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown row fields {sorted(unknown)}: rows have {ROW_FIELDS}")
+    return {name: fields.get(name) for name in ROW_FIELDS}
+
+
+def write_rows(path: str | Path, rows: Sequence[dict]) -> None:
+    """One JSON row a line, then ``# rows: N``; atomic (complete under its final name, or absent)."""
+    lines = [json.dumps(row) + "\n" for row in rows]
+    write_text_atomically(path, "".join(lines) + f"# rows: {len(lines)}\n")
+
+
+def _parse(path: Path) -> list[dict] | None:
+    """The rows of ``path``, or ``None`` when it does not verify (no count line, a wrong count, a bad
+    JSON line, a row without the schema's fields)."""
+    lines = path.read_text().splitlines()
+    footer = _FOOTER.fullmatch(lines[-1]) if lines else None
+    if footer is None or int(footer.group(1)) != len(lines) - 1:
+        return None
+    try:
+        rows = [json.loads(line) for line in lines[:-1]]
+    except json.JSONDecodeError:
+        return None
+    return rows if all(isinstance(r, dict) and set(r) == set(ROW_FIELDS) for r in rows) else None
+
+
+def rows_complete(path: str | Path) -> bool:
+    """Whether ``path`` exists and holds every row its count line says (see :func:`write_rows`)."""
+    path = Path(path)
+    return path.is_file() and _parse(path) is not None
+
+
+def read_rows(paths: Iterable[str | Path]) -> list[dict]:
+    """Rows of every existing rows file, in order; a file that does not verify is a one-line error."""
     rows = []
-    for path in paths:
-        if path.exists():
-            rows += [json.loads(line) for line in path.read_text().splitlines() if line]
-    assert all(set(row) == set(ROW_FIELDS) for row in rows)
+    for path in map(Path, paths):
+        if not path.exists():
+            continue
+        parsed = _parse(path)
+        if parsed is None:
+            raise InputError(
+                f"{path} is incomplete or damaged (its last line must be '# rows: N' after N rows): delete "
+                "it and rerun the command that wrote it, which redoes it"
+            )
+        rows += parsed
     return rows
 
 
-def write_rows_csv(path: Path, rows: list[dict]) -> None:
-    """Tidy rows (:data:`~lre_pl.evaluation.grid.ROW_FIELDS`) as one CSV file, written atomically."""
+def write_rows_csv(path: str | Path, rows: Sequence[dict]) -> None:
+    """Tidy rows as one CSV file (a header of :data:`ROW_FIELDS`), written atomically."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS)
     writer.writeheader()

@@ -10,7 +10,7 @@ from test_sweep import tiny_config
 
 from lre_pl.errors import InputError
 from lre_pl.evaluation.grid import Decoder
-from lre_pl.experiments.beta_study.report import figure_name, study_markdown
+from lre_pl.experiments.beta_study.report import ModelStudy, figure_name, study_markdown
 from lre_pl.experiments.beta_study.study import (
     BIAS_VARIANTS,
     FINE_BETAS,
@@ -21,15 +21,16 @@ from lre_pl.experiments.beta_study.study import (
     after_norm_operator,
     bias_variant,
     chosen_points,
-    readout,
     run_beta_study,
     smallest_beta,
 )
-from lre_pl.experiments.sweep.runner import Sweep, slug
+from lre_pl.experiments.sweep.runner import Sweep
 from lre_pl.lm.models import load_language_model
 from lre_pl.lre.bundle import Bundle
 from lre_pl.lre.operator import relation_readout
+from lre_pl.protocol.folder import slug
 from lre_pl.protocol.rows import read_rows
+from lre_pl.protocol.selection import SelectionRule
 
 LAYER = 1
 
@@ -80,11 +81,11 @@ def test_bias_variants_follow_their_definitions(study):
 def test_beta_on_the_bias_decodes_like_beta_on_the_projection(study):
     lm = study.decoder.lm
     projection, bias = torch.randn(4, lm.hidden_size), torch.randn(lm.hidden_size) * 5
-    torch.testing.assert_close(readout(projection, bias, 2.0, "bias"), projection + bias / 2)
-    torch.testing.assert_close(readout(projection, bias, 2.0, "both"), 2 * (projection + bias))
+    torch.testing.assert_close(relation_readout(projection, bias, 2.0, "bias"), projection + bias / 2)
+    torch.testing.assert_close(relation_readout(projection, bias, 2.0, "both"), 2 * (projection + bias))
     for beta in (0.5, 2.0, 4.0):  # an RMSNorm is scale-invariant up to its eps
         torch.testing.assert_close(
-            lm.decode(readout(projection, bias, beta, "projection")), lm.decode(readout(projection, bias, beta, "bias")),
+            lm.decode(relation_readout(projection, bias, beta, "projection")), lm.decode(relation_readout(projection, bias, beta, "bias")),
             atol=1e-4, rtol=1e-4,
         )  # fmt: skip
 
@@ -164,7 +165,7 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
     assert (out / "beta_study.md").read_text() == text
     with open(out / "results.csv") as table:
         assert sum(1 for _ in table) == 1 + len(read_rows(sorted((out / "rows").rglob("*.jsonl"))))
-    global_rows = [json.loads(line) for line in (out / "rows" / "global_beta.jsonl").read_text().splitlines()]
+    global_rows = read_rows([out / "rows" / "global_beta.jsonl"])
     learned = {(r["estimator"], r["relation"], r["category"]) for r in global_rows if r["metric"] == "beta"}
     assert ("learned:global:dev", None, None) in learned and ("learned:category:dev", None, "bias") in learned
     assert ("learned:relation:dev", "country capital city", None) in learned
@@ -207,7 +208,11 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
     assert (out / "rows" / "across_trials.jsonl").stat().st_mtime_ns == across
     # Two models side by side: the answers table has a column per model, each question a section per model.
     rows = read_rows(sorted((out / "rows").rglob("*.jsonl")))
-    two = {name: ([r | {"model": name} for r in rows], {}, QUESTIONS) for name in ("model-a", "model-b")}
+    rule = SelectionRule(grid.betas, grid.layer_search_beta, grid.ranks)
+    two = {
+        name: ModelStudy([r | {"model": name} for r in rows], {}, QUESTIONS, rule)
+        for name in ("model-a", "model-b")
+    }
     text, numbers = study_markdown(two, ["(two)"])
     assert text.startswith("# The β study: model-a, model-b\n\nMade by (two).")
     assert "|  | model-a | model-b |" in text and text.count("### model-a") == text.count("### model-b") == 10
@@ -246,10 +251,11 @@ def test_the_best_shared_beta_maximises_the_group_mean_first_of_ties():
     from lre_pl.experiments.beta_study.study import best_shared_betas
 
     scores = [{1.0: 0.5, 2.0: 0.9, 3.0: 0.1}, {1.0: 0.6, 2.0: 0.2, 3.0: 0.7}, {1.0: 0.4, 2.0: 0.4, 3.0: 0.0}]
-    # Means over all three: 0.5, 0.5, 0.267: a tie, broken toward the first β given.
-    assert best_shared_betas(scores, ["all"] * 3, [1.0, 2.0, 3.0]) == {"all": 1.0}
-    assert best_shared_betas(scores, ["all"] * 3, [2.0, 1.0, 3.0]) == {"all": 2.0}
-    assert best_shared_betas(scores, ["a", "b", "a"], [1.0, 2.0, 3.0]) == {"a": 2.0, "b": 3.0}
+    # Means over all three: 0.5, 0.5, 0.267: a tie, broken toward the layer-search β, then the grid's order.
+    assert best_shared_betas(scores, ["all"] * 3, SelectionRule([1.0, 2.0, 3.0], 1.0)) == {"all": 1.0}
+    assert best_shared_betas(scores, ["all"] * 3, SelectionRule([1.0, 2.0, 3.0], 2.0)) == {"all": 2.0}
+    assert best_shared_betas(scores, ["all"] * 3, SelectionRule([2.0, 1.0, 3.0], 3.0)) == {"all": 2.0}
+    assert best_shared_betas(scores, ["a", "b", "a"], SelectionRule([1.0, 2.0, 3.0])) == {"a": 2.0, "b": 3.0}
 
 
 def test_bad_study_input_is_one_clear_error(swept, tmp_path):
@@ -437,7 +443,7 @@ def test_hyper_parameters_held_fixed_across_trials(tiny_model_dir, tmp_path):
     )
     Sweep(config).run()
     [out] = run_beta_study(BetaStudyConfig(sweep_dirs=[str(tmp_path / "sweep")], questions=["across_trials"]))
-    rows = [json.loads(line) for line in (out / "rows" / "across_trials.jsonl").read_text().splitlines()]
+    rows = read_rows([out / "rows" / "across_trials.jsonl"])
     points = chosen_points(read_rows(sorted((tmp_path / "sweep" / "rows").glob("*.jsonl"))))
     layer, beta = points["country capital city", 0]
     [fixed] = [r for r in rows if r["trial"] == 1 and r["estimator"] == "fixed"]
@@ -459,3 +465,28 @@ def test_hyper_parameters_held_fixed_across_trials(tiny_model_dir, tmp_path):
     assert fixed["value"] == pytest.approx(expected)
     assert "10. Hyper-parameters held fixed across trials" in (out / "beta_study.md").read_text()
     assert "± " in (out / "beta_study.md").read_text()
+
+
+def test_the_studys_beta_chosen_on_dev_is_the_sweeps_own_choice(tiny_model_dir, tmp_path):
+    """A sweep whose layer-search β (2.25) is off its grid and whose βs are listed out of order: on the
+    tiny model every faithfulness ties, so only the tie rule decides, and the study must decide as the
+    sweep did (the old report took β = 1, then the smallest)."""
+    from lre_pl.experiments.beta_study.report import selected_beta
+
+    config = tiny_config(
+        tiny_model_dir, tmp_path / "sweep", betas=[2.0, 0.5, 1.0], layer_search_beta=2.25, ranks=[]
+    )
+    Sweep(config).run()
+    [out] = run_beta_study(BetaStudyConfig(sweep_dirs=[str(tmp_path / "sweep")], questions=["bias_variants"]))
+    sweep_rows = read_rows(sorted((tmp_path / "sweep" / "rows").glob("*.jsonl")))
+    chosen = {(r["relation"], r["trial"]): r["beta"] for r in sweep_rows if r["kind"] == "selected"
+              and r["selection"] == "dev" and r["estimator"] == "lre" and r["metric"] == "faithfulness@1"}  # fmt: skip
+    assert set(chosen.values()) == {2.25}  # ties: the sweep keeps its layer-search β
+    study_rows = read_rows(sorted((out / "rows").rglob("*.jsonl")))
+    selected = selected_beta(study_rows, "bias_variants", SelectionRule.of_sweep(json.loads(
+        (tmp_path / "sweep" / "sweep_config.json").read_text())))  # fmt: skip
+    assert {
+        (r, t): v["chosen_beta"] for (r, t, variant), v in selected.items() if variant == "paper"
+    } == chosen
+    text = (out / "beta_study.md").read_text()
+    assert "| paper | 2 | 0.000 | 0.000 | 2.25 [2.25–2.25] |" in text

@@ -29,6 +29,9 @@ def differences(expected, actual, where: str = "") -> list[str]:
         return [
             d for i, (e, a) in enumerate(zip(expected, actual)) for d in differences(e, a, f"{where}[{i}]")
         ]
+    if isinstance(expected, str) and isinstance(actual, str) and expected != actual:
+        lines = [(e, a) for e, a in zip(expected.splitlines(), actual.splitlines()) if e != a]
+        return [f"{where}: first different line {lines[0] if lines else 'count'}"]
     return [] if expected == actual else [f"{where}: {expected!r} != {actual!r}"]
 
 

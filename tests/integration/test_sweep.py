@@ -10,12 +10,13 @@ import torch
 
 from lre_pl.dataset.matching import is_prefix_match
 from lre_pl.errors import InputError
-from lre_pl.evaluation.grid import split_known
 from lre_pl.experiments.sweep.runner import Sweep, SweepConfig
 from lre_pl.lm.models import load_language_model
 from lre_pl.lre.bundle import Bundle
 from lre_pl.lre.estimators import TrainingStatistics
 from lre_pl.lre.operator import relation_readout
+from lre_pl.protocol.rows import read_rows
+from lre_pl.protocol.splits import split_known
 
 ROOT = Path(__file__).parents[2]
 RELATIONS = ["country capital city", "characteristic gender"]
@@ -32,10 +33,7 @@ def tiny_config(model_dir: str, folder: Path, **overrides) -> SweepConfig:
 
 
 def rows_of(folder: Path) -> dict[str, list[dict]]:
-    return {
-        path.name: [json.loads(line) for line in path.read_text().splitlines()]
-        for path in sorted((folder / "rows").glob("*.jsonl"))
-    }
+    return {path.name: read_rows([path]) for path in sorted((folder / "rows").glob("*.jsonl"))}
 
 
 @pytest.fixture(scope="module")

@@ -68,3 +68,13 @@ def test_operator_applies_beta_w_s_plus_b_and_its_low_rank_view():
     reduced = operator.low_rank(2)
     torch.testing.assert_close(reduced(states), 2.5 * states @ operator.spectrum.low_rank(2).T + bias)
     assert operator.weight is weight and reduced.beta == 2.5 and reduced.layer == 8
+
+
+def test_beta_acts_on_the_projection_the_bias_or_both():
+    projection, bias = torch.tensor([[1.0, -2.0]]), torch.tensor([4.0, 6.0])
+    torch.testing.assert_close(relation_readout(projection, bias, 2.0), torch.tensor([[6.0, 2.0]]))
+    torch.testing.assert_close(relation_readout(projection, bias, 2.0, "bias"), torch.tensor([[3.0, 1.0]]))
+    torch.testing.assert_close(relation_readout(projection, bias, 2.0, "both"), torch.tensor([[10.0, 8.0]]))
+    assert relation_readout(projection, bias, 0.0, "bias").isnan().all()  # 1/β on b has no β = 0
+    with pytest.raises(ValueError, match="acts_on='b': use one of"):
+        relation_readout(projection, bias, 2.0, "b")

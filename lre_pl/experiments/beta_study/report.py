@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import re
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
-from lre_pl.experiments.sweep.report import _markdown_table, _mean
 from lre_pl.files import write_text_atomically
 from lre_pl.lightning.outputs import write_figure
+from lre_pl.protocol.folder import StudyFolder, read_json
+from lre_pl.protocol.markdown import markdown_table, nanmean
 from lre_pl.protocol.rows import read_rows, write_rows_csv
+from lre_pl.protocol.selection import SelectionRule
 
 QUESTION_TITLES = {
     "bias_variants": "1. Bias variants: does any b make β = 1 work?",
@@ -30,9 +32,19 @@ QUESTION_TITLES = {
 }
 
 
-def selected_beta(rows: list[dict], question: str) -> dict[tuple, dict]:
+class ModelStudy(NamedTuple):
+    """One model's study, as the report reads it: its rows, its markdown tables per question, the
+    questions answered (a question can have no rows: too few trials), and its sweep's selection rule."""
+
+    rows: list[dict]
+    tables: dict[str, list[str]]
+    answered: Sequence[str]
+    rule: SelectionRule
+
+
+def selected_beta(rows: list[dict], question: str, rule: SelectionRule) -> dict[tuple, dict]:
     """{(relation, trial, variant): {beta_1, chosen_beta, chosen}}: test faithfulness@1 at β = 1 and at
-    the β chosen on the dev split (ties as the sweep breaks them: its layer-search β 1, then the smallest)."""
+    the β chosen on the dev split by the sweep's own rule (its ties too)."""
     by_key = defaultdict(lambda: defaultdict(dict))  # key -> split -> beta -> value
     for row in rows:
         if row["kind"] == question and row["metric"] == "faithfulness@1":
@@ -43,16 +55,14 @@ def selected_beta(rows: list[dict], question: str) -> dict[tuple, dict]:
         dev = {beta: value for beta, value in splits["dev"].items() if not math.isnan(value)}
         if not dev:
             continue
-        chosen = max(
-            dev, key=lambda beta: (dev[beta], beta == 1.0, -beta)
-        )  # ties as the sweep: β = 1, then the smallest
+        chosen = rule.beta(dev)
         result[key] = {"beta_1": splits["test"].get(1.0, float("nan")), "chosen_beta": chosen,
                        "chosen": splits["test"][chosen]}  # fmt: skip
     return result
 
 
-def _faithfulness_table(rows: list[dict], question: str) -> tuple[str, dict[str, dict]]:
-    selected = selected_beta(rows, question)
+def _faithfulness_table(rows: list[dict], question: str, rule: SelectionRule) -> tuple[str, dict[str, dict]]:
+    selected = selected_beta(rows, question, rule)
     per_variant = defaultdict(list)
     for (_, _, variant), values in selected.items():
         per_variant[variant].append(values)
@@ -61,8 +71,8 @@ def _faithfulness_table(rows: list[dict], question: str) -> tuple[str, dict[str,
     for variant, values in per_variant.items():
         betas = [v["chosen_beta"] for v in values]
         summary[variant] = {
-            "beta_1": _mean(v["beta_1"] for v in values),
-            "chosen": _mean(v["chosen"] for v in values),
+            "beta_1": nanmean(v["beta_1"] for v in values),
+            "chosen": nanmean(v["chosen"] for v in values),
             "median_beta": statistics.median(betas),
         }
         table.append([
@@ -71,7 +81,7 @@ def _faithfulness_table(rows: list[dict], question: str) -> tuple[str, dict[str,
         ])  # fmt: skip
     headings = ["variant", "relations × trials", "faithfulness@1, β = 1 (test)",
                 "faithfulness@1, β chosen on dev (test)", "chosen β: median [range]"]  # fmt: skip
-    return _markdown_table(headings, table), summary
+    return markdown_table(headings, table), summary
 
 
 def _per_sample_table(rows: list[dict]) -> tuple[str, dict[str, list[float]]]:
@@ -95,7 +105,7 @@ def _per_sample_table(rows: list[dict]) -> tuple[str, dict[str, list[float]]]:
         "smallest β: median [quartiles]",
         "share needing β > 1",
     ]
-    return _markdown_table(headings, table), values
+    return markdown_table(headings, table), values
 
 
 def _residual_table(rows: list[dict]) -> tuple[str, dict[str, float]]:
@@ -103,13 +113,16 @@ def _residual_table(rows: list[dict]) -> tuple[str, dict[str, float]]:
     for row in rows:
         if row["kind"] == "residual" and row["split"] == "all":
             per_metric[row["metric"]].append(row["value"])
-    means = {metric: _mean(values) for metric, values in per_metric.items()}
+    means = {metric: nanmean(values) for metric, values in per_metric.items()}
     table = [[metric, f"{value:.3f}"] for metric, value in means.items()]
-    return _markdown_table(["mean over relations (known test samples)", "value"], table), means
+    return markdown_table(["mean over relations (known test samples)", "value"], table), means
 
 
 def model_sections(
-    rows: list[dict], tables: dict[str, list[str]] | None = None, answered: Sequence[str] = ()
+    rows: list[dict],
+    rule: SelectionRule,
+    tables: dict[str, list[str]] | None = None,
+    answered: Sequence[str] = (),
 ) -> tuple[dict[str, str], dict]:
     """One model's study: {question: markdown (table and verdict)} and the headline numbers.
     ``tables``: markdown per question (token tables); ``answered``: questions whose row files exist
@@ -118,7 +131,7 @@ def model_sections(
     sections, numbers = {}, {}
     questions = {row["kind"] for row in rows} | set(answered)
     if "bias_variants" in questions:
-        table, numbers["bias"] = _faithfulness_table(rows, "bias_variants")
+        table, numbers["bias"] = _faithfulness_table(rows, "bias_variants", rule)
         best_at_1 = max(numbers["bias"], key=lambda v: numbers["bias"][v]["beta_1"])
         numbers["best_bias_at_1"] = best_at_1
         paper = numbers["bias"].get("paper", {})
@@ -129,7 +142,7 @@ def model_sections(
         )
         sections["bias_variants"] = _join(table, f"\n**Verdict.** {verdict}\n")
     if "where_beta" in questions:
-        table, numbers["where"] = _faithfulness_table(rows, "where_beta")
+        table, numbers["where"] = _faithfulness_table(rows, "where_beta", rule)
         gap = max(
             (row["value"] for row in rows if row["metric"] == "max_logit_gap_projection_vs_bias"),
             default=float("nan"),
@@ -143,7 +156,7 @@ def model_sections(
         )
         sections["where_beta"] = _join(table, f"\n**Verdict.** {verdict}\n")
     if "unit_s" in questions:
-        table, numbers["unit_s"] = _faithfulness_table(rows, "unit_s")
+        table, numbers["unit_s"] = _faithfulness_table(rows, "unit_s", rule)
         paper = numbers.get("bias", {}).get("paper", {})
         unit, equal = numbers["unit_s"].get("unit_s", {}), numbers["unit_s"].get("equalised_o", {})
         verdict = (
@@ -174,17 +187,17 @@ def model_sections(
         for row in rows:
             if row["kind"] == "per_sample_w":
                 norms[row["estimator"], row["metric"]].append(row["value"])
-        table = _markdown_table(
+        table = markdown_table(
             ["W", "‖W s‖ (mean)", "‖z‖ (mean)", "top-1 is the object"],
-            [[name, f"{_mean(norms[name, 'projection_norm']):.1f}", f"{_mean(norms[name, 'z_norm']):.1f}",
-              f"{_mean(norms[name, 'top1_is_object']):.2f}"] for name in ("own_W_i", "mean_W") if norms[name, "z_norm"]],
+            [[name, f"{nanmean(norms[name, 'projection_norm']):.1f}", f"{nanmean(norms[name, 'z_norm']):.1f}",
+              f"{nanmean(norms[name, 'top1_is_object']):.2f}"] for name in ("own_W_i", "mean_W") if norms[name, "z_norm"]],
         )  # fmt: skip
         sections["per_sample_w"] = _join(
             table,
             "\nPer sample, with the top-3 tokens: `tables/per_sample_w/` beside the rows (the first below).\n",
         )
         own, mean = (
-            (_mean(norms[name, "projection_norm"]), _mean(norms[name, "top1_is_object"]))
+            (nanmean(norms[name, "projection_norm"]), nanmean(norms[name, "top1_is_object"]))
             for name in ("own_W_i", "mean_W")
         )
         sections["per_sample_w"] += (
@@ -194,7 +207,7 @@ def model_sections(
         if tables.get("per_sample_w"):
             sections["per_sample_w"] += "\n" + tables["per_sample_w"][0]
     if "after_norm" in questions:
-        table, numbers["after_norm"] = _faithfulness_table(rows, "after_norm")
+        table, numbers["after_norm"] = _faithfulness_table(rows, "after_norm", rule)
         after, paper = numbers["after_norm"].get("after_norm", {}), numbers.get("bias", {}).get("paper", {})
         verdict = (
             f"After the norm, β = 1 gives {after.get('beta_1', float('nan')):.3f} (the pre-norm LRE "
@@ -216,13 +229,13 @@ def model_sections(
         for row in rows:
             if row["kind"] == "fixed_beta" and row["metric"] == "faithfulness@1":
                 fixed[row["estimator"]].append((row["value"], row["layer"]))
-        table = _markdown_table(
+        table = markdown_table(
             ["β held at", "relations × trials", "faithfulness@1 (test), layer chosen on dev", "layers chosen"],
-            [[name.removeprefix("beta="), str(len(v)), f"{_mean(x for x, _ in v):.3f}",
+            [[name.removeprefix("beta="), str(len(v)), f"{nanmean(x for x, _ in v):.3f}",
               ", ".join(sorted({layer for _, layer in v}, key=lambda x: (x != "emb", int(x) if x != "emb" else 0)))]
              for name, v in fixed.items()],
         )  # fmt: skip
-        means = {name.removeprefix("beta="): _mean(x for x, _ in v) for name, v in fixed.items()}
+        means = {name.removeprefix("beta="): nanmean(x for x, _ in v) for name, v in fixed.items()}
         verdict = "; ".join(f"layer searched at β = {beta}: {value:.3f}" for beta, value in means.items())
         numbers["fixed_beta"] = means
         sections["fixed_beta"] = _join(table,
@@ -230,14 +243,15 @@ def model_sections(
                   "search at β = 1 cannot see layers that only work at a larger β).\n")  # fmt: skip
     if "global_beta" in questions:
         table, numbers["global"], verdict = _global_table(rows)
-        dev_bias = _dev_bias(rows)
+        dev_bias = _dev_bias(rows, rule)
         if dev_bias:
             numbers["dev_bias"] = dev_bias
+            search = f"β = {rule.layer_search_beta:g}"
             verdict += (
-                f" The dev split chose each layer at β = 1, which inflates its own faithfulness there: at β = 1 it "
-                f"reads {dev_bias['dev_at_1']:.3f} against {dev_bias['test_at_1']:.3f} on test, while at β = "
+                f" The dev split chose each layer at {search}, which inflates its own faithfulness there: at {search} it "
+                f"reads {dev_bias['dev_at_search']:.3f} against {dev_bias['test_at_search']:.3f} on test, while at β = "
                 f"{dev_bias['best_test_beta']:.2f} (the best single β on test) it reads {dev_bias['dev_at_best']:.3f} "
-                f"against {dev_bias['test_at_best']:.3f}; a β chosen on that dev split is pulled toward 1. The "
+                f"against {dev_bias['test_at_best']:.3f}; a β chosen on that dev split is pulled toward {rule.layer_search_beta:g}. The "
                 "`oracle:*:test` rows choose β on the reported test samples (the paper's way) for every grouping "
                 "alike: optimistic, but without that pull."
             )
@@ -253,9 +267,10 @@ def _join(*parts: str) -> str:
     return "\n".join(parts)
 
 
-def _dev_bias(rows: list[dict]) -> dict[str, float]:
-    """Mean faithfulness@1 of the paper's LRE per β on dev and on test (the bias-variant scan), at β = 1
-    and at the β best on test: how much the dev split that chose the layer favours β = 1."""
+def _dev_bias(rows: list[dict], rule: SelectionRule) -> dict[str, float]:
+    """Mean faithfulness@1 of the paper's LRE per β on dev and on test (the bias-variant scan), at the
+    layer-search β and at the β best on test: how much the dev split that chose the layer at the
+    layer-search β favours it."""
     means = defaultdict(lambda: defaultdict(list))  # split -> β -> values
     for row in rows:
         if (
@@ -264,12 +279,13 @@ def _dev_bias(rows: list[dict]) -> dict[str, float]:
             and row["metric"] == "faithfulness@1"
         ):
             means[row["split"]][row["beta"]].append(row["value"])
-    dev, test = ({beta: _mean(v) for beta, v in means[split].items()} for split in ("dev", "test"))
-    if 1.0 not in dev or 1.0 not in test:
+    dev, test = ({beta: nanmean(v) for beta, v in means[split].items()} for split in ("dev", "test"))
+    search = rule.layer_search_beta
+    if search not in dev or search not in test:
         return {}
-    best = max(test, key=test.get)
-    return {"dev_at_1": dev[1.0], "test_at_1": test[1.0], "best_test_beta": best, "dev_at_best": dev[best],
-            "test_at_best": test[best]}  # fmt: skip
+    best = rule.beta(test)
+    return {"dev_at_search": dev[search], "test_at_search": test[search], "best_test_beta": best,
+            "dev_at_best": dev[best], "test_at_best": test[best]}  # fmt: skip
 
 
 def _across_trials_section(rows: list[dict]) -> tuple[str, dict[str, float]]:
@@ -289,10 +305,10 @@ def _across_trials_section(rows: list[dict]) -> tuple[str, dict[str, float]]:
             spreads[variant].append(statistics.stdev(trial_values))
             cells.append(f"{statistics.mean(trial_values):.3f} ± {statistics.stdev(trial_values):.3f}")
         table.append([relation, str(len(variants["fixed"])), *cells])
-    text = _markdown_table(
+    text = markdown_table(
         ["relation", "trials", "first trial's (layer, β) held fixed", "each trial's own choice"], table
     )
-    numbers = {variant: _mean(values) for variant, values in spreads.items()} | {"relations": len(values)}
+    numbers = {variant: nanmean(values) for variant, values in spreads.items()} | {"relations": len(values)}
     return text + (
         f"\n**Verdict.** Over {len(values)} relations, the std over trials averages {numbers['fixed']:.3f} with the "
         f"hyper-parameters held fixed and {numbers['own']:.3f} with each trial choosing its own.\n"
@@ -315,11 +331,13 @@ def _global_table(rows: list[dict]) -> tuple[str, dict, str]:
     best = faith.get("best_per_relation", {})
     table, numbers = [], {}
     for variant, values in faith.items():
-        mean = _mean(values.values())
-        loss = mean - _mean(best[r] for r in values)  # against the per-relation optimum on the same relations
+        mean = nanmean(values.values())
+        loss = mean - nanmean(
+            best[r] for r in values
+        )  # against the per-relation optimum on the same relations
         numbers[variant] = {"mean": mean, "loss_vs_best": loss, "loss_by_category": {
-            c: _mean(v - best[r] for r, v in values.items() if category[r] == c) for c in categories
-        }, "mean_by_category": {c: _mean(v for r, v in values.items() if category[r] == c) for c in categories}}  # fmt: skip
+            c: nanmean(v - best[r] for r, v in values.items() if category[r] == c) for c in categories
+        }, "mean_by_category": {c: nanmean(v for r, v in values.items() if category[r] == c) for c in categories}}  # fmt: skip
         if len(learned.get(variant, [])) == 1:
             numbers[variant]["beta"] = learned[variant][0]
         betas = learned.get(variant)
@@ -328,7 +346,7 @@ def _global_table(rows: list[dict]) -> tuple[str, dict, str]:
             if betas and len(betas) == 1
             else (f"{min(betas):.2f}–{max(betas):.2f}" if betas else "–")
         )
-        per_category = [_mean(v for r, v in values.items() if category[r] == c) for c in categories]
+        per_category = [nanmean(v for r, v in values.items() if category[r] == c) for c in categories]
         table.append(
             [
                 variant,
@@ -369,7 +387,7 @@ def _global_table(rows: list[dict]) -> tuple[str, dict, str]:
         f"Fitted on the estimation samples instead, β = {(learned.get('learned:global:train') or [float('nan')])[0]:.2f} "
         f"(faithfulness {train.get('mean', float('nan')):.3f}): the pull toward 1 of samples the LRE was estimated from."
     )
-    return _markdown_table(headings, table), numbers, verdict
+    return markdown_table(headings, table), numbers, verdict
 
 
 def _grid_line(model: str, rows: list[dict], sweep: dict | None) -> str:
@@ -473,7 +491,7 @@ def _headline_table(numbers: dict[str, dict]) -> str:
         ("max logit gap, β on W s against 1/β on b", lambda m: number(m, "where", "max_logit_gap", fmt=".1e")),
     ]  # fmt: skip
     models = list(numbers)
-    return _markdown_table(["", *models], [[label, *(cell(m) for m in models)] for label, cell in lines])
+    return markdown_table(["", *models], [[label, *(cell(m) for m in models)] for label, cell in lines])
 
 
 #: A variant "removes the need for β" if at β = 1 it comes within this of the LRE at its tuned β.
@@ -535,13 +553,13 @@ def _verdicts(model: str, numbers: dict) -> str:
     return f"\n**{model}**\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
 
 
-def study_markdown(studies: dict[str, tuple[list[dict], dict[str, list[str]], Sequence[str]]],
-                   made_by: Sequence[str] = (), settings: Sequence[str] = ()) -> tuple[str, dict[str, dict]]:  # fmt: skip
-    """The report over one or more models' studies ({model: (rows, tables, answered questions)}): the
-    headline numbers side by side, then per question each model's table and verdict."""
+def study_markdown(studies: dict[str, ModelStudy], made_by: Sequence[str] = (),
+                   settings: Sequence[str] = ()) -> tuple[str, dict[str, dict]]:  # fmt: skip
+    """The report over one or more models' studies: the headline numbers side by side, then per
+    question each model's table and verdict."""
     sections, numbers = {}, {}
-    for model, (rows, tables, answered) in studies.items():
-        sections[model], numbers[model] = model_sections(rows, tables, answered)
+    for model, study in studies.items():
+        sections[model], numbers[model] = model_sections(study.rows, study.rule, study.tables, study.answered)
     models = list(studies)
     parts = [f"# The β study: {', '.join(models)}\n"]
     if made_by:
@@ -575,24 +593,20 @@ def write_study_report(outs: Sequence[Path], report: str | None = None, made_by:
     what made the report."""
     studies, commands, folders, grids = {}, {}, {}, {}
     for out in outs:
-        rows = read_rows(sorted((out / "rows").rglob("*.jsonl")))
+        folder = StudyFolder(out)
+        rows = read_rows(folder.row_files())
         if not rows:
             continue
-        tables = {
-            folder.name: [path.read_text() for path in sorted(folder.glob("*.md"))]
-            for folder in sorted((out / "tables").glob("*"))
-        }
         write_rows_csv(out / "results.csv", rows)  # every question's rows in one tidy table
         model = rows[0]["model"]
         folders[model] = out
-        studies[model] = (rows, tables, [path.stem for path in (out / "rows").iterdir()])
-        sweep = out / "sweep_command.txt"
-        lines = sweep.read_text().splitlines() if sweep.exists() else []
-        commands[model] = f"{model}'s sweep: " + (", then ".join(f"`{line}`" for line in lines) or "–")
-        settings = out / "sweep_config.json"
-        grids[model] = _grid_line(
-            model, rows, json.loads(settings.read_text()) if settings.exists() else None
+        sweep = read_json(
+            folder.sweep_config, "rerun lre-pl beta-study, which copies the sweep's config there"
         )
+        studies[model] = ModelStudy(rows, folder.tables(), folder.answered(), SelectionRule.of_sweep(sweep))
+        lines = folder.sweep_commands.read_text().splitlines() if folder.sweep_commands.exists() else []
+        commands[model] = f"{model}'s sweep: " + (", then ".join(f"`{line}`" for line in lines) or "–")
+        grids[model] = _grid_line(model, rows, sweep)
     if not studies:
         return
     from torch.utils.tensorboard import SummaryWriter
@@ -606,9 +620,9 @@ def write_study_report(outs: Sequence[Path], report: str | None = None, made_by:
             [grids[model] for model in models],
         )
         write_text_atomically(target, text)
-        for model in (m for m in models if any(row["kind"] == "per_sample_beta" for row in studies[m][0])):
+        for model in (m for m in models if any(row["kind"] == "per_sample_beta" for row in studies[m].rows)):
             write_figure(
-                plot_per_sample_beta(model, studies[model][0]), target.parent / figure_name(model), None
+                plot_per_sample_beta(model, studies[model].rows), target.parent / figure_name(model), None
             )
     for out in folders.values():
         with contextlib.closing(SummaryWriter(str(out / "tensorboard"))) as experiment:

@@ -43,7 +43,6 @@ from __future__ import annotations
 import functools
 import json
 import random
-import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,8 +62,10 @@ from lre_pl.lm.models import load_language_model, parse_layer
 from lre_pl.lm.suffix import SuffixRun
 from lre_pl.lre.bundle import Bundle
 from lre_pl.lre.estimators import estimator_named
-from lre_pl.lre.operator import relation_readout
-from lre_pl.protocol.rows import ROW_FIELDS
+from lre_pl.lre.operator import BETA_ACTS_ON, relation_readout
+from lre_pl.protocol.folder import StudyFolder, SweepFolder
+from lre_pl.protocol.rows import make_row, read_rows, rows_complete, write_rows
+from lre_pl.protocol.selection import SelectionRule, first_best
 
 Layer = int | str
 
@@ -78,21 +79,10 @@ QUESTIONS = (*PER_BUNDLE, "global_beta", "across_trials")
 #: The fixed β the paper found for GPT-J and GPT-2-XL, compared with the learned one.
 PAPER_BETA = 2.25
 BIAS_VARIANTS = ("paper", "mean_output", "corner", "none")
-WHERE_BETA = ("projection", "bias", "both")
+WHERE_BETA = BETA_ACTS_ON
 
 #: The fine β grid of the per-sample search: 0 to 10 in steps of 0.05.
 FINE_BETAS = [round(0.05 * i, 2) for i in range(201)]
-
-
-def readout(projection: torch.Tensor, bias: torch.Tensor, beta: float, where: str) -> torch.Tensor:
-    """The LRE's output [..., d] with β acting on W s (the paper), on b (as 1/β), or on both."""
-    if where == "projection":
-        return relation_readout(projection, bias, beta)
-    if where == "bias":
-        return projection + bias / beta if beta else torch.full_like(projection, float("nan"))
-    if where == "both":
-        return beta * relation_readout(projection, bias, 1.0)
-    raise ValueError(f"where={where!r}: use one of {WHERE_BETA}")
 
 
 def bias_variant(name: str, bundle: Bundle, layer: Layer, unembedding: torch.Tensor) -> torch.Tensor:
@@ -184,24 +174,8 @@ class BetaStudy(BundleEvaluation):
         super().__init__(bundle, grid, decoder)
         self.layer = layer
         self.tables: dict[str, str] = {}  # question -> markdown the rows cannot hold (token strings)
-        if max_known is not None and len(self.known) > max_known:
-            self._keep_known(max_known)
-
-    def _keep_known(self, count: int) -> None:
-        """Keep ``count`` known samples: a seeded subset of the sweep's own dev split and of its test
-        split, in proportion, so that no sample the sweep chose the layer and β on is a study test sample."""
-        rng = random.Random(self.bundle.seed)
-        dev, test = self.splits["dev"].tolist(), self.splits["test"].tolist()
-        n_dev = min(len(dev), max(1, round(count * len(dev) / len(self.known))))
-        kept = {"dev": sorted(rng.sample(dev, n_dev)), "test": sorted(rng.sample(test, count - n_dev))}
-        positions = sorted(kept["dev"] + kept["test"])  # into the sweep's known samples
-        new_position = {position: i for i, position in enumerate(positions)}
-        self.known = self.known[positions]
-        self.objects = [self.bundle.test_objects[i] for i in self.known.tolist()]
-        self.splits = {
-            split: torch.tensor([new_position[p] for p in kept[split]], dtype=torch.long) for split in kept
-        }
-        self.splits["all"] = torch.arange(count)
+        if max_known is not None:  # within the sweep's own dev and test splits (no leak into test)
+            self.samples = self.samples.capped(max_known, bundle.seed)
 
     def study_rows(self, questions: Sequence[str] = PER_BUNDLE) -> list[dict]:
         if len(self.known) < self.grid.min_known:
@@ -235,7 +209,7 @@ class BetaStudy(BundleEvaluation):
         self, variant: str, question: str, readouts: Callable[[float], torch.Tensor], apply_norm: bool = True
     ) -> None:
         """Faithfulness rows of ``readouts(beta)`` [k, d] at every β of the grid (one decode)."""
-        betas = list(self.grid.betas)
+        betas = self.grid.selection_rule.scan_betas  # every β the sweep's rule may choose
         hidden = torch.cat([readouts(beta) for beta in betas])  # [beta * k, d]
         hits = self.decoder.hits(hidden, self.objects * len(betas), apply_norm)
         hits = hits.reshape(len(betas), len(self.known), 2)
@@ -260,12 +234,14 @@ class BetaStudy(BundleEvaluation):
     def _where_beta(self) -> None:
         projection, bias = self._projection_and_bias()
         for where in WHERE_BETA:
-            self._scan(where, "where_beta", lambda beta, where=where: readout(projection, bias, beta, where))
+            self._scan(
+                where, "where_beta", lambda beta, where=where: relation_readout(projection, bias, beta, where)
+            )
         lm = self.decoder.lm
         with torch.no_grad():  # decode(β W s + b) against decode(W s + b / β): equal but for the norm's ε
             gap = max(
-                (lm.decode(readout(projection, bias, beta, "projection").to(lm.device))
-                 - lm.decode(readout(projection, bias, beta, "bias").to(lm.device))).abs().max().item()
+                (lm.decode(relation_readout(projection, bias, beta, "projection").to(lm.device))
+                 - lm.decode(relation_readout(projection, bias, beta, "bias").to(lm.device))).abs().max().item()
                 for beta in self.grid.betas if beta > 0
             )  # fmt: skip
         self._row(kind="where_beta", split="all", metric="max_logit_gap_projection_vs_bias", value=gap,
@@ -339,7 +315,7 @@ class BetaStudy(BundleEvaluation):
             "|---|---|---|---|---|",
         ]
         for name, projection in readouts.items():
-            z = projection + bias  # [n, d]
+            z = relation_readout(projection, bias, 1.0)  # [n, d]
             with torch.no_grad():
                 top = lm.decode(z.to(lm.device)).topk(3).indices.cpu()  # [n, 3]
             hit = (top[:, 0] == b.train_object_tokens).float()
@@ -380,14 +356,14 @@ class BetaStudy(BundleEvaluation):
         lre = estimator_named("lre")
         for beta in (1.0, PAPER_BETA):
             scores = self._hits_at(lre, [(layer, beta) for layer in self.bundle.layers])
-            layer, _ = max(scores, key=lambda key: scores[key][self.splits["dev"], 0].float().mean().item())
+            layer, _ = first_best(self._means(scores, "dev"), scores)
             self._split_rows(scores[layer, beta], self.faithfulness_metrics, splits=("test",), kind="fixed_beta",
                              estimator=f"beta={beta}", layer=str(layer), beta=beta)  # fmt: skip
 
     def _residual(self) -> None:
         projection, bias = self._projection_and_bias()
         outputs = self.bundle.test_output_states[self.known]  # [k, d] F(s): the LM's own o
-        residual = outputs - (projection + bias)  # [k, d] ε
+        residual = outputs - relation_readout(projection, bias, 1.0)  # [k, d] ε
         along_b = (residual @ bias / bias.norm()) ** 2 / residual.norm(dim=-1) ** 2  # share of ‖ε‖² along b
         values = {
             "residual_norm": residual.norm(dim=-1),
@@ -488,17 +464,14 @@ def chosen_points(rows: list[dict]) -> dict[tuple[str, int], tuple[Layer, float]
 
 
 def best_shared_betas(
-    scores: Sequence[dict[float, float]], groups: Sequence[str], betas: Sequence[float]
+    scores: Sequence[dict[float, float]], groups: Sequence[str], rule: SelectionRule
 ) -> dict[str, float]:
-    """{group: the β of ``betas`` with the highest mean score over the group's bundles} (first of ties).
-    ``scores``: per bundle {β: faithfulness}; ``groups``: per bundle its group."""
+    """{group: the β with the highest mean score over the group's bundles}, ties as the sweep breaks
+    them (``rule``). ``scores``: per bundle {β: faithfulness}; ``groups``: per bundle its group."""
     members = defaultdict(list)
     for score, group in zip(scores, groups):
         members[group].append(score)
-    return {
-        group: max(betas, key=lambda beta: statistics.mean(score[beta] for score in group_scores))
-        for group, group_scores in members.items()
-    }
+    return {group: rule.shared_beta(group_scores) for group, group_scores in members.items()}
 
 
 def global_beta_rows(
@@ -539,19 +512,19 @@ def global_beta_rows(
     # The best single β of the sweep's grid (and one per category), chosen on dev: no gradient, the
     # grid's own optimum, to check that the learned β is not a poor optimiser's answer. Ties go as in
     # the sweep's own β choice: the layer-search β first, then the grid's order.
-    grid = studies[0].grid
-    betas = sorted(grid.betas, key=lambda beta: beta != grid.layer_search_beta)
+    rule = studies[0].grid.selection_rule
+    betas = rule.beta_order
     dev = [dict(zip(betas, study.faithfulness_by_beta(betas, "dev"))) for study in studies]  # {β: value} each
     for grouping in ("global", "category"):
         groups = [group_of(study.bundle, grouping) for study in studies]
-        fits[f"grid:{grouping}:dev"] = (grouping, best_shared_betas(dev, groups, betas))
+        fits[f"grid:{grouping}:dev"] = (grouping, best_shared_betas(dev, groups, rule))
     # The same, chosen on the test samples they are reported on (the paper's way): optimistic for every
     # grouping alike, so one β against one per relation is compared without the dev split's own bias
     # (it chose each layer at the layer-search β, which inflates its faithfulness at that β).
     test = [dict(zip(betas, study.faithfulness_by_beta(betas, "test"))) for study in studies]
     for grouping in ("global", "category", "relation"):
         groups = [group_of(study.bundle, grouping) for study in studies]
-        fits[f"oracle:{grouping}:test"] = (grouping, best_shared_betas(test, groups, betas))
+        fits[f"oracle:{grouping}:test"] = (grouping, best_shared_betas(test, groups, rule))
     held = collect_samples([items[i] for i in sorted(learn_on)], tokenizer, "dev", "global")
     fits["heldout:global:dev"] = (
         "global",
@@ -561,7 +534,7 @@ def global_beta_rows(
     for variant, (grouping, betas) in fits.items():  # the learned betas, one row per group
         for group, beta in betas.items():
             where = {"relation": {"relation": group}, "category": {"category": group}}.get(grouping, {})
-            rows.append(dict.fromkeys(ROW_FIELDS) | dict(
+            rows.append(make_row(
                 model=studies[0].bundle.model, kind="global_beta", estimator=variant, split="all", metric="beta",
                 value=beta, beta=beta, n=1, **where,
             ))  # fmt: skip
@@ -611,25 +584,23 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
     when the sweep's evaluated bundles are no longer the ones their rows cover. The sweep's commands
     and config are copied beside the rows (``sweep_command.txt``, ``sweep_config.json``) for the report.
     """
-    from lre_pl.experiments.sweep.runner import SweepConfig, slug
-    from lre_pl.protocol.rows import read_rows
+    from lre_pl.experiments.sweep.runner import SweepConfig
 
-    sweep = SweepConfig(**json.loads((root / "sweep_config.json").read_text()))
+    sweep_folder, folder = SweepFolder(root), StudyFolder(out)
+    sweep = SweepConfig(**sweep_folder.read_config())
     grid = sweep.grid()
-    points = chosen_points(read_rows(sorted((root / "rows").glob("*.jsonl"))))
+    points = chosen_points(read_rows(sweep_folder.row_files()))
     if not points:
         raise InputError(f"{root} has no evaluated relation (rows/*.jsonl): finish the sweep first")
-    commands = root / "command.txt"
-    write_text_atomically(
-        out / "sweep_command.txt", commands.read_text() if commands.exists() else f"(the sweep in {root})\n"
-    )
-    write_text_atomically(out / "sweep_config.json", (root / "sweep_config.json").read_text())
-    write_text_atomically(out / "study_settings.json", json.dumps(config.settings) + "\n")
+    commands = sweep_folder.read_commands() or [f"(the sweep in {root})"]
+    write_text_atomically(folder.sweep_commands, "".join(f"{line}\n" for line in commands))
+    write_text_atomically(folder.sweep_config, sweep_folder.config.read_text())
+    write_text_atomically(folder.settings, json.dumps(config.settings) + "\n")
     lm = load_language_model(sweep.model, sweep.dtype, "cuda:0" if torch.cuda.is_available() else "cpu")
     decoder = Decoder(lm, grid.top_k)
 
     def study_of(relation: str, trial: int) -> BetaStudy:
-        bundle = Bundle.load(root / "bundles" / slug(relation) / f"trial_{trial}.pt")
+        bundle = Bundle.load(sweep_folder.bundle(relation, trial))
         return BetaStudy(bundle, grid, decoder, points[relation, trial][0], config.max_known)
 
     # One row file per question and bundle: each resumes on its own when the questions change.
@@ -637,8 +608,7 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
     asked = [question for question in questions if question in PER_BUNDLE]
     bar = tqdm(sorted(points, key=str), desc=f"beta study ({sweep.model})", unit="trial")
     for relation, trial in bar:
-        name = f"{slug(relation)}__trial_{trial}"
-        missing = [q for q in asked if not (out / "rows" / q / f"{name}.jsonl").exists()]
+        missing = [q for q in asked if not rows_complete(folder.rows(q, relation, trial))]
         if not missing:
             continue
         bar.set_postfix_str(f"{relation}, trial {trial}")
@@ -646,16 +616,17 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
         rows = study.study_rows(missing)
         for question in missing:  # the tables first: a row file marks its question done
             if question in study.tables:
-                write_text_atomically(out / "tables" / question / f"{name}.md", study.tables[question])
-            lines = "".join(json.dumps(row) + "\n" for row in rows if row["kind"] == question)
-            write_text_atomically(out / "rows" / question / f"{name}.jsonl", lines)
+                write_text_atomically(folder.table(question, relation, trial), study.tables[question])
+            write_rows(
+                folder.rows(question, relation, trial), [row for row in rows if row["kind"] == question]
+            )
     bar.close()
     trials = defaultdict(list)
     for relation, trial in sorted(points, key=str):
         trials[relation].append(trial)
     several = {(relation, trial) for relation, seeds in trials.items() if len(seeds) >= 2 for trial in seeds}
-    path = out / "rows" / "global_beta.jsonl"
-    if "global_beta" in questions and _covered(path, "beta_1") != set(points):
+    path = folder.rows("global_beta")
+    if "global_beta" in questions and (not rows_complete(path) or _covered(path, "beta_1") != set(points)):
         keys = sorted(points, key=str)
         studies = [study_of(*key) for key in keys]
         usable = [i for i, study in enumerate(studies) if len(study.known) >= grid.min_known]
@@ -663,21 +634,19 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
         rows = global_beta_rows(
             [studies[i] for i in usable], best, sweep.model, out / "tensorboard", epochs=config.fit_epochs
         )
-        write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
-    path = out / "rows" / "across_trials.jsonl"
-    if "across_trials" in questions and (not path.exists() or _covered(path, "fixed") != several):
+        write_rows(path, rows)
+    path = folder.rows("across_trials")
+    if "across_trials" in questions and (not rows_complete(path) or _covered(path, "fixed") != several):
         rows = []
         for relation, seeds in sorted(trials.items()):
             studies = {trial: study_of(relation, trial) for trial in seeds}
             studies = {t: study for t, study in studies.items() if len(study.known) >= grid.min_known}
             if len(studies) >= 2:
                 rows += across_trials_rows(studies, {t: points[relation, t] for t in studies})
-        write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
+        write_rows(path, rows)
 
 
 def _covered(path: Path, estimator: str) -> set[tuple[str, int]]:
     """The (relation, trial) keys of a cross-bundle row file's ``estimator`` rows (empty if no file)."""
-    if not path.exists():
-        return set()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    rows = read_rows([path]) if rows_complete(path) else []
     return {(row["relation"], row["trial"]) for row in rows if row["estimator"] == estimator}

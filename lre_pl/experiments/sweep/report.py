@@ -6,15 +6,13 @@ Numbers of a category are means over its evaluated relations, per trial; the tab
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections import defaultdict
-from collections.abc import Iterable
 from pathlib import Path
 
 from lre_pl.dataset.relations import CATEGORIES
 from lre_pl.files import write_text_atomically
 from lre_pl.lightning.outputs import write_figure
+from lre_pl.protocol.markdown import markdown_table, mean_std_cell, nanmean
 from lre_pl.protocol.rows import read_rows, write_rows_csv
 
 #: Columns of the summary's faithfulness table: (heading, estimator, selection, reported split).
@@ -33,20 +31,6 @@ CAUSALITY_COLUMNS = (
     ("s → emb(s')", "edit:target_subject_embedding", "dev", "test"),
     ("s → o'", "edit:target_output", "dev", "test"),
 )
-
-
-def _mean(values: Iterable[float]) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else float("nan")
-
-
-def _cell(per_trial: list[float]) -> str:
-    values = [v for v in per_trial if not math.isnan(v)]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 class SweepResults:
@@ -110,18 +94,12 @@ class SweepResults:
             cells = [category or "**all**", f"{len(relations)}/{len(total)}"]
             for _, estimator, selection, split in columns:
                 per_trial = [
-                    _mean(self.value(r, t, estimator, selection, split, metric) for r in relations)
+                    nanmean(self.value(r, t, estimator, selection, split, metric) for r in relations)
                     for t in self.trials
                 ]
-                cells.append(_cell(per_trial))
+                cells.append(mean_std_cell(per_trial))
             table.append(cells)
         return table
-
-
-def _markdown_table(headings: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def summary_markdown(results: SweepResults, config) -> str:
@@ -136,12 +114,12 @@ def summary_markdown(results: SweepResults, config) -> str:
         "reported on the rest; the paper's way (chosen on the very samples reported) is the column so "
         "marked. Cells: mean over the category's relations, then mean ± std over trials.\n",
         "## Faithfulness@1 by category\n",
-        _markdown_table(
+        markdown_table(
             ["category", "relations", *(c[0] for c in FAITHFULNESS_COLUMNS)],
             results.category_cells(FAITHFULNESS_COLUMNS, "faithfulness@1"),
         ),
         "## Causality (efficacy) by category\n",
-        _markdown_table(
+        markdown_table(
             ["category", "relations", *(c[0] for c in CAUSALITY_COLUMNS)],
             results.category_cells(CAUSALITY_COLUMNS, "efficacy"),
         ),
@@ -160,9 +138,9 @@ def summary_markdown(results: SweepResults, config) -> str:
             [
                 relation,
                 results.category[relation],
-                f"{_mean(known):.0f}",
-                f"{_mean(accuracy):.2f}",
-                _cell(
+                f"{nanmean(known):.0f}",
+                f"{nanmean(accuracy):.2f}",
+                mean_std_cell(
                     [
                         results.value(relation, t, "lre", "dev", "test", "faithfulness@1")
                         for t in results.trials
@@ -170,12 +148,14 @@ def summary_markdown(results: SweepResults, config) -> str:
                 ),
                 str(faithful["layer"]) if faithful else "–",
                 f"{faithful['beta']:g}" if faithful else "–",
-                _cell([results.value(relation, t, "lre", "dev", "test", "efficacy") for t in results.trials]),
+                mean_std_cell(
+                    [results.value(relation, t, "lre", "dev", "test", "efficacy") for t in results.trials]
+                ),
                 str(causal["rank"]) if causal else "–",
             ]
         )
     parts.append(
-        _markdown_table(
+        markdown_table(
             [
                 "relation",
                 "category",
@@ -196,7 +176,7 @@ def summary_markdown(results: SweepResults, config) -> str:
         if row["kind"] == "timing":
             totals[row["metric"].removeprefix("seconds_")] += row["value"]
     parts.append(
-        _markdown_table(list(totals), [[f"{value:.0f}" for value in totals.values()]])
+        markdown_table(list(totals), [[f"{value:.0f}" for value in totals.values()]])
         + "knowns: the forward over every test prompt; jacobians: the all-layer engine on the training "
         "prompts (global rank 0's share under DDP); grid: every faithfulness decode; causality: every edit. "
         "Model loads are not counted.\n"
@@ -237,8 +217,10 @@ def plot_figures(results: SweepResults, config):
 
     figure, axes = plt.subplots(figsize=(6, 5))
     for relation in results.evaluated():
-        x = _mean(results.value(relation, t, "lre", "dev", "test", "faithfulness@1") for t in results.trials)
-        y = _mean(results.value(relation, t, "lre", "dev", "test", "efficacy") for t in results.trials)
+        x = nanmean(
+            results.value(relation, t, "lre", "dev", "test", "faithfulness@1") for t in results.trials
+        )
+        y = nanmean(results.value(relation, t, "lre", "dev", "test", "efficacy") for t in results.trials)
         axes.scatter(x, y, color=colours[results.category[relation]], s=25)
     for category, colour in colours.items():
         axes.scatter([], [], color=colour, label=category)
@@ -273,7 +255,7 @@ def plot_figures(results: SweepResults, config):
             keys = sorted(points, key=_layer_order) if name.endswith("layer") else sorted(points)
             xs = [_layer_order(k) for k in keys] if name.endswith("layer") else keys
             axes.plot(
-                xs, [_mean(points[k]) for k in keys], marker=".", color=colours[category], label=category
+                xs, [nanmean(points[k]) for k in keys], marker=".", color=colours[category], label=category
             )
         axes.set(xlabel=xlabel, ylabel="faithfulness@1 (all known)", ylim=(-0.02, 1.02))
         what = f"beta {config.layer_search_beta}" if name.endswith("layer") else "mean over relations"

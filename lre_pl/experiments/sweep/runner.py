@@ -36,6 +36,8 @@ from lre_pl.lightning.module import LinearRelationModule
 from lre_pl.lm.models import check_dtype, check_model_spec, load_language_model, parse_layer
 from lre_pl.lre.bundle import Bundle
 from lre_pl.lre.estimators import ESTIMATORS, estimator_named
+from lre_pl.protocol.folder import SweepFolder
+from lre_pl.protocol.rows import rows_complete, write_rows
 
 #: The paper's beta grid: 0 to 5 in steps of 0.25.
 PAPER_BETAS = [round(0.25 * i, 2) for i in range(21)]
@@ -154,10 +156,6 @@ def resolve_relations(requested: list[str]) -> list[str]:
     return list(requested)
 
 
-def slug(relation: str) -> str:
-    return Path(relation).stem.replace(" ", "_") if relation.endswith(".json") else relation.replace(" ", "_")
-
-
 class Sweep:
     """Runs a :class:`SweepConfig`: estimation where no bundle exists, evaluation where no rows exist."""
 
@@ -167,13 +165,14 @@ class Sweep:
         self.relations = config.check()
         self.grid = config.grid()
         self.root = Path(config.output_dir)
+        self.folder = SweepFolder(self.root)
         self.check_folder()
         self.decoder: Decoder | None = None  # made at the first evaluation (the LM is loaded once)
 
     def check_folder(self) -> None:
         """A rerun into a folder may change which relations and trials it runs (and how), not what its
         rows mean: a different model, grid or split in one folder would mix incomparable rows."""
-        path = self.root / "sweep_config.json"
+        path = self.folder.config
         if not path.exists():
             return
         before = json.loads(path.read_text())
@@ -200,10 +199,10 @@ class Sweep:
             )
 
     def bundle_path(self, relation: str, seed: int) -> Path:
-        return self.root / "bundles" / slug(relation) / f"trial_{seed}.pt"
+        return self.folder.bundle(relation, seed)
 
     def rows_path(self, relation: str, seed: int) -> Path:
-        return self.root / "rows" / f"{slug(relation)}__trial_{seed}.jsonl"
+        return self.folder.rows(relation, seed)
 
     def estimate(self, relation: str, seed: int) -> int:
         """One Lightning fit writing the bundle; returns this process's global rank."""
@@ -234,7 +233,7 @@ class Sweep:
         lm = load_language_model(c.model, c.dtype, self._device())
         self.decoder = self.decoder or Decoder(lm, c.top_k)  # its vocabulary strings are made once
         rows = BundleEvaluation(bundle, self.grid, self.decoder).rows(lm)
-        write_text_atomically(self.rows_path(relation, seed), "".join(json.dumps(row) + "\n" for row in rows))
+        write_rows(self.rows_path(relation, seed), rows)
 
     def _device(self) -> str:
         accelerator = self.config.trainer.get("accelerator", "auto")
@@ -254,7 +253,7 @@ class Sweep:
         bar = tqdm(work, desc="sweep", unit="trial", disable=rank != 0)
         for relation, seed in bar:
             bar.set_postfix_str(f"{relation}, trial {seed}")
-            if self.rows_path(relation, seed).exists():
+            if rows_complete(self.rows_path(relation, seed)):
                 continue
             if not self.bundle_path(relation, seed).exists():
                 rank = self.estimate(relation, seed)
@@ -266,17 +265,16 @@ class Sweep:
         from lre_pl.experiments.sweep.report import write_report
 
         # The folder's report: every row file in it (one grid, see check_folder), earlier commands' too.
-        write_report(self.root, sorted((self.root / "rows").glob("*.jsonl")), c)
+        write_report(self.root, self.folder.row_files(), c)
         return self.root
 
     def _write_command(self) -> None:
         """The exact commands (``command.txt``: every distinct command that ran into this folder, in
         order) and the resolved config of the last one, beside the results they make."""
         if self.command:
-            path = self.root / "command.txt"
-            commands = path.read_text().splitlines() if path.exists() else []
+            commands = self.folder.read_commands()
             if self.command not in commands:
-                write_text_atomically(path, "".join(f"{line}\n" for line in [*commands, self.command]))
-        write_text_atomically(
-            self.root / "sweep_config.json", json.dumps(asdict(self.config), indent=2) + "\n"
-        )
+                write_text_atomically(
+                    self.folder.commands, "".join(f"{line}\n" for line in [*commands, self.command])
+                )
+        write_text_atomically(self.folder.config, json.dumps(asdict(self.config), indent=2) + "\n")

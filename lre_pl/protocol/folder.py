@@ -1,0 +1,127 @@
+"""The sweep folder and the β study folder: which file holds what (the one place that knows the layout).
+
+A sweep folder (``lre-pl sweep --output_dir``)::
+
+    sweep_config.json           the resolved config of the last command (its grid never changes)
+    command.txt                 every distinct command that ran into the folder, in order
+    bundles/<relation>/trial_<seed>.pt     estimation (W, b, states): the expensive stage
+    rows/<relation>__trial_<seed>.jsonl    evaluation rows of that bundle: the cheap stage
+    results.csv, summary.md, *.png, tensorboard/          made from the rows alone
+
+A β study folder (``<sweep>/beta_study`` or ``<output_dir>/<sweep folder name>``)::
+
+    sweep_config.json, sweep_command.txt   copies of the sweep's, for the report
+    study_settings.json                    what the rows depend on besides the sweep
+    rows/<question>/<relation>__trial_<seed>.jsonl   a per-bundle question's rows
+    rows/<question>.jsonl                  a cross-bundle question's rows
+    tables/<question>/<relation>__trial_<seed>.md    what rows cannot hold (token strings)
+    beta_study.md, results.csv, *.png, tensorboard/
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lre_pl.errors import InputError
+
+
+def slug(relation: str) -> str:
+    """A relation's name in file names: spaces to underscores; a JSON file's stem."""
+    return Path(relation).stem.replace(" ", "_") if relation.endswith(".json") else relation.replace(" ", "_")
+
+
+def trial_name(relation: str, trial: int) -> str:
+    """``<relation>__trial_<seed>``: one bundle's name in rows and tables."""
+    return f"{slug(relation)}__trial_{trial}"
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON file the protocol wrote; a missing or damaged one is a one-line error."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path} is missing: {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path} is damaged ({type(error).__name__}): {what}") from None
+
+
+@dataclass(frozen=True)
+class SweepFolder:
+    """The files of one sweep folder."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "sweep_config.json"
+
+    @property
+    def commands(self) -> Path:
+        return self.root / "command.txt"
+
+    def bundle(self, relation: str, trial: int) -> Path:
+        return self.root / "bundles" / slug(relation) / f"trial_{trial}.pt"
+
+    def rows(self, relation: str, trial: int) -> Path:
+        return self.root / "rows" / f"{trial_name(relation, trial)}.jsonl"
+
+    def row_files(self) -> list[Path]:
+        """Every rows file of the folder, sorted (the report covers them all: one grid per folder)."""
+        return sorted((self.root / "rows").glob("*.jsonl"))
+
+    def read_config(self) -> dict:
+        return read_json(
+            self.config, f"{self.root} is not a finished lre-pl sweep folder; rerun lre-pl sweep into it"
+        )
+
+    def read_commands(self) -> list[str]:
+        return self.commands.read_text().splitlines() if self.commands.exists() else []
+
+
+@dataclass(frozen=True)
+class StudyFolder:
+    """The files of one β study folder."""
+
+    root: Path
+
+    @property
+    def settings(self) -> Path:
+        return self.root / "study_settings.json"
+
+    @property
+    def sweep_config(self) -> Path:
+        return self.root / "sweep_config.json"
+
+    @property
+    def sweep_commands(self) -> Path:
+        return self.root / "sweep_command.txt"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "beta_study.md"
+
+    def rows(self, question: str, relation: str | None = None, trial: int | None = None) -> Path:
+        """A per-bundle question's rows file (``relation`` and ``trial`` given), or a cross-bundle one's."""
+        if relation is None:
+            return self.root / "rows" / f"{question}.jsonl"
+        return self.root / "rows" / question / f"{trial_name(relation, trial)}.jsonl"
+
+    def table(self, question: str, relation: str, trial: int) -> Path:
+        return self.root / "tables" / question / f"{trial_name(relation, trial)}.md"
+
+    def row_files(self) -> list[Path]:
+        return sorted((self.root / "rows").rglob("*.jsonl"))
+
+    def answered(self) -> list[str]:
+        """The questions that have rows (a folder or a file under ``rows/``)."""
+        folder = self.root / "rows"
+        return [path.stem for path in folder.iterdir()] if folder.is_dir() else []
+
+    def tables(self) -> dict[str, list[str]]:
+        """{question: its markdown tables, in file order}."""
+        return {
+            folder.name: [path.read_text() for path in sorted(folder.glob("*.md"))]
+            for folder in sorted((self.root / "tables").glob("*"))
+        }
