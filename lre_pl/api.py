@@ -1,11 +1,16 @@
-"""Python entry points: one call per experiment, built on the same Lightning pieces as the CLI."""
+"""Python entry points: one call per experiment, and the LightningCLI behind ``lre-pl fit`` and
+``lre-pl validate``, built on the same Lightning pieces and Trainer defaults."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from lre_pl.lightning.callbacks import SampleProgressBar
@@ -24,6 +29,33 @@ ESTIMATION_TRAINER_DEFAULTS = {
     "enable_model_summary": False,  # the frozen LM is not a submodule: the table would say "1 parameter"
 }
 
+#: ``lre-pl fit`` / ``validate``: the estimation defaults, logged where :func:`estimate` logs.
+CLI_TRAINER_DEFAULTS = {
+    **ESTIMATION_TRAINER_DEFAULTS,
+    "logger": {
+        "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
+    },
+}
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder: Path | None) -> Iterator[None]:
+    """On failure, remove ``folder`` if it did not exist before and is empty now.
+
+    A failed run's own folder is removed by :class:`~lre_pl.lightning.callbacks.FailedRunCleanup`;
+    this removes the logger's root above it (``lightning_logs/``) when the run created it. A root
+    that existed before, or that holds another run's folder by now, stays as it is.
+    """
+    existed = folder is None or folder.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):  # not empty (or already gone): not ours to remove
+                folder.rmdir()
+        raise
+
 
 def estimate(
     relation: str,
@@ -39,7 +71,8 @@ def estimate(
 
     ``trainer`` overrides Trainer arguments (e.g. ``{"strategy": "ddp", "devices": 2}``);
     ``data_options`` go to :class:`RelationDataModule` (``min_known``, ``filter_known``, ...).
-    The run folder (TensorBoard, operators, predictions) is under ``lightning_logs/``.
+    The run folder (TensorBoard, operators, predictions) is under ``lightning_logs/``; a run that
+    fails leaves no folder behind.
 
     >>> operators = estimate("country capital city", layers=["emb", *range(30)])  # a layer sweep
     >>> operators[18].predict("France")  # [(' Paris', 0.93), ...]
@@ -53,5 +86,49 @@ def estimate(
         "callbacks": [SampleProgressBar()],
         **(trainer or {}),
     }
-    pl.Trainer(**settings).fit(module, datamodule=data)
+    log_root = getattr(settings["logger"], "root_dir", None)
+    with removed_if_left_empty(Path(log_root) if log_root else None):
+        pl.Trainer(**settings).fit(module, datamodule=data)
     return {layer: module.operator(layer) for layer in module.layers}
+
+
+class LRECLI(LightningCLI):
+    """``lre-pl fit`` and ``lre-pl validate`` (the module has no test or predict loop: ``lre-pl
+    predict`` applies a saved operator without a Trainer)."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {name: LightningCLI.subcommands()[name] for name in ("fit", "validate")}
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.model", "data.model")
+        parser.link_arguments("model.dtype", "data.dtype")
+
+    def instantiate_trainer(self, **kwargs):
+        """The trainer, with the per-sample progress bar unless the config disables or replaces it."""
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = list(config.get("callbacks") or [])
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            kwargs["callbacks"] = [*callbacks, SampleProgressBar()]
+        return super().instantiate_trainer(**kwargs)
+
+    def _check_before_running(self) -> None:
+        # Cheap cross-checks (model, dtype, the operator's relation) before the run loads anything.
+        self.model.check_datamodule(self.datamodule)
+
+    before_fit = before_validate = _check_before_running
+
+
+def lightning_cli(args: list[str]) -> LRECLI:
+    """Run ``lre-pl fit|validate ARGS`` (``args`` starts with the subcommand)."""
+    return LRECLI(
+        LinearRelationModule,
+        RelationDataModule,
+        trainer_defaults=CLI_TRAINER_DEFAULTS,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "lre-pl", "exit_on_error": False},
+        args=args,
+    )

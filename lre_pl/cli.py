@@ -1,76 +1,73 @@
-"""The ``lre-pl`` command: LightningCLI (fit, validate, ...) plus ``lre-pl relations``.
+"""The ``lre-pl`` command: ``fit`` and ``validate`` (LightningCLI), ``predict``, ``relations``,
+``sweep`` and ``beta-study``.
 
+lre-pl --help
 lre-pl fit --config configs/quickstart.yaml [-v | --verbose]
 lre-pl fit --config configs/quickstart.yaml --print_config
 lre-pl validate --config configs/quickstart.yaml --model.operator_path RUN/operator.pt
+lre-pl predict --operator RUN/operator.pt France Japan [--subjects_file FILE] [--top_k 3]
 lre-pl relations [--category factual]
 lre-pl sweep --config configs/sweep/smollm2.yaml [--relations "[factual]"] [--trials "[0, 1]"]
-lre-pl beta-study --config configs/beta/all.yaml [--sweep_dir DIR] [--questions "[residual]"]
+lre-pl beta-study --config configs/beta/all.yaml [--sweep_dirs "[DIR]"] [--questions "[residual]"]
 
-Bad input ends in one line ``lre-pl: error: ...`` and a non-zero exit code, and leaves no run
-folder: what needs no model is checked before the model is loaded, and a run that fails later
-removes the folder it created (:class:`~lre_pl.lightning.callbacks.FailedRunCleanup`). SIGTERM stops a run at
-once with exit code 143. Without ``--verbose`` only the progress of the real work and the summary
-are printed.
+Bad input ends in one line ``lre-pl: error: ...`` and exit code 2, and leaves no run folder: what
+needs no model is checked before the model is loaded, and a run that fails later removes the folder
+it created (:class:`~lre_pl.lightning.callbacks.FailedRunCleanup`). SIGTERM stops a run at once with
+exit code 143. Without ``--verbose`` only the progress of the real work and the summary are printed.
+torch, Lightning and transformers are imported by the commands that use them: ``lre-pl --help`` and
+``lre-pl relations`` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import shlex
 import sys
 import warnings
 from argparse import ArgumentError
+from pathlib import Path
 
-from pytorch_lightning.callbacks import ProgressBar
-from pytorch_lightning.cli import LightningCLI
-
-from lre_pl.api import ESTIMATION_TRAINER_DEFAULTS
 from lre_pl.dataset.relations import CATEGORIES, list_relations
 from lre_pl.errors import InputError
-from lre_pl.lightning.callbacks import RunTerminated, SampleProgressBar, install_sigterm_handler
-from lre_pl.lightning.datamodule import RelationDataModule
-from lre_pl.lightning.module import LinearRelationModule
 
-TRAINER_DEFAULTS = {
-    **ESTIMATION_TRAINER_DEFAULTS,
-    "logger": {
-        "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
-    },
+#: Every command, in the order ``lre-pl --help`` lists them, with its one-line summary.
+COMMANDS = {
+    "fit": "estimate a relation's LRE at the given layers, evaluate it, save operator.pt",
+    "validate": "evaluate a saved operator.pt (--model.operator_path) on a relation's test samples",
+    "predict": "apply a saved operator.pt to subjects: their top-k objects and probabilities",
+    "relations": "list the shipped relations and their sizes",
+    "sweep": "the paper's protocol over many relations, trials, layers and betas; rerun to resume",
+    "beta-study": "the beta study's questions on finished sweeps; rerun to resume",
 }
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "sweep", "beta-study")
+USAGE = "\n".join(
+    [
+        "usage: lre-pl <command> [options]",
+        "",
+        "Linear Relational Embeddings (Hernandez et al., ICLR 2024) of a language model.",
+        "",
+        "commands:",
+        *(f"  {name:<11} {summary}" for name, summary in COMMANDS.items()),
+        "",
+        "options:",
+        "  -h, --help     show this help and exit",
+        "  -v, --verbose  also show the libraries' INFO lines and warnings",
+        "",
+        "A command's options: lre-pl <command> --help (e.g. lre-pl fit --help).",
+    ]
+)
 
 #: Libraries whose INFO lines (GPU/TPU availability, tips, "Seed set") and warnings are shown only with --verbose.
 QUIET_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning", "transformers")
 
 
-class LRECLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.model", "data.model")
-        parser.link_arguments("model.dtype", "data.dtype")
-
-    def instantiate_trainer(self, **kwargs):
-        """The trainer, with the per-sample progress bar unless the config disables or replaces it."""
-        config = self._get(self.config_init, "trainer", default={})
-        callbacks = list(config.get("callbacks") or [])
-        if config.get("enable_progress_bar") is not False and not any(
-            isinstance(c, ProgressBar) for c in callbacks
-        ):
-            kwargs["callbacks"] = [*callbacks, SampleProgressBar()]
-        return super().instantiate_trainer(**kwargs)
-
-    def _check_before_running(self) -> None:
-        # Cheap cross-checks (model, dtype, the operator's relation) before the run loads anything.
-        self.model.check_datamodule(self.datamodule)
-
-    before_fit = before_validate = _check_before_running
-
-
 def quiet_libraries() -> None:
-    """Keep Lightning's and transformers' INFO lines and library warnings off the console."""
+    """Keep Lightning's and transformers' INFO lines and library warnings off the console.
+
+    Call it after importing Lightning: ``import pytorch_lightning`` sets its loggers to INFO.
+    """
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in (*QUIET_LOGGERS, "torch"):
@@ -84,7 +81,7 @@ def print_relations(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="lre-pl relations", description="List the shipped relations.", exit_on_error=False
     )
-    parser.add_argument("--category", choices=CATEGORIES)
+    parser.add_argument("--category", choices=CATEGORIES, help="only the relations of this category")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         raise ArgumentError(None, f"unrecognized arguments: {' '.join(unknown)}")
@@ -96,16 +93,110 @@ def print_relations(argv: list[str]) -> None:
 
 
 def parse_dataclass(config_class, prog: str, description: str, argv: list[str]):
-    """An instance of the dataclass ``config_class`` from ``--config`` YAML and flags (jsonargparse)."""
+    """An instance of the dataclass ``config_class`` from ``--config`` YAML and flags (jsonargparse);
+    ``--help`` describes each option by the docstring under its field."""
     from dataclasses import fields
 
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML config (configs/)")
     parser.add_class_arguments(config_class)
     parsed = parser.parse_args(argv)
     return config_class(**{f.name: parsed[f.name] for f in fields(config_class)})
+
+
+def run_lightning(subcommand: str, argv: list[str]) -> None:
+    """``lre-pl fit`` / ``lre-pl validate``: :class:`~lre_pl.api.LRECLI`."""
+    from lre_pl.api import lightning_cli
+
+    lightning_cli([subcommand, *argv])
+
+
+def read_subjects(path: str) -> list[str]:
+    """The subjects of a text file, one per line (blank lines skipped)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+        raise InputError(
+            f"subjects_file {path!r} cannot be read ({reason}): give a UTF-8 text file, one subject per line"
+        ) from None
+    subjects = [line.strip() for line in text.splitlines() if line.strip()]
+    if not subjects:
+        raise InputError(f"subjects_file {path!r} holds no subjects: write one subject per line")
+    return subjects
+
+
+def format_predictions(predictions: dict[str, list[tuple[str, float]]]) -> list[str]:
+    """A table: one row per subject, one column per rank, each cell ``'token' probability``."""
+    top_k = max(len(top) for top in predictions.values())
+    header = ["subject", *(f"top {rank}" for rank in range(1, top_k + 1))]
+    rows = [[subject, *(f"{token!r} {p:.3f}" for token, p in top)] for subject, top in predictions.items()]
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]
+    ]
+
+
+def run_predict(argv: list[str]) -> None:
+    """``lre-pl predict``: a saved operator applied to subjects; the top-k objects of each."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="lre-pl predict",
+        description="Apply a saved LRE (operator.pt of lre-pl fit) to subjects, on the model it was "
+        "estimated on: the top-k objects of each subject, with their probabilities.",
+        exit_on_error=False,
+    )
+    parser.add_argument("subject", nargs="*", default=[], help="subjects, e.g. France Japan")
+    parser.add_argument(
+        "--operator", type=str, help="the operator file: lightning_logs/version_N/operator.pt of lre-pl fit"
+    )
+    parser.add_argument("--subjects", type=list[str], default=[], help='more subjects: ["France", "Japan"]')
+    parser.add_argument("--subjects_file", type=str, help="a text file of subjects, one per line")
+    parser.add_argument("--top_k", type=int, default=3, help="objects shown per subject")
+    args = parser.parse_args(argv)
+    subjects = [*args.subject, *args.subjects]
+    if args.subjects_file:
+        subjects += read_subjects(args.subjects_file)
+    if not args.operator:
+        raise InputError(
+            "no operator file: give --operator lightning_logs/version_N/operator.pt (of lre-pl fit)"
+        )
+    if not subjects:
+        raise InputError("no subjects: give them as arguments (France Japan), --subjects or --subjects_file")
+    blank = [index for index, subject in enumerate(subjects, 1) if not subject.strip()]
+    if blank:
+        raise InputError(f"subject {blank[0]} of {len(subjects)} is empty: give a non-empty subject")
+    if args.top_k < 1:
+        raise InputError(f"top_k={args.top_k} must be at least 1")
+
+    from lre_pl.lm.models import load_language_model
+    from lre_pl.lre.operator import LinearRelationOperator
+
+    operator = LinearRelationOperator.load(args.operator)
+    lm = load_language_model(operator.model)
+    width, layer = operator.weight.shape[-1], operator.layer  # W is [width, width]
+    if width != lm.hidden_size or not (layer == "emb" or -lm.num_blocks <= layer < lm.num_blocks):
+        raise InputError(
+            f"{args.operator!r} holds a {width}-dimensional LRE of layer {layer}, but {operator.model} has "
+            f"d={lm.hidden_size} and blocks 0..{lm.num_blocks - 1}: it is not the model the LRE was estimated on"
+        )
+    vocabulary = lm.unembedding.weight.shape[0]
+    if args.top_k > vocabulary:
+        raise InputError(
+            f"top_k={args.top_k} exceeds the vocabulary of {operator.model} ({vocabulary} tokens)"
+        )
+    predictions = {
+        subject: operator.predict(subject, lm, k=args.top_k) for subject in dict.fromkeys(subjects)
+    }
+    print(
+        f"lre_pl predict: {operator.relation!r}, layer {operator.layer}, beta {operator.beta:g}, "
+        f"{operator.estimator} on {operator.model}"
+    )
+    print("\n".join(format_predictions(predictions)))
 
 
 def run_sweep(argv: list[str]) -> None:
@@ -130,6 +221,29 @@ def run_beta_study(argv: list[str]) -> None:
     print(f"lre_pl beta-study: {', '.join(reports)}")
 
 
+#: The commands that make a run folder or an experiment's files, and their runners.
+RUNS = {
+    "fit": functools.partial(run_lightning, "fit"),
+    "validate": functools.partial(run_lightning, "validate"),
+    "sweep": run_sweep,
+    "beta-study": run_beta_study,
+}
+
+
+def run_until_sigterm(command: str, argv: list[str], verbose: bool) -> None:
+    """Run ``command`` with SIGTERM stopping it at once (exit code 143)."""
+    from lre_pl.lightning.callbacks import RunTerminated, install_sigterm_handler
+
+    if not verbose:
+        quiet_libraries()
+    install_sigterm_handler()
+    try:
+        RUNS[command](argv)
+    except RunTerminated:
+        print("lre-pl: error: terminated by SIGTERM; the run folder was removed", file=sys.stderr)
+        raise
+
+
 def take_verbose_flag(argv: list[str]) -> tuple[list[str], bool]:
     """Remove ``-v`` / a bare ``--verbose`` (``validate --verbose true`` stays Lightning's own option)."""
     kept, verbose = [], False
@@ -142,42 +256,50 @@ def take_verbose_flag(argv: list[str]) -> tuple[list[str], bool]:
     return kept, verbose
 
 
-def main(args: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if args is None else args
-    try:
-        if argv and argv[0] == "relations":
-            print_relations(argv[1:])
-            return
-        argv, verbose = take_verbose_flag(argv)
-        if not verbose:
-            quiet_libraries()
-        install_sigterm_handler()
-        if argv and argv[0] in ("sweep", "beta-study"):
-            {"sweep": run_sweep, "beta-study": run_beta_study}[argv[0]](argv[1:])
-            return
-        LRECLI(
-            LinearRelationModule,
-            RelationDataModule,
-            trainer_defaults=TRAINER_DEFAULTS,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": "lre-pl", "exit_on_error": False},
-            args=argv,
+def dispatch(argv: list[str], verbose: bool) -> None:
+    """Run the command named first in ``argv``, or print the overview."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    command, options = argv[0], argv[1:]
+    if command == "relations":
+        print_relations(options)
+        return
+    if command == "test":
+        raise InputError(
+            "there is no lre-pl test: lre-pl validate evaluates an operator on the test samples "
+            "(options: lre-pl validate --help)"
         )
+    if command.startswith("-"):
+        named = next((arg for arg in argv if arg in COMMANDS), "<command>")
+        rest = [arg for arg in argv if arg != named]
+        raise ArgumentError(None, f"{command} before the command: write lre-pl {named} {shlex.join(rest)}")
+    if command not in COMMANDS:
+        choices = ", ".join(repr(name) for name in COMMANDS)
+        raise ArgumentError(None, f"invalid choice: {command!r} (choose from {choices})")
+    if command != "predict":
+        run_until_sigterm(command, options, verbose)
+        return
+    if not verbose:
+        quiet_libraries()
+    run_predict(options)  # writes nothing, so nothing to clean up: SIGTERM keeps its default action
+
+
+def main(args: list[str] | None = None) -> None:
+    argv, verbose = take_verbose_flag(sys.argv[1:] if args is None else args)
+    try:
+        dispatch(argv, verbose)
     except InputError as error:  # bad input: one line, no traceback
         print(f"lre-pl: error: {error}", file=sys.stderr)
         sys.exit(2)
     except ArgumentError as error:  # the parser's own: unknown option, wrong type, missing config file
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         message = " ".join(line if line.endswith(":") else line + ";" for line in lines).rstrip(";")
-        command = argv[0] if argv and argv[0] in (*SUBCOMMANDS, "relations") else ""
+        command = argv[0] if argv and argv[0] in COMMANDS else ""
         print(
             f"lre-pl: error: {message} (options: lre-pl {command} --help)".replace("  ", " "), file=sys.stderr
         )
         sys.exit(2)
-    except RunTerminated:
-        print("lre-pl: error: terminated by SIGTERM; the run folder was removed", file=sys.stderr)
-        raise
 
 
 if __name__ == "__main__":

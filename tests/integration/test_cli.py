@@ -92,10 +92,17 @@ def test_fit_prints_progress_and_summary_only(tiny_model_dir, tiny_args, tmp_pat
     assert verbose.returncode == 0 and "GPU available" in verbose.stdout + verbose.stderr
 
 
-def test_validate_an_operator_file_reproduces_the_fit(tiny_args, tmp_path):
-    fit = lre_pl("fit", *tiny_args, cwd=tmp_path)
+@pytest.fixture(scope="module")
+def tiny_fit(tiny_args, tmp_path_factory):
+    """One ``lre-pl fit`` on the tiny model, shared: (its operator file, its completed process)."""
+    folder = tmp_path_factory.mktemp("fit")
+    fit = lre_pl("fit", *tiny_args, cwd=folder)
     assert fit.returncode == 0, fit.stderr
-    operator = tmp_path / "lightning_logs" / "version_0" / "operator.pt"
+    return folder / "lightning_logs" / "version_0" / "operator.pt", fit
+
+
+def test_validate_an_operator_file_reproduces_the_fit(tiny_args, tiny_fit, tmp_path):
+    operator, fit = tiny_fit
     validate = lre_pl("validate", *tiny_args, "--model.operator_path", str(operator), cwd=tmp_path)
     assert validate.returncode == 0, validate.stderr
 
@@ -163,3 +170,95 @@ def test_a_fit_reports_causality_at_the_given_ranks(tiny_args, tmp_path):
         "lre-pl: error: ranks=[64] out of range for " + tiny_args[1] + ": W is 32 x 32, use 0..32"
     )
     assert [path.name for path in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
+
+
+def test_help_lists_every_command_without_loading_torch():
+    program = (
+        "import sys; from lre_pl.cli import main; main(sys.argv[1:]); "
+        "print('loaded:', [m for m in ('torch', 'pytorch_lightning', 'transformers') if m in sys.modules])"
+    )
+    outputs = []
+    for args in ([], ["--help"], ["-h"], ["-v"], ["relations"]):
+        result = subprocess.run(
+            [sys.executable, "-c", program, *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert result.stdout.splitlines()[-1] == "loaded: []"
+        outputs.append(result.stdout)
+    assert outputs[0] == outputs[1] == outputs[2] == outputs[3]
+    lines = outputs[0].splitlines()
+    assert lines[0] == "usage: lre-pl <command> [options]"
+    commands = lines[lines.index("commands:") + 1 : lines.index("options:") - 1]
+    assert [line.split()[0] for line in commands] == [
+        "fit", "validate", "predict", "relations", "sweep", "beta-study",
+    ]  # fmt: skip
+    assert all(len(line.split()) > 4 for line in commands)  # each with its one line
+    assert "A command's options: lre-pl <command> --help (e.g. lre-pl fit --help)." in lines
+
+
+def undescribed_options(help_text: str, prefix: str = "--") -> list[str]:
+    """The options starting with ``prefix`` whose help entry is only ``(type: ..., default: ...)``."""
+    undescribed = []
+    for entry in re.split(r"\n(?=  -)", help_text):
+        if entry.startswith("  " + prefix):
+            invocation, *description = re.split(r" {2,}|\n", entry.strip(), maxsplit=1)
+            if not "".join(description).split("(type:")[0].strip():
+                undescribed.append(invocation)
+    return undescribed
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "predict", "relations", "sweep", "beta-study"])
+def test_every_command_describes_every_option(command, capsys):
+    from lre_pl.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main([command, "--help"])
+    help_text = capsys.readouterr().out
+    assert exit.value.code == 0 and help_text.startswith("usage: lre-pl ")
+    assert undescribed_options(help_text, "--model." if command in ("fit", "validate") else "--") == []
+    assert undescribed_options(help_text, "--data.") == []
+    expected = {
+        "fit": "--model.beta BETA     scale on W s",
+        "validate": "--model.operator_path OPERATOR_PATH\n",
+        "predict": "--subjects_file SUBJECTS_FILE\n                        a text file of subjects, one per line",
+        "relations": "--category {",
+        "sweep": "--top_k TOP_K         faithfulness@1 and @top_k. (type: int, default: 3)",
+        "beta-study": "--fit_epochs FIT_EPOCHS\n                        Epochs of each learned-β fit",
+    }
+    assert expected[command] in help_text
+
+
+def test_predict_applies_a_saved_operator(tiny_fit, tiny_model_dir, tmp_path):
+    from lre_pl.lm.models import load_language_model
+    from lre_pl.lre.operator import LinearRelationOperator
+
+    operator_path = tiny_fit[0]
+    subjects_file = tmp_path / "subjects.txt"
+    subjects_file.write_text("Japan\n\nSão Paulo\n")
+    by_argument = lre_pl("predict", "--operator", str(operator_path), "France", "Japan", cwd=tmp_path)
+    mixed = lre_pl(
+        "predict", "--operator", str(operator_path), "France", "--subjects", '["Peru"]',
+        "--subjects_file", str(subjects_file), "--top_k", "5", cwd=tmp_path,
+    )  # fmt: skip
+    assert by_argument.returncode == 0 and mixed.returncode == 0, by_argument.stderr + mixed.stderr
+
+    operator = LinearRelationOperator.load(operator_path)
+    lm = load_language_model(tiny_model_dir)
+    heading = f"lre_pl predict: 'country capital city', layer 1, beta 1, JacobianMean() on {tiny_model_dir}"
+
+    def cells(subject, k):
+        return [subject, *(f"{token!r} {p:.3f}" for token, p in operator.predict(subject, lm, k=k))]
+
+    lines = by_argument.stdout.splitlines()
+    assert lines[0] == heading
+    assert [line.split("  ")[0].strip() for line in lines[1:]] == ["subject", "France", "Japan"]
+    assert [re.split(r" {2,}", line) for line in lines[1:]] == [
+        ["subject", "top 1", "top 2", "top 3"], cells("France", 3), cells("Japan", 3),
+    ]  # fmt: skip
+    lines = mixed.stdout.splitlines()
+    assert lines[0] == heading
+    assert [re.split(r" {2,}", line) for line in lines[1:]] == [
+        ["subject", "top 1", "top 2", "top 3", "top 4", "top 5"],
+        *(cells(subject, 5) for subject in ["France", "Peru", "Japan", "São Paulo"]),
+    ]
+    assert list(tmp_path.iterdir()) == [subjects_file]  # predict writes no run folder

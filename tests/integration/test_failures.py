@@ -209,7 +209,21 @@ main(sys.argv[1:])
         (["fit", "--config", "missing.yaml"], 'Parser key "config": File does not exist'),
         (
             ["fitt"],
-            "invalid choice: 'fitt' (choose from 'fit', 'validate', 'test', 'predict') (options: lre-pl --help)",
+            "invalid choice: 'fitt' (choose from 'fit', 'validate', 'predict', 'relations', 'sweep', "
+            "'beta-study') (options: lre-pl --help)",
+        ),
+        (
+            ["test"],
+            "there is no lre-pl test: lre-pl validate evaluates an operator on the test samples "
+            "(options: lre-pl validate --help)",
+        ),
+        (
+            ["--config", "x.yaml", "fit"],
+            "--config before the command: write lre-pl fit --config x.yaml (options: lre-pl --help)",
+        ),
+        (
+            ["predict", "--top_k", "abc"],
+            """Parser key "top_k": Expected a <class 'int'>. Got value: abc (options: lre-pl predict --help)""",
         ),
         (["relations", "--category", "nope"], "invalid choice: 'nope' (choose from 'bias', 'commonsense'"),
         (["relations", "--x"], "unrecognized arguments: --x (options: lre-pl relations --help)"),
@@ -219,3 +233,112 @@ def test_parser_errors_are_one_line_too(run_cli, tmp_path, args, message):
     code, stderr = run_cli(*args)
     assert_failed_cleanly(code, stderr, message, tmp_path)
     assert "usage:" not in stderr
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Make any model load fail the test: the input must be refused before it."""
+    import lre_pl.lm.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(lre_pl.lm.models, "load_language_model", no_loading)
+
+
+def test_predict_refuses_bad_input_before_loading_the_model(
+    run_cli, tmp_path, operator_file, no_model_loading
+):
+    operator = operator_file()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("S\xe3o Paulo\n".encode("latin-1"))
+    cases = [
+        (
+            ["France"],
+            "no operator file: give --operator lightning_logs/version_N/operator.pt (of lre-pl fit)",
+        ),
+        (
+            ["--operator", str(tmp_path / "none.pt"), "France"],
+            "operator file '" + str(tmp_path / "none.pt") + "' does not exist",
+        ),
+        (
+            ["--operator", operator],
+            "no subjects: give them as arguments (France Japan), --subjects or --subjects_file",
+        ),
+        (
+            ["--operator", operator, "--subjects_file", str(tmp_path / "none.txt")],
+            "subjects_file '" + str(tmp_path / "none.txt") + "' cannot be read (No such file or directory)",
+        ),
+        (
+            ["--operator", operator, "--subjects_file", str(tmp_path)],
+            "subjects_file '" + str(tmp_path) + "' cannot be read (Is a directory)",
+        ),
+        (
+            ["--operator", operator, "--subjects_file", str(latin1)],
+            "cannot be read (UnicodeDecodeError): give a UTF-8 text file, one subject per line",
+        ),
+        (
+            ["--operator", operator, "--subjects_file", str(empty)],
+            "subjects_file '" + str(empty) + "' holds no subjects: write one subject per line",
+        ),
+        (["--operator", operator, "--subjects", '["France", " "]'], "subject 2 of 2 is empty"),
+        (["--operator", operator, "France", "--top_k", "0"], "top_k=0 must be at least 1"),
+    ]
+    for args, message in cases:
+        code, stderr = run_cli("predict", *args)
+        assert code == 2
+        assert_failed_cleanly(code, stderr, message, tmp_path)
+
+
+def test_predict_refuses_an_operator_that_does_not_fit_its_model(run_cli, tmp_path, operator_file):
+    cases = [
+        (
+            operator_file("layer9.pt", layer=9),
+            "holds a 32-dimensional LRE of layer 9, but {model} has d=32 and blocks 0..2: it is not the model",
+        ),
+        (
+            operator_file("narrow.pt", weight=torch.zeros(16, 16), bias=torch.zeros(16)),
+            "holds a 16-dimensional LRE of layer 1, but {model} has d=32 and blocks 0..2",
+        ),
+        (
+            operator_file("noslot.pt", test_prompt_template="The capital of France is"),
+            "prompt template 'The capital of France is' has no {{}} slot for the subject",
+        ),
+    ]
+    for path, message in cases:
+        code, stderr = run_cli("predict", "--operator", path, "France")
+        model = LinearRelationOperator.load(path).model
+        assert code == 2
+        assert_failed_cleanly(code, stderr, message.format(model=model), tmp_path)
+    code, stderr = run_cli("predict", "--operator", operator_file(), "France", "--top_k", "1000000")
+    assert_failed_cleanly(code, stderr, "top_k=1000000 exceeds the vocabulary of", tmp_path)
+
+
+def test_estimate_that_fails_leaves_no_lightning_logs(tmp_path, monkeypatch, tiny_model_dir):
+    import lre_pl
+    from lre_pl.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="layer 99 is out of range for"):
+        lre_pl.estimate("country capital city", model=tiny_model_dir, layers=[99], filter_known=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_estimate_that_fails_keeps_the_earlier_runs(tmp_path, monkeypatch, tiny_model_dir):
+    import lre_pl
+    from lre_pl.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    earlier = tmp_path / "lightning_logs" / "version_0" / "operator.pt"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier run")
+    with pytest.raises(InputError, match="layer 99 is out of range for"):
+        lre_pl.estimate("country capital city", model=tiny_model_dir, layers=[99], filter_known=False)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "lightning_logs",
+        "lightning_logs/version_0",
+        "lightning_logs/version_0/operator.pt",
+    ]
+    assert earlier.read_bytes() == b"an earlier run"
