@@ -57,6 +57,8 @@ class LinearRelationModule(pl.LightningModule):
     - ``configure_model``: load the frozen LM (a plain attribute, never a submodule, so its weights
       stay out of ``state_dict``, checkpoints and DDP); normalise and de-duplicate the layers;
       allocate W, b, one beta and one recall metric per layer; load ``operator_path``.
+    - ``on_fit_start``: empty sums; with ``bundle_path``, whether too few known test samples skip the
+      estimate.
     - ``training_step``: Jacobians of a batch of training prompts at every requested layer (one
       forward only for an estimator that needs none); adds J_i and b_i to this rank's
       :class:`~lre_pl.lre.accumulation.JacobianSums` and keeps s_i, o_i. Returns no loss: no
@@ -70,6 +72,8 @@ class LinearRelationModule(pl.LightningModule):
       the first layer's top tokens for ``RunOutputs``' per-sample table.
     - ``on_validation_epoch_end``: computes and logs the metrics (faithfulness, causality, beta) and
       keeps them in ``last_metrics``.
+    - ``on_save_checkpoint`` / ``on_load_checkpoint``: W and b of every layer (plain tensors, not
+      buffers), under the checkpoint's ``lre`` key.
 
     At the end of ``fit`` (``RunOutputs.on_fit_end``): :meth:`operator` of every layer and a checkpoint,
     or, with ``bundle_path``, only the estimation bundle (:meth:`bundle`) that ``lre-pl sweep`` evaluates.
