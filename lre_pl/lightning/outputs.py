@@ -199,8 +199,8 @@ class RunOutputs(Callback):
             print(self._summary(trainer, pl_module), flush=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Callbacks' on_fit_end runs before the module's: a fit whose training loop never ran (no
-        # on_train_epoch_end) estimates here, on every rank (a collective), or fails saying why.
+        # Done after the training epoch; a fit whose training loop never ran (no on_train_epoch_end)
+        # estimates here, on every rank (a collective), or fails saying why.
         pl_module.finalize_estimate()
         if pl_module.hparams.bundle_path:
             if trainer.is_global_zero:
