@@ -94,14 +94,14 @@ class Decoder:
 
         ``apply_norm=False`` decodes by the unembedding alone (``hidden`` is already after the final norm).
         """
-        lm, ids, chances = self.lm, [], []
+        lm, ids, top_probabilities = self.lm, [], []
         for part in hidden.split(self.chunk):
             logits = lm.decode(part.to(lm.device, lm.dtype), apply_norm)  # [chunk, vocab]
             top = logits.topk(self.top_k).indices  # [chunk, k]
             ids.append(top.cpu())
             if probabilities:
-                chances.append(logits.float().softmax(-1).gather(-1, top).cpu())
-        return TopTokens(torch.cat(ids), torch.cat(chances) if probabilities else None)
+                top_probabilities.append(logits.float().softmax(-1).gather(-1, top).cpu())
+        return TopTokens(torch.cat(ids), torch.cat(top_probabilities) if probabilities else None)
 
     def token_strings(self, ids: torch.Tensor) -> list[list[str]]:
         """The strings of token ids [N, k]."""
