@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lre_pl.dataset.matching import is_prefix_match
 from lre_pl.dataset.prompts import encode_prompt, fill_subject
 from lre_pl.evaluation.causality import EditSet, comparison_edits, edit_hits, pinv_edits, random_targets
+from lre_pl.evaluation.metrics import prefix_hits
 from lre_pl.lm.models import LanguageModel
 from lre_pl.lre.bundle import Bundle
 from lre_pl.lre.estimators import Estimator
@@ -75,8 +75,20 @@ class EvaluationGrid:
         return KnownSamples.of(evaluated, self.dev_fraction, bundle.seed, self.max_known)
 
 
+@dataclass(frozen=True)
+class TopTokens:
+    """The k best tokens of each decoded vector."""
+
+    ids: torch.Tensor  # [N, k] token ids, best first (CPU)
+    probabilities: torch.Tensor | None = None  # [N, k] their softmax probabilities over the vocabulary
+
+
 class Decoder:
-    """Top-k tokens of residual vectors through the LM's final norm and unembedding, in chunks."""
+    """Top-k tokens of residual vectors through the LM's final norm and unembedding, in chunks.
+
+    A sweep's grid and a fit's validation both decode and match through this class and
+    :func:`~lre_pl.evaluation.metrics.prefix_hits`: faithfulness has one definition.
+    """
 
     def __init__(self, lm: LanguageModel, top_k: int, chunk: int = 1024):
         self.lm, self.top_k, self.chunk = lm, top_k, chunk
@@ -87,25 +99,33 @@ class Decoder:
         return self.lm.token_strings(list(range(self.lm.unembedding.weight.shape[0])))
 
     @torch.no_grad()
-    def hits(self, hidden: torch.Tensor, objects: Sequence[str], apply_norm: bool = True) -> torch.Tensor:
-        """[N, 2] bool for hidden [N, d]: the top-1 token starts the object; one of the top k does.
+    def top_tokens(
+        self, hidden: torch.Tensor, apply_norm: bool = True, probabilities: bool = False
+    ) -> TopTokens:
+        """The top-k tokens of hidden [N, d] (ranked by logit), and with ``probabilities`` their softmax.
 
         ``apply_norm=False`` decodes by the unembedding alone (``hidden`` is already after the final norm).
         """
-        lm, k = self.lm, self.top_k
-        top = torch.cat(
-            [
-                lm.decode(part.to(lm.device, lm.dtype), apply_norm).topk(k).indices.cpu()
-                for part in hidden.split(self.chunk)
-            ]
-        )  # [N, k]
-        matches = torch.tensor(
-            [
-                [is_prefix_match(self.vocabulary[t], obj) for t in row]
-                for row, obj in zip(top.tolist(), objects)
-            ],
-            dtype=torch.bool,
-        ).reshape(len(objects), k)
+        lm, ids, top_probabilities = self.lm, [], []
+        for part in hidden.split(self.chunk):
+            logits = lm.decode(part.to(lm.device, lm.dtype), apply_norm)  # [chunk, vocab]
+            top = logits.topk(self.top_k).indices  # [chunk, k]
+            ids.append(top.cpu())
+            if probabilities:
+                top_probabilities.append(logits.float().softmax(-1).gather(-1, top).cpu())
+        return TopTokens(torch.cat(ids), torch.cat(top_probabilities) if probabilities else None)
+
+    def token_strings(self, ids: torch.Tensor) -> list[list[str]]:
+        """The strings of token ids [N, k]."""
+        return [[self.vocabulary[t] for t in row] for row in ids.tolist()]
+
+    def prefix_hits(self, ids: torch.Tensor, objects: Sequence[str]) -> torch.Tensor:
+        """[N, k] bool for token ids [N, k]: the j-th token starts sample i's object."""
+        return prefix_hits(self.token_strings(ids), objects).reshape(ids.shape)  # [0, k] for no sample
+
+    def hits(self, hidden: torch.Tensor, objects: Sequence[str], apply_norm: bool = True) -> torch.Tensor:
+        """[N, 2] bool for hidden [N, d]: the top-1 token starts the object; one of the top k does."""
+        matches = self.prefix_hits(self.top_tokens(hidden, apply_norm).ids, objects)  # [N, k]
         return torch.stack([matches[:, 0], matches.any(1)], dim=1)
 
 

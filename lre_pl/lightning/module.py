@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -13,28 +12,16 @@ from torch import nn
 
 from lre_pl.dataset.relations import HPARAMS_MODELS, reference_hparams
 from lre_pl.errors import InputError
-from lre_pl.evaluation.causality import (
-    COMPARISON_EDITS,
-    all_pairs,
-    comparison_edits,
-    efficacy,
-    pinv_edits,
-    random_targets,
-)
+from lre_pl.evaluation.causality import all_pairs, comparison_edits, efficacy, pinv_edits, random_targets
+from lre_pl.evaluation.grid import Decoder
 from lre_pl.evaluation.metrics import PrefixRecallAtK
 from lre_pl.lightning.callbacks import FailedRunCleanup
 from lre_pl.lightning.distributed import gather_objects, rank_and_world
-from lre_pl.lightning.outputs import (
-    layer_table,
-    log_weight_spectra,
-    plot_faithfulness_by_layer,
-    write_figure,
-    write_hparams,
-    write_prediction_table,
-)
+from lre_pl.lightning.outputs import RunOutputs
 from lre_pl.lm.activations import collect_states
 from lre_pl.lm.jacobian import compute_jacobians
 from lre_pl.lm.models import LanguageModel, check_dtype, check_model_spec, load_language_model, parse_layer
+from lre_pl.lre.accumulation import JacobianSums, SampleCollector, TrainingSamples
 from lre_pl.lre.beta import learn_beta
 from lre_pl.lre.bundle import Bundle
 from lre_pl.lre.estimators import Estimator, JacobianMean, TrainingStatistics
@@ -54,30 +41,42 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 class LinearRelationModule(pl.LightningModule):
     """Estimates W and b of an LRE over the training samples and measures its faithfulness.
 
-    Nothing of the LM is trained; ``fit`` is one pass of Jacobians. Hooks, in the order they run:
+    Nothing of the LM is trained; ``fit`` is one pass of Jacobians. This class holds the run's state
+    and its Lightning hooks; the pieces they call live where they are defined (sums of J_i and b_i:
+    :mod:`lre_pl.lre.accumulation`; decoding and faithfulness: :class:`~lre_pl.evaluation.grid.Decoder`,
+    as a sweep decodes; edits: :mod:`lre_pl.evaluation.causality`), and everything the run writes or
+    prints is :class:`~lre_pl.lightning.outputs.RunOutputs`'s. Hooks, in the order they run:
 
     - ``__init__``: checks everything that needs no model (model spec, dtype, layer syntax, top_k,
       the operator file and that it is of this model), so bad input fails before any loading.
     - ``configure_callbacks``: :class:`~lre_pl.lightning.callbacks.FailedRunCleanup` (SIGTERM stops the run at
-      once; a failed run removes the run folder it created).
+      once; a failed run removes the run folder it created) and
+      :class:`~lre_pl.lightning.outputs.RunOutputs` (the run's files and summary), with any Trainer.
     - ``setup``: checks the data module against this module (model, dtype, the operator's relation);
       takes the layer from the paper's hyper-parameters if asked.
     - ``configure_model``: load the frozen LM (a plain attribute, never a submodule, so its weights
       stay out of ``state_dict``, checkpoints and DDP); normalise and de-duplicate the layers;
       allocate W, b, one beta and one recall metric per layer; load ``operator_path``.
+    - ``on_fit_start``: empty sums; with ``bundle_path``, whether too few known test samples skip the
+      estimate.
     - ``training_step``: Jacobians of a batch of training prompts at every requested layer (one
-      forward only for an estimator that needs none); adds sum J_i and sum b_i to rank-local sums and
-      keeps s_i, o_i. Returns no loss: no optimizer step happens.
+      forward only for an estimator that needs none); adds J_i and b_i to this rank's
+      :class:`~lre_pl.lre.accumulation.JacobianSums` and keeps s_i, o_i. Returns no loss: no
+      optimizer step happens.
     - ``on_validation_epoch_start`` / ``on_train_epoch_end``: whichever comes first after the
-      training pass reduces the sums across ranks (mean J_i, mean b_i), gathers s_i and o_i, lets the
-      estimator make W and b of every layer (Lightning validates *before* ``on_train_epoch_end``),
-      then learns one beta per layer if asked.
+      training pass calls :meth:`finalize_estimate`: reduces the sums across ranks (mean J_i, mean b_i),
+      gathers s_i and o_i, lets the estimator make W and b of every layer (Lightning validates
+      *before* ``on_train_epoch_end``), then learns one beta per layer if asked.
       Lightning's sanity validation (before any estimate) is skipped; later epochs are not run.
-    - ``validation_step``: decode(beta W s + b) for the known test samples; recall@k metrics.
-    - ``on_validation_epoch_end``: logs metrics, the per-sample table, singular values of W, hparams,
-      and for several layers the faithfulness-vs-layer plot.
-    - ``on_fit_end``: writes ``operator.pt`` (and one file per layer), a checkpoint, a summary; or,
-      with ``bundle_path``, only the estimation bundle (:meth:`bundle`) that ``lre-pl sweep`` evaluates.
+    - ``validation_step``: decode(beta W s + b) for the known test samples; recall@k metrics; returns
+      the first layer's top tokens for ``RunOutputs``' per-sample table.
+    - ``on_validation_epoch_end``: computes and logs the metrics (faithfulness, causality, beta) and
+      keeps them in ``last_metrics``.
+    - ``on_save_checkpoint`` / ``on_load_checkpoint``: W and b of every layer (plain tensors, not
+      buffers), under the checkpoint's ``lre`` key.
+
+    At the end of ``fit`` (``RunOutputs.on_fit_end``): :meth:`operator` of every layer and a checkpoint,
+    or, with ``bundle_path``, only the estimation bundle (:meth:`bundle`) that ``lre-pl sweep`` evaluates.
 
     Args:
         model: model spec: ``smollm2-135m``, ``gemma3-270m``, a ``.gguf`` path, a hub name or directory.
@@ -167,7 +166,6 @@ class LinearRelationModule(pl.LightningModule):
         self.automatic_optimization = False
         self.lm: LanguageModel | None = None
         self.last_metrics: dict[str, float] = {}
-        self._started = time.perf_counter()  # the summary's wall time: model load, knowns filter, fit
 
     def _check_operator(self, operator: LinearRelationOperator) -> None:
         """The operator file must be of this model and layer (a negative layer waits for the model)."""
@@ -188,11 +186,9 @@ class LinearRelationModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------- set-up
     def configure_callbacks(self):
-        return [FailedRunCleanup(self.trainer)]
+        return [FailedRunCleanup(self.trainer), RunOutputs()]
 
     def setup(self, stage: str) -> None:
-        # trainer.log_dir is a broadcast under DDP: read it here, where every rank runs.
-        self._run_dir_path = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
             self.check_datamodule(datamodule)
@@ -230,6 +226,7 @@ class LinearRelationModule(pl.LightningModule):
             )
         # One beta per layer: trainable in the learnable-beta variant; its presence lets DDP wrap us.
         self.log_beta = nn.Parameter(torch.full((n,), math.log(self.hparams.beta)))
+        self.decoder = Decoder(self.lm, self.hparams.top_k)
         self.recall = nn.ModuleList(PrefixRecallAtK(sorted({1, self.hparams.top_k})) for _ in self.layers)
         # W and b are plain tensors, not buffers: DDP would broadcast buffers on every step (a
         # collective that hangs when shards have different numbers of batches). Checkpoints get
@@ -250,13 +247,11 @@ class LinearRelationModule(pl.LightningModule):
         return self.trainer.strategy.root_device if self._trainer is not None else self.device
 
     def _reset_sums(self) -> None:
-        d, n = self.lm.hidden_size, len(self.layers)
-        self._jacobian_sum = torch.zeros(n, d, d, device=self._root_device())  # [layer, d, d]
-        self._bias_sum = torch.zeros(n, d, device=self._root_device())  # [layer, d]
-        self._count = 0
-        # Per batch: "s" [batch, layer, d], "o" [batch, d], "target" (object's first token) [batch],
-        # and for a bundle "b" (b_i) and "Js" (J_i s_i) [batch, layer, d], "J" [batch, layer, d, d].
-        self._train_samples: list[dict[str, torch.Tensor]] = []
+        self.jacobian_sums = JacobianSums(len(self.layers), self.lm.hidden_size, self._root_device())
+        self._samples = SampleCollector()
+        #: Every training sample's s_i, o_i, ... once :meth:`finalize_estimate` gathered them (``None``
+        #: before, and for a bundle's fit that skips its estimate).
+        self.training_samples: TrainingSamples | None = None
         self._pending = False
         self.seconds_estimating = 0.0  # this rank's wall seconds in training_step (Jacobians)
 
@@ -303,68 +298,54 @@ class LinearRelationModule(pl.LightningModule):
         if self.estimator.needs_jacobians:
             result = compute_jacobians(self.lm, prompts, self.layers, self.hparams.chunk_size)
             biases = torch.stack([result.biases(layer) for layer in self.layers], dim=1)  # [batch, layer, d]
-            for i, layer in enumerate(self.layers):
-                self._jacobian_sum[i] += result.jacobians[layer].sum(0)
-                self._bias_sum[i] += biases[:, i].sum(0)
+            self.jacobian_sums.add([result.jacobians[layer] for layer in self.layers], biases.unbind(1))
             states = torch.stack([result.subject_states[layer] for layer in self.layers], dim=1)
             outputs = result.output_states
             if self.hparams.bundle_path:
-                kept = {"b": biases, "Js": outputs[:, None] - biases}
+                kept = {"biases": biases, "jacobian_states": outputs[:, None] - biases}
                 if self.hparams.keep_jacobians:
-                    kept["J"] = torch.stack([result.jacobians[layer] for layer in self.layers], dim=1)
+                    kept["jacobians"] = torch.stack([result.jacobians[layer] for layer in self.layers], dim=1)
         else:  # the baselines need s and o only: one forward, no Jacobian
             collected = collect_states(self.lm, prompts, batch_size=len(prompts))
             states = collected.subject_states[:, [self.lm.state_index(layer) for layer in self.layers]]
             outputs = collected.output_states
-        self._count += len(batch)
         train = self.trainer.datamodule.prompts.train
-        kept.update(
-            s=states,
-            o=outputs,
-            target=torch.tensor([item.target_token_id for item in batch]),
-            index=torch.tensor([train.index(item) for item in batch]),  # the order of a one-process run
+        self._samples.add(
+            torch.tensor([train.index(item) for item in batch]),  # the order of a one-process run
+            subject_states=states,
+            output_states=outputs,
+            object_tokens=torch.tensor([item.target_token_id for item in batch]),
+            **kept,
         )
-        self._train_samples.append({key: value.detach().float().cpu() if value.is_floating_point()
-                                    else value.cpu() for key, value in kept.items()})  # fmt: skip
         seconds = time.perf_counter() - started
         self.seconds_estimating += seconds
         self.log("train/seconds_per_sample", seconds / len(batch), batch_size=len(batch))
 
-    def _finalize_estimate(self) -> None:
-        """W and b of every layer from all ranks' samples, once per fit (a collective: every rank calls it)."""
+    def finalize_estimate(self) -> None:
+        """W and b of every layer from all ranks' samples, once per fit (a collective: every rank calls
+        it; the hooks that need the estimate do, and later calls return at once)."""
         if not self._pending:
             return
         self._pending = False
-        strategy = self.trainer.strategy
         if self._skip_estimate:
-            self._train_tensors = {}
             return
-        count = strategy.reduce(torch.tensor(float(self._count), device=self.device), reduce_op="sum")
-        if count.item() == 0:
-            raise RuntimeError("no training sample reached the estimate: check the training dataloader")
         jacobian_means = bias_means = [None] * len(self.layers)  # a baseline ran no Jacobian
         if self.estimator.needs_jacobians:  # d x d sums: reduced, never gathered
-            jacobian_means = strategy.reduce(self._jacobian_sum, reduce_op="sum") / count
-            bias_means = strategy.reduce(self._bias_sum, reduce_op="sum") / count
-        batches = [batch for shard in gather_objects(self._train_samples) for batch in shard]
-        order = torch.cat([batch["index"] for batch in batches]).argsort()  # ranks' shards interleave
-        self._train_tensors = {key: torch.cat([batch[key] for batch in batches])[order] for key in batches[0]}
-        states, outputs, targets = (self._train_tensors[key] for key in ("s", "o", "target"))
-        self._gathered_train = (states.to(self.weights), outputs.to(self.weights), targets.to(self.device))
+            self.jacobian_sums.reduce(lambda tensor: self.trainer.strategy.reduce(tensor, reduce_op="sum"))
+            jacobian_means, bias_means = self.jacobian_sums.mean()
+        self.training_samples = train = self._samples.gather(gather_objects)
+        states = train.subject_states.to(self.weights)  # [n_train, layer, d]
+        outputs = train.output_states.to(self.weights)  # [n_train, d]
         for i in range(len(self.layers)):
-            statistics = TrainingStatistics(
-                self._gathered_train[0][:, i], self._gathered_train[1], jacobian_means[i], bias_means[i]
-            )
-            weight, bias = self.estimator(statistics)
-            self.weights[i] = weight
-            self.biases[i] = bias
+            statistics = TrainingStatistics(states[:, i], outputs, jacobian_means[i], bias_means[i])
+            self.weights[i], self.biases[i] = self.estimator(statistics)
         self.estimated = True
         if self.hparams.learn_beta:
-            self._learn_betas()
+            self._learn_betas(states, train.object_tokens.to(self.device))
 
-    def _learn_betas(self) -> None:
-        """One beta per layer, each fitted on that layer's W s_i + b (never one layer's beta for all)."""
-        states, _, targets = self._gathered_train  # [n_train, layer, d], _, [n_train]
+    def _learn_betas(self, states: torch.Tensor, targets: torch.Tensor) -> None:
+        """One beta per layer, each fitted on that layer's W s_i + b (never one layer's beta for all):
+        ``states`` [n_train, layer, d] s_i, ``targets`` [n_train] the first tokens of their objects."""
         experiment = self._experiment()
         for i, layer in enumerate(self.layers):
             # Called from on_validation_epoch_start too, where Lightning runs under inference mode.
@@ -390,43 +371,40 @@ class LinearRelationModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         if self.trainer.sanity_checking:
             return  # a default Trainer validates before fitting: there is nothing to validate yet
-        self._finalize_estimate()
+        self.finalize_estimate()
         if not self.estimated:
             raise InputError("no LRE to validate: run fit first, or give model.operator_path")
-        self._table: list[dict] = []
 
     def on_train_epoch_end(self) -> None:
-        self._finalize_estimate()
+        self.finalize_estimate()
         self.trainer.should_stop = True  # one pass estimates W and b; more epochs would only repeat it
 
     # ------------------------------------------------------------------------------- validation
-    def validation_step(self, batch: dict | None, batch_idx: int) -> None:
+    @property
+    def top_k(self) -> tuple[int, ...]:
+        """The k of the reported recall@k: 1 and ``top_k``."""
+        return self.recall[0].top_k
+
+    def validation_step(self, batch: dict | None, batch_idx: int) -> dict | None:
+        """Recall@k of every layer; returns the first layer's ``tokens`` (the top k of each sample, best
+        first), their ``probabilities`` [batch, k], W s ``projections`` [batch, d] and ``bias`` b [d]."""
         if batch is None or self.trainer.sanity_checking:  # padding of a shorter shard / no estimate yet
-            return
-        lm, k = self.lm, max(self.recall[0].top_k)
-        betas = self.betas
+            return None
+        betas, first = self.betas, None
         for i, layer in enumerate(self.layers):
-            states = batch["subject_states"][:, lm.state_index(layer)].to(self.weights)  # [batch, d]
+            states = batch["subject_states"][:, self.lm.state_index(layer)].to(self.weights)  # [batch, d]
             projections = states @ self.weights[i].T  # [batch, d] W s
-            logits = self._decode(relation_readout(projections, self.biases[i], betas[i]))  # [batch, vocab]
-            top = logits.softmax(-1).topk(k)
-            ranked = [lm.token_strings(row) for row in top.indices]
-            self.recall[i].update(ranked, batch["object"])
+            hidden = relation_readout(projections, self.biases[i], betas[i])  # [batch, d]
+            top = self.decoder.top_tokens(hidden, probabilities=i == 0)
+            self.recall[i].update(self.decoder.prefix_hits(top.ids, batch["object"]))
             if i == 0:
-                for row, subject in enumerate(batch["subject"]):
-                    self._table.append(
-                        {
-                            "subject": subject,
-                            "object": batch["object"][row],
-                            "lm_top1": batch["lm_prediction"][row],
-                            "lre_top3": ", ".join(
-                                f"{t!r} {p:.2f}"
-                                for t, p in zip(ranked[row][:3], top.values[row, :3].tolist())
-                            ),
-                            "norm_Ws": f"{projections[row].norm().item():.1f}",
-                            "norm_b": f"{self.biases[i].norm().item():.1f}",
-                        }
-                    )
+                first = {
+                    "tokens": self.decoder.token_strings(top.ids),
+                    "probabilities": top.probabilities,
+                    "projections": projections,
+                    "bias": self.biases[i],
+                }
+        return first
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -449,25 +427,6 @@ class LinearRelationModule(pl.LightningModule):
         for name, value in metrics.items():
             self.log(name, value, rank_zero_only=True)
         self.last_metrics.update(metrics)
-        table = [row for shard in gather_objects(self._table) for row in shard]
-        if self.trainer.is_global_zero:
-            experiment, step = self._experiment(), self.global_step
-            write_prediction_table(table, self._run_dir(), experiment, step)
-            log_weight_spectra(experiment, self.layers, self.weights, step)
-            if len(self.layers) > 1:
-                data = self.trainer.datamodule
-                title = (
-                    f"{data.prompts.relation.name} on {self.hparams.model} "
-                    f"(n_train {data.hparams.n_train}, seed {data.hparams.seed})"
-                )
-                figure = plot_faithfulness_by_layer(self.layers, metrics, self.recall[0].top_k, title)
-                write_figure(figure, self._run_dir() / "faithfulness_by_layer.png", experiment, step)
-            if experiment is not None and hasattr(experiment, "_get_file_writer"):
-                write_hparams(
-                    experiment,
-                    self._hparams_for_logger(),
-                    {k: v for k, v in metrics.items() if "/layer_" not in k},
-                )
 
     def _causality(self) -> dict[str, float]:
         """Efficacy of the rank-r pseudo-inverse edit at every layer; source samples sharded over ranks."""
@@ -500,141 +459,32 @@ class LinearRelationModule(pl.LightningModule):
         metrics["val/causality_edits"] = float(len(pairs))
         return metrics
 
-    # -------------------------------------------------------------------------------- outputs
+    # ---------------------------------------------------------------------------------- results
     def _experiment(self):
         return getattr(self.logger, "experiment", None) if self.trainer.is_global_zero else None
-
-    def _run_dir(self) -> Path:
-        return self._run_dir_path
-
-    def _hparams_for_logger(self) -> dict:
-        data = self.trainer.datamodule.hparams
-        return {
-            **self.hparams,
-            "layers": str(self.layers),
-            "relation": data.relation,
-            "n_train": data.n_train,
-            "seed": data.seed,
-        }
 
     def operator(self, layer: Layer | None = None) -> LinearRelationOperator:
         """The estimated LRE of ``layer`` (default: the first requested layer)."""
         i = 0 if layer is None else self.layers.index(self.lm.check_layer(layer))
-        datamodule = self.trainer.datamodule
-        prompts = datamodule.prompts
-        return LinearRelationOperator(
-            weight=self.weights[i].detach().cpu(),
-            bias=self.biases[i].detach().cpu(),
-            beta=self.betas[i],
-            layer=self.layers[i],
-            relation=prompts.relation.name,
-            model=self.hparams.model,
-            n_train=datamodule.hparams.n_train,
-            seed=datamodule.hparams.seed,
-            train_prompts=[item.prompt.text for item in prompts.train],
-            train_subject_token_index=[item.prompt.subject_index for item in prompts.train],
-            test_prompt_template=prompts.test_prompt_template,
-            estimator=repr(self.estimator),
-        )
-
-    def on_fit_end(self) -> None:
-        self._finalize_estimate()
-        if self.hparams.bundle_path:
-            if self.trainer.is_global_zero:
-                self.bundle().save(self.hparams.bundle_path)
-            return
-        run_dir = self._run_dir()
-        self.trainer.save_checkpoint(run_dir / "checkpoints" / "lre.ckpt", weights_only=False)
-        if not self.trainer.is_global_zero:
-            return
-        if len(self.layers) > 1:
-            for layer in self.layers:
-                self.operator(layer).save(run_dir / "operators" / f"layer_{layer}.pt")
-        self.operator().save(run_dir / "operator.pt")  # last: its presence means the run completed
-        self._print_summary(run_dir)
+        data = self.trainer.datamodule
+        return LinearRelationOperator.estimated(
+            self.weights[i], self.biases[i], self.betas[i], self.layers[i],
+            relation=data.prompts.relation, model=self.hparams.model, n_train=data.hparams.n_train,
+            seed=data.hparams.seed, train_prompts=[item.prompt for item in data.prompts.train],
+            test_prompt_template=data.prompts.test_prompt_template, estimator=self.estimator,
+        )  # fmt: skip
 
     def bundle(self) -> Bundle:
         """The estimation bundle of this fit (every test sample the data module kept, with its flag)."""
         if not self.estimator.needs_jacobians:
             raise InputError("a bundle holds the LRE's Jacobian statistics: use the JacobianMean estimator")
-        datamodule = self.trainer.datamodule
-        relation, known, train = datamodule.prompts.relation, datamodule.known, self._train_tensors
-        if not train:  # too few known samples: no estimate, empty training tensors
-            n, d = len(self.layers), self.lm.hidden_size
-            empty = torch.zeros(0, n, d)
-            train = {
-                "s": empty,
-                "o": torch.zeros(0, d),
-                "b": empty,
-                "Js": empty,
-                "target": torch.zeros(0).long(),
-            }
-        return Bundle(
-            model=self.hparams.model,
-            relation=relation.name,
-            category=relation.category,
-            seed=datamodule.hparams.seed,
-            n_train=datamodule.hparams.n_train,
-            layers=list(self.layers),
-            state_layers=self.lm.layer_names(),
-            weights=self.weights.float(),
-            biases=self.biases.float(),
-            train_subject_states=train["s"],
-            train_output_states=train["o"],
-            train_biases=train["b"],
-            train_jacobian_states=train["Js"],
-            train_object_tokens=train["target"],
-            test_subjects=[s.subject for s in known.samples],
-            test_objects=[s.object for s in known.samples],
-            test_subject_states=known.states.subject_states.float(),
-            test_output_states=known.states.output_states.float(),
-            test_lm_predictions=list(known.lm_predictions),
-            test_prompt_template=datamodule.prompts.test_prompt_template,
-            train_jacobians=train.get("J"),
-            seconds={"knowns": datamodule.seconds["knowns"], "jacobians": self.seconds_estimating},
-        )
-
-    def on_validation_end(self) -> None:
-        if self.trainer.state.fn == "validate" and self.trainer.is_global_zero:
-            self._print_summary(None)
-
-    def _print_summary(self, run_dir: Path | None) -> None:
-        """The run's result on stdout (global rank 0): what a user reads when the run ends."""
-        m = self.last_metrics
-        datamodule = self.trainer.datamodule
-        known, relation = datamodule.known, datamodule.prompts.relation
-        top_k = self.recall[0].top_k
-        samples = f"{len(relation.samples)}"
-        if relation.duplicates_dropped:
-            samples += f" ({relation.duplicates_dropped} duplicates dropped)"
-        lines = [
-            f"lre_pl: {relation.name!r} on {self.hparams.model}, layer {self.layers[0]}, beta {self.betas[0]:.3g}",
-            f"  samples             {samples}, n_train {datamodule.hparams.n_train}",
-            f"  known test samples  {len(known.samples)} of {known.n_test} (LM accuracy {known.lm_accuracy:.3f})",
-            "  faithfulness        " + "  ".join(f"@{k} {m[f'val/faithfulness@{k}']:.3f}" for k in top_k),
-        ]
-        if self.ranks:
-            lines.append(
-                "  causality           "
-                + "  ".join(f"r{r} {m[f'val/causality@r{r}']:.3f}" for r in self.ranks)
-                + f"  ({int(m['val/causality_edits'])} {self.hparams.causality_targets.replace('_', ' ')} edits)"
-            )
-        if self.hparams.comparison_edits:
-            lines.append(
-                "  comparison edits    "
-                + "  ".join(f"{kind} {m[f'val/edit/{kind}']:.3f}" for kind in COMPARISON_EDITS)
-            )
-        if len(self.layers) > 1:
-            best = max(self.layers, key=lambda layer: m[f"val/layer_{layer}/faithfulness@1"])
-            lines.append(
-                f"  best layer          {best} (faithfulness@1 {m[f'val/layer_{best}/faithfulness@1']:.3f})"
-            )
-            lines += ["  by layer"] + [f"    {row}" for row in layer_table(self.layers, m, top_k, self.betas)]
-        lines.append(f"  wall time           {time.perf_counter() - self._started:.1f} s")
-        run_dir = run_dir or self._run_dir()
-        lines.append(f"  logs                {run_dir}  (tensorboard --logdir {run_dir.parent})")
-        if self.trainer.state.fn == "fit":
-            lines.append(f"  operator            {run_dir / 'operator.pt'}")
-            if len(self.layers) > 1:
-                lines.append(f"  by-layer plot       {run_dir / 'faithfulness_by_layer.png'}")
-        print("\n".join(lines), flush=True)
+        data = self.trainer.datamodule
+        return Bundle.of_fit(
+            model=self.hparams.model, relation=data.prompts.relation, seed=data.hparams.seed,
+            n_train=data.hparams.n_train, layers=self.layers, state_layers=self.lm.layer_names(),
+            weights=self.weights, biases=self.biases, train=self.training_samples,
+            test_samples=data.known.samples, test_states=data.known.states,
+            test_lm_predictions=data.known.lm_predictions,
+            test_prompt_template=data.prompts.test_prompt_template,
+            seconds={"knowns": data.seconds["knowns"], "jacobians": self.seconds_estimating},
+        )  # fmt: skip

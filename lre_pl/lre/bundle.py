@@ -9,6 +9,7 @@ atomically by the Lightning fit that estimates it (:class:`~lre_pl.lightning.mod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -16,8 +17,11 @@ import torch
 
 import lre_pl
 from lre_pl.dataset.matching import is_prefix_match
+from lre_pl.dataset.relations import Relation, RelationSample
 from lre_pl.errors import InputError
 from lre_pl.files import atomic_path
+from lre_pl.lm.activations import PromptStates
+from lre_pl.lre.accumulation import TrainingSamples
 from lre_pl.lre.estimators import TrainingStatistics
 
 Layer = int | str
@@ -55,6 +59,54 @@ class Bundle:
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall seconds of global rank 0's estimation stages (``knowns``, ``jacobians``)."""
     version: str = lre_pl.__version__
+
+    @classmethod
+    def of_fit(
+        cls,
+        *,
+        model: str,
+        relation: Relation,
+        seed: int,
+        n_train: int,
+        layers: Sequence[Layer],
+        state_layers: Sequence[Layer],
+        weights: torch.Tensor,
+        biases: torch.Tensor,
+        train: TrainingSamples | None,
+        test_samples: Sequence[RelationSample],
+        test_states: PromptStates,
+        test_lm_predictions: Sequence[str],
+        test_prompt_template: str,
+        seconds: dict[str, float],
+    ) -> Bundle:
+        """The bundle of one fit: ``weights`` [layer, d, d] and ``biases`` [layer, d] of ``layers``,
+        ``train`` the gathered training samples (``None``: the fit made no estimate, too few known test
+        samples), and every test sample the fit kept with its states and the LM's own prediction."""
+        train = train if train is not None else TrainingSamples.empty(len(layers), weights.shape[-1])
+        return cls(
+            model=model,
+            relation=relation.name,
+            category=relation.category,
+            seed=seed,
+            n_train=n_train,
+            layers=list(layers),
+            state_layers=list(state_layers),
+            weights=weights.float(),
+            biases=biases.float(),
+            train_subject_states=train.subject_states,
+            train_output_states=train.output_states,
+            train_biases=train.biases,
+            train_jacobian_states=train.jacobian_states,
+            train_object_tokens=train.object_tokens,
+            test_subjects=[sample.subject for sample in test_samples],
+            test_objects=[sample.object for sample in test_samples],
+            test_subject_states=test_states.subject_states.float(),
+            test_output_states=test_states.output_states.float(),
+            test_lm_predictions=list(test_lm_predictions),
+            test_prompt_template=test_prompt_template,
+            train_jacobians=train.jacobians,
+            seconds=seconds,
+        )
 
     @property
     def known(self) -> torch.Tensor:

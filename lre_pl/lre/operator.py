@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 import lre_pl
-from lre_pl.dataset.prompts import SUBJECT_SLOT, encode_prompt, fill_subject
+from lre_pl.dataset.prompts import SUBJECT_SLOT, EncodedPrompt, encode_prompt, fill_subject
+from lre_pl.dataset.relations import Relation
 from lre_pl.errors import InputError
 from lre_pl.files import atomic_path
 from lre_pl.lm.hooks import capture
 from lre_pl.lm.models import LanguageModel, load_language_model
+from lre_pl.lre.estimators import Estimator
 
 #: Fields an operator file must hold.
 REQUIRED_FIELDS = ("weight", "bias", "beta", "layer", "relation", "model")
@@ -112,6 +115,39 @@ class LinearRelationOperator:
     estimator: str = "JacobianMean()"
     """How W and b were made (``lre_pl.lre.estimators``): the LRE, or a baseline."""
     version: str = lre_pl.__version__
+
+    @classmethod
+    def estimated(
+        cls,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        beta: float,
+        layer: int | str,
+        *,
+        relation: Relation,
+        model: str,
+        n_train: int,
+        seed: int,
+        train_prompts: Sequence[EncodedPrompt],
+        test_prompt_template: str,
+        estimator: Estimator,
+    ) -> LinearRelationOperator:
+        """The operator of one estimated layer: W [d, d] and b [d] as CPU copies, the training prompts
+        exactly as they were run, and the estimator by its repr (what a fit's ``operator.pt`` holds)."""
+        return cls(
+            weight=weight.detach().cpu(),
+            bias=bias.detach().cpu(),
+            beta=beta,
+            layer=layer,
+            relation=relation.name,
+            model=model,
+            n_train=n_train,
+            seed=seed,
+            train_prompts=[prompt.text for prompt in train_prompts],
+            train_subject_token_index=[prompt.subject_index for prompt in train_prompts],
+            test_prompt_template=test_prompt_template,
+            estimator=repr(estimator),
+        )
 
     def __call__(self, subject_state: torch.Tensor) -> torch.Tensor:
         """LRE(s) for s [..., d] -> [..., d]."""

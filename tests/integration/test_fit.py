@@ -130,8 +130,8 @@ def test_learned_beta_is_fitted_per_layer_and_saved(tiny_model_dir, tmp_path):
 
     module = run(tiny_model_dir, str(tmp_path), devices=1, learn_beta=True, beta_steps=40, beta_lr=0.1)
     assert module.layers == [1, "emb"]
-    states = module._train_tensors["s"]  # [n_train, layer, d]
-    targets = module._train_tensors["target"]
+    states = module.training_samples.subject_states  # [n_train, layer, d]
+    targets = module.training_samples.object_tokens
     events = EventAccumulator(str(tmp_path / "run"))
     events.Reload()
     for i, layer in enumerate(module.layers):
@@ -182,7 +182,7 @@ def test_a_plain_default_trainer_fits_and_skips_the_sanity_check(tiny_model_dir,
     data = RelationDataModule(model=tiny_model_dir, filter_known=False, batch_size=2)
     trainer = pl.Trainer(max_epochs=3, accelerator="cpu", default_root_dir=tmp_path)
     trainer.fit(module, datamodule=data)
-    assert trainer.current_epoch == 1 and module._count == 5
+    assert trainer.current_epoch == 1 and module.jacobian_sums.count == 5
     operator = LinearRelationOperator.load(next(tmp_path.glob("lightning_logs/version_*/operator.pt")))
     torch.testing.assert_close(operator.weight, reference.weights[0].cpu(), atol=1e-6, rtol=1e-5)
 

@@ -78,3 +78,32 @@ def test_beta_acts_on_the_projection_the_bias_or_both():
     assert relation_readout(projection, bias, 0.0, "bias").isnan().all()  # 1/β on b has no β = 0
     with pytest.raises(ValueError, match="acts_on='b': use one of"):
         relation_readout(projection, bias, 2.0, "b")
+
+
+def test_an_estimated_operator_holds_cpu_copies_and_the_prompts_as_run(tmp_path):
+    from lre_pl.dataset.prompts import EncodedPrompt
+    from lre_pl.dataset.relations import load_relation
+    from lre_pl.lre.estimators import LinearRegression
+
+    weights = torch.randn(2, 12, 12, requires_grad=True)  # [layer, d, d]: the operator takes one layer
+    biases = torch.randn(2, 12)  # [layer, d]
+    prompts = [EncodedPrompt("France is Paris. Spain is", (1, 2, 3), 4), EncodedPrompt("Spain is", (5,), 0)]
+    operator = LinearRelationOperator.estimated(
+        weights[1], biases[1], 2.25, "emb", relation=load_relation("country capital city"), model="m",
+        n_train=2, seed=7, train_prompts=prompts, test_prompt_template="{} is", estimator=LinearRegression(0.01),
+    )  # fmt: skip
+    assert not operator.weight.requires_grad and operator.weight.device.type == "cpu"
+    torch.testing.assert_close(operator.weight, weights[1].detach())
+    torch.testing.assert_close(operator.bias, biases[1])
+    assert (operator.beta, operator.layer, operator.relation, operator.model) == (
+        2.25,
+        "emb",
+        "country capital city",
+        "m",
+    )
+    assert (operator.n_train, operator.seed, operator.test_prompt_template) == (2, 7, "{} is")
+    assert operator.train_prompts == ["France is Paris. Spain is", "Spain is"]
+    assert operator.train_subject_token_index == [4, 0]
+    assert operator.estimator == "LinearRegression(ridge=0.01)"
+    loaded = LinearRelationOperator.load(operator.save(tmp_path / "operator.pt"))
+    assert loaded.train_prompts == operator.train_prompts and torch.equal(loaded.weight, operator.weight)
