@@ -494,3 +494,45 @@ def test_the_studys_beta_chosen_on_dev_is_the_sweeps_own_choice(tiny_model_dir, 
     } == chosen
     text = (out / "beta_study.md").read_text()
     assert "| paper | 2 | 0.000 | 0.000 | 2.25 [2.25–2.25] |" in text
+
+
+def test_global_beta_decodes_a_grid_beta_once(study, swept, grid, tmp_path, monkeypatch):
+    """A compared β of the sweep's grid is read from the per-β test decode the oracle rows made; only a
+    β off the grid (a learned one, the paper's 2.25 off this grid) is decoded again."""
+    from lre_pl.experiments.beta_study.questions import global_beta as question
+
+    points = chosen_points(read_rows(sorted((swept / "rows").glob("*.jsonl"))))
+    contexts = [StudyContext.of(Bundle.load(swept / "bundles" / slug(relation) / f"trial_{trial}.pt"), grid,
+                                study.decoder, layer) for (relation, trial), (layer, _) in sorted(points.items())]  # fmt: skip
+    monkeypatch.setattr(
+        question, "fit_betas", lambda model, samples, *_, **__: dict.fromkeys(samples.group_names, 1.7)
+    )
+    decoded, decode = [], StudyContext.test_faithfulness
+    monkeypatch.setattr(
+        StudyContext, "test_faithfulness", lambda self, beta, layer=None: decoded.append(beta) or decode(self, beta, layer)
+    )  # fmt: skip
+    rows = question.global_beta_rows(contexts, [points[key][1] for key in sorted(points)], "unused", tmp_path)
+    # Per bundle: the paper's 2.25, and 1.7 for each of the 4 learned fits and, on the held-out half, the held-out fit.
+    assert sorted(decoded) == [1.7] * 9 + [2.25] * 2
+    compared = [row for row in rows if row["metric"] == "faithfulness@1"]
+    # The tiny model's scores all tie: every grid choice (the sweep's, grid:*, oracle:*) is the layer-search β.
+    assert {row["beta"] for row in compared} == {1.0, 1.7, 2.25} and len(compared) == 2 * 13 - 1
+    for context in contexts:
+        test = dict(zip(grid.betas, context.faithfulness_by_beta(grid.betas, "test")))
+        on_grid = [r for r in compared if r["relation"] == context.bundle.relation and r["beta"] in test]
+        assert on_grid and all(row["value"] == test[row["beta"]] for row in on_grid)
+
+
+def test_the_registry_orders_the_questions_and_every_question_has_a_config():
+    """A question is its class and its config: the names, the report's numbers (1, 2, ... in registry
+    order), the per-bundle ones, and configs/beta/ follow the registry."""
+    assert QUESTIONS == ("bias_variants", "where_beta", "unit_s", "per_sample_beta", "per_sample_w", "after_norm",
+                         "residual", "fixed_beta", "global_beta", "across_trials")  # fmt: skip
+    assert [question.number for question in REGISTRY.values()] == list(range(1, len(REGISTRY) + 1))
+    assert PER_BUNDLE == ("bias_variants", "where_beta", "unit_s", "per_sample_beta", "per_sample_w", "after_norm",
+                          "residual", "fixed_beta")  # fmt: skip
+    assert all(REGISTRY[name].across_bundles for name in ("global_beta", "across_trials"))
+    folder = Path(__file__).parents[2] / "configs" / "beta"
+    assert {path.stem for path in folder.glob("*.yaml")} == {*QUESTIONS, "all"}
+    headline = [line.order for question in REGISTRY.values() for line in question.headline]
+    assert len(headline) == len(set(headline)) == 13

@@ -198,9 +198,11 @@ class ScanQuestion(PerBundleQuestion):
 
 
 def section(table: str, text: str) -> str:
-    """A section: its table, then its text (a verdict, a note) after a blank line."""
+    """A section: its markdown table, a line break, then ``text`` (a note or a :func:`verdict`, each
+    opening with a newline of its own)."""
     return f"{table}\n{text}"
 
 
 def verdict(text: str) -> str:
+    """A verdict paragraph, set off by a blank line."""
     return f"\n**Verdict.** {text}\n"
