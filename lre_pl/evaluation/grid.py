@@ -25,7 +25,6 @@ Rows are dicts with the fields of :data:`ROW_FIELDS`.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,14 +33,12 @@ import torch
 
 from lre_pl.dataset.prompts import encode_prompt, fill_subject
 from lre_pl.evaluation.causality import EditSet, comparison_edits, edit_hits, pinv_edits, random_targets
-from lre_pl.evaluation.metrics import prefix_hits
+from lre_pl.evaluation.context import BundleContext, Decoder
 from lre_pl.lm.models import LanguageModel
 from lre_pl.lre.bundle import Bundle
 from lre_pl.lre.estimators import Estimator
-from lre_pl.lre.operator import relation_readout
-from lre_pl.protocol.rows import make_row
 from lre_pl.protocol.selection import SELECTIONS, SelectionRule
-from lre_pl.protocol.splits import SPLITS, KnownSamples
+from lre_pl.protocol.splits import KnownSamples
 
 Layer = int | str
 
@@ -75,115 +72,32 @@ class EvaluationGrid:
         return KnownSamples.of(evaluated, self.dev_fraction, bundle.seed, self.max_known)
 
 
-@dataclass(frozen=True)
-class TopTokens:
-    """The k best tokens of each decoded vector."""
-
-    ids: torch.Tensor  # [N, k] token ids, best first (CPU)
-    probabilities: torch.Tensor | None = None  # [N, k] their softmax probabilities over the vocabulary
-
-
-class Decoder:
-    """Top-k tokens of residual vectors through the LM's final norm and unembedding, in chunks.
-
-    A sweep's grid and a fit's validation both decode and match through this class and
-    :func:`~lre_pl.evaluation.metrics.prefix_hits`: faithfulness has one definition.
-    """
-
-    def __init__(self, lm: LanguageModel, top_k: int, chunk: int = 1024):
-        self.lm, self.top_k, self.chunk = lm, top_k, chunk
-
-    @functools.cached_property
-    def vocabulary(self) -> list[str]:
-        """Every token id's string (prefix matching compares these with objects)."""
-        return self.lm.token_strings(list(range(self.lm.unembedding.weight.shape[0])))
-
-    @torch.no_grad()
-    def top_tokens(
-        self, hidden: torch.Tensor, apply_norm: bool = True, probabilities: bool = False
-    ) -> TopTokens:
-        """The top-k tokens of hidden [N, d] (ranked by logit), and with ``probabilities`` their softmax.
-
-        ``apply_norm=False`` decodes by the unembedding alone (``hidden`` is already after the final norm).
-        """
-        lm, ids, top_probabilities = self.lm, [], []
-        for part in hidden.split(self.chunk):
-            logits = lm.decode(part.to(lm.device, lm.dtype), apply_norm)  # [chunk, vocab]
-            top = logits.topk(self.top_k).indices  # [chunk, k]
-            ids.append(top.cpu())
-            if probabilities:
-                top_probabilities.append(logits.float().softmax(-1).gather(-1, top).cpu())
-        return TopTokens(torch.cat(ids), torch.cat(top_probabilities) if probabilities else None)
-
-    def token_strings(self, ids: torch.Tensor) -> list[list[str]]:
-        """The strings of token ids [N, k]."""
-        return [[self.vocabulary[t] for t in row] for row in ids.tolist()]
-
-    def prefix_hits(self, ids: torch.Tensor, objects: Sequence[str]) -> torch.Tensor:
-        """[N, k] bool for token ids [N, k]: the j-th token starts sample i's object."""
-        return prefix_hits(self.token_strings(ids), objects).reshape(ids.shape)  # [0, k] for no sample
-
-    def hits(self, hidden: torch.Tensor, objects: Sequence[str], apply_norm: bool = True) -> torch.Tensor:
-        """[N, 2] bool for hidden [N, d]: the top-1 token starts the object; one of the top k does."""
-        matches = self.prefix_hits(self.top_tokens(hidden, apply_norm).ids, objects)  # [N, k]
-        return torch.stack([matches[:, 0], matches.any(1)], dim=1)
-
-
 class BundleEvaluation:
-    """Evaluates one bundle; :meth:`rows` runs everything and returns the tidy rows."""
+    """Evaluates one bundle through its :class:`~lre_pl.evaluation.context.BundleContext` (the grid's
+    known samples and split); :meth:`rows` runs everything and returns the tidy rows."""
 
     def __init__(self, bundle: Bundle, grid: EvaluationGrid, decoder: Decoder):
         self.bundle, self.grid, self.decoder = bundle, grid, decoder
-        self.samples = grid.known_samples(bundle)
+        self.context = BundleContext(bundle, grid.known_samples(bundle), decoder, grid.selection_rule)
         self._rows: list[dict] = []
-
-    @property
-    def known(self) -> torch.Tensor:
-        """[k] indices of the evaluated samples into the bundle's test samples."""
-        return self.samples.indices
-
-    @property
-    def splits(self) -> dict[str, torch.Tensor]:
-        """split -> positions into :attr:`known`."""
-        return self.samples.splits
-
-    @property
-    def objects(self) -> list[str]:
-        return [self.bundle.test_objects[i] for i in self.known.tolist()]
-
-    def _row(self, **fields) -> None:
-        b = self.bundle
-        self._rows.append(
-            make_row(model=b.model, relation=b.relation, category=b.category, trial=b.seed, **fields)
-        )
-
-    def _means(self, hits: dict, split: str) -> dict:
-        """{key: faithfulness@1 on ``split``} of per-sample ``hits`` {key: [known, 2]} (NaN: empty split)."""
-        return {key: value[self.splits[split], 0].float().mean().item() for key, value in hits.items()}
-
-    def _split_rows(self, hits: torch.Tensor, metrics: Sequence[str], splits=SPLITS, **fields) -> None:
-        """One row per split and metric of per-sample ``hits`` [known, len(metrics)]."""
-        for split in splits:
-            positions = self.splits[split]
-            for column, metric in enumerate(metrics):
-                value = hits[positions, column].float().mean().item() if len(positions) else float("nan")
-                self._row(split=split, metric=metric, value=value, n=len(positions), **fields)
-
-    @property
-    def faithfulness_metrics(self) -> tuple[str, str]:
-        return ("faithfulness@1", f"faithfulness@{self.grid.top_k}")
 
     def rows(self, lm: LanguageModel | None = None) -> list[dict]:
         """All rows of this bundle; ``lm`` (for causality) may be ``None`` to skip causality."""
-        b, grid = self.bundle, self.grid
+        b, grid, context = self.bundle, self.grid, self.context
         n_test = len(b.test_objects)
         n_known = float(b.known.sum()) if grid.known_only else float(n_test)
-        self._row(kind="count", split="all", metric="known_test_samples", value=n_known, n=n_test)
-        self._row(
-            kind="count", split="all", metric="lm_accuracy", value=b.known.float().mean().item(), n=n_test
+        self._rows.append(
+            context.row(kind="count", split="all", metric="known_test_samples", value=n_known, n=n_test)
         )
-        if len(self.known) < grid.min_known:
-            self._row(kind="count", split="all", metric="too_few_known", value=1.0, n=len(self.known))
+        self._rows.append(
+            context.row(
+                kind="count", split="all", metric="lm_accuracy", value=b.known.float().mean().item(), n=n_test
+            )
+        )
+        if len(context) < grid.min_known:
+            self._rows.append(
+                context.row(kind="count", split="all", metric="too_few_known", value=1.0, n=len(context))
+            )
             return self._rows
         started = time.perf_counter()
         chosen_lre = {}
@@ -197,36 +111,24 @@ class BundleEvaluation:
             self._causality(lm, chosen_lre)
             seconds["causality"] = time.perf_counter() - started
         for stage, value in seconds.items():
-            self._row(kind="timing", split="all", metric=f"seconds_{stage}", value=value, n=len(self.known))
+            self._rows.append(
+                context.row(
+                    kind="timing", split="all", metric=f"seconds_{stage}", value=value, n=len(context)
+                )
+            )
         return self._rows
 
     # ------------------------------------------------------------------------------ faithfulness
-    def _hits_at(self, estimator: Estimator, points: Sequence[tuple[Layer, float]]) -> dict:
-        """{(layer, beta): hits [known, 2]} of one estimator at every point, in one batched decode.
-
-        Decoding is the grid's whole cost (a [rows, d] x [d, vocab] product): one call for all points
-        keeps its matrix products wide (on a CPU, 1024 rows run at 1.6x the speed per row of 77).
-        """
-        order, hidden = [], []  # the points grouped by layer; per point [k, d]
-        for layer in dict.fromkeys(layer for layer, _ in points):
-            weight, bias = estimator(self.bundle.training_statistics(layer))
-            projection = self.bundle.test_states(layer)[self.known] @ weight.T  # [k, d] W s
-            for beta in (beta for at, beta in points if at == layer):
-                order.append((layer, beta))
-                hidden.append(relation_readout(projection, bias, beta))
-        hits = self.decoder.hits(torch.cat(hidden), self.objects * len(points))
-        return dict(zip(order, hits.reshape(len(points), len(self.known), 2)))
-
     def _faithfulness(self, estimator: Estimator) -> dict[str, tuple[Layer, float]]:
         """Grid rows of one estimator and its selected rows; returns the chosen (layer, beta) per selection."""
-        b, name = self.bundle, estimator.name
+        b, name, context = self.bundle, estimator.name, self.context
         # Only the LRE scans β; every other estimator is read at β = 1 and chooses its layer alone.
         rule = self.grid.selection_rule if estimator.takes_beta else SelectionRule([1.0])
         search_beta = rule.layer_search_beta
-        scores = self._hits_at(estimator, [(layer, search_beta) for layer in b.layers])
+        scores = context.hits_at(estimator, [(layer, search_beta) for layer in b.layers])
         chosen_layers = {
             selection: rule.layer(
-                {layer: value for (layer, _), value in self._means(scores, chosen_on).items()}, b.layers
+                {layer: value for (layer, _), value in context.means(scores, chosen_on).items()}, b.layers
             )
             for selection, (chosen_on, _) in SELECTIONS.items()
         }
@@ -235,32 +137,32 @@ class BundleEvaluation:
             scan_layers = sorted(set(chosen_layers.values()) | ({"emb"} & set(b.layers)), key=str)
             betas = [beta for beta in rule.betas if beta != search_beta]
             scores.update(
-                self._hits_at(estimator, [(layer, beta) for layer in scan_layers for beta in betas])
+                context.hits_at(estimator, [(layer, beta) for layer in scan_layers for beta in betas])
             )
             if "emb" in b.layers:
                 variants[f"{name}_emb"] = "emb"
         for (layer, beta), hits in scores.items():
-            self._split_rows(
-                hits, self.faithfulness_metrics, kind="grid", estimator=name, layer=str(layer), beta=beta
+            self._rows += context.split_rows(
+                hits, context.faithfulness_metrics, kind="grid", estimator=name, layer=str(layer), beta=beta
             )
         chosen = {}
         for variant, fixed_layer in variants.items():
             for selection, (chosen_on, report) in SELECTIONS.items():
                 layer = chosen_layers[selection] if fixed_layer is None else fixed_layer
                 at_layer = {beta: hits for (at, beta), hits in scores.items() if at == layer}
-                beta = rule.beta(self._means(at_layer, chosen_on))
+                beta = rule.beta(context.means(at_layer, chosen_on))
                 if fixed_layer is None:
                     chosen[selection] = (layer, beta)
-                self._split_rows(
-                    at_layer[beta], self.faithfulness_metrics, splits=(report,), kind="selected",
+                self._rows += context.split_rows(
+                    at_layer[beta], context.faithfulness_metrics, splits=(report,), kind="selected",
                     selection=selection, estimator=variant, layer=str(layer), beta=beta,
                 )  # fmt: skip
         return chosen
 
     # --------------------------------------------------------------------------------- causality
     def _causality(self, lm: LanguageModel, chosen: dict[str, tuple[Layer, float]]) -> None:
-        b, grid = self.bundle, self.grid
-        known = self.known
+        b, grid, context = self.bundle, self.grid, self.context
+        known = context.known
         prompts = [
             encode_prompt(lm.tokenizer, fill_subject(b.test_prompt_template, b.test_subjects[i]))
             for i in known.tolist()
@@ -268,7 +170,7 @@ class BundleEvaluation:
         edits = EditSet(
             prompts,
             [b.test_subjects[i] for i in known.tolist()],
-            self.objects,
+            context.objects,
             b.test_subject_states[known].to(lm.device),
             b.test_output_states[known].to(lm.device),
         )
@@ -277,7 +179,7 @@ class BundleEvaluation:
             return
         sources = torch.tensor([source for source, _ in pairs])
         # Pairs per split: those whose source sample is in the split.
-        in_split = {split: torch.isin(sources, positions) for split, positions in self.splits.items()}
+        in_split = {split: torch.isin(sources, positions) for split, positions in context.splits.items()}
         edit_fns = {}
         for layer in dict.fromkeys(layer for layer, _ in chosen.values()):
             weight = b.weights[b.layer_index(layer)].to(lm.device)
@@ -292,8 +194,10 @@ class BundleEvaluation:
             for (estimator, rank), pair_hits in hits.items():
                 for split, mask in in_split.items():
                     value = pair_hits[mask].float().mean().item() if mask.any() else float("nan")
-                    self._row(kind="grid", estimator=estimator, layer=str(layer), rank=rank, split=split,
-                              metric="efficacy", value=value, n=int(mask.sum()))  # fmt: skip
+                    self._rows.append(context.row(
+                        kind="grid", estimator=estimator, layer=str(layer), rank=rank, split=split,
+                        metric="efficacy", value=value, n=int(mask.sum()),
+                    ))  # fmt: skip
             for selection, (chosen_on, report) in SELECTIONS.items():
                 if chosen[selection][0] != layer:
                     continue
@@ -306,6 +210,8 @@ class BundleEvaluation:
                     if key[0] == "lre" and key[1] != best_rank:
                         continue
                     mask = in_split[report]
-                    self._row(kind="selected", selection=selection, estimator=key[0], layer=str(layer),
-                              rank=key[1], split=report, metric="efficacy",
-                              value=pair_hits[mask].float().mean().item(), n=int(mask.sum()))  # fmt: skip
+                    self._rows.append(context.row(
+                        kind="selected", selection=selection, estimator=key[0], layer=str(layer), rank=key[1],
+                        split=report, metric="efficacy", value=pair_hits[mask].float().mean().item(),
+                        n=int(mask.sum()),
+                    ))  # fmt: skip

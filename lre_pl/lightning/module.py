@@ -13,7 +13,7 @@ from torch import nn
 from lre_pl.dataset.relations import HPARAMS_MODELS, reference_hparams
 from lre_pl.errors import InputError
 from lre_pl.evaluation.causality import all_pairs, comparison_edits, efficacy, pinv_edits, random_targets
-from lre_pl.evaluation.grid import Decoder
+from lre_pl.evaluation.context import Decoder
 from lre_pl.evaluation.metrics import PrefixRecallAtK
 from lre_pl.lightning.callbacks import FailedRunCleanup
 from lre_pl.lightning.distributed import gather_objects, rank_and_world

@@ -9,21 +9,14 @@ import torch
 from test_sweep import tiny_config
 
 from lre_pl.errors import InputError
-from lre_pl.evaluation.grid import Decoder
-from lre_pl.experiments.beta_study.report import ModelStudy, figure_name, study_markdown
-from lre_pl.experiments.beta_study.study import (
-    BIAS_VARIANTS,
-    FINE_BETAS,
-    PER_BUNDLE,
-    QUESTIONS,
-    BetaStudy,
-    BetaStudyConfig,
-    after_norm_operator,
-    bias_variant,
-    chosen_points,
-    run_beta_study,
-    smallest_beta,
-)
+from lre_pl.evaluation.context import Decoder
+from lre_pl.experiments.beta_study.context import StudyContext
+from lre_pl.experiments.beta_study.questions import PER_BUNDLE, QUESTIONS, REGISTRY
+from lre_pl.experiments.beta_study.questions.after_norm import after_norm_operator
+from lre_pl.experiments.beta_study.questions.bias_variants import BIAS_VARIANTS, bias_variant
+from lre_pl.experiments.beta_study.questions.per_sample_beta import FINE_BETAS, figure_name, smallest_beta
+from lre_pl.experiments.beta_study.report import ModelStudy, study_markdown
+from lre_pl.experiments.beta_study.study import BetaStudyConfig, chosen_points, run_beta_study
 from lre_pl.experiments.sweep.runner import Sweep
 from lre_pl.lm.models import load_language_model
 from lre_pl.lre.bundle import Bundle
@@ -45,17 +38,28 @@ def swept(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def study(swept, tiny_model_dir):
-    config = tiny_config(tiny_model_dir, swept)
-    bundle = Bundle.load(swept / "bundles" / "country_capital_city" / "trial_0.pt")
-    lm = load_language_model(tiny_model_dir)
-    return BetaStudy(bundle, config.grid(), Decoder(lm, config.top_k), LAYER)
+def grid(swept, tiny_model_dir):
+    return tiny_config(tiny_model_dir, swept).grid()
 
 
 @pytest.fixture(scope="module")
-def answered(study):
-    """The rows of every per-bundle question (asked once: rows accumulate on the study)."""
-    return study.study_rows()
+def study(swept, tiny_model_dir, grid):
+    """One bundle's study context at the study's layer."""
+    bundle = Bundle.load(swept / "bundles" / "country_capital_city" / "trial_0.pt")
+    lm = load_language_model(tiny_model_dir)
+    return StudyContext.of(bundle, grid, Decoder(lm, grid.top_k), LAYER)
+
+
+@pytest.fixture(scope="module")
+def answers(study):
+    """{question: its answer on the bundle} of every per-bundle question (asked once)."""
+    return {name: REGISTRY[name]().answer(study) for name in PER_BUNDLE}
+
+
+@pytest.fixture(scope="module")
+def answered(answers):
+    """The rows of every per-bundle question."""
+    return [row for answer in answers.values() for row in answer.rows]
 
 
 def test_bias_variants_follow_their_definitions(study):
@@ -177,8 +181,8 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
     # The grid's single β by hand: the β of the sweep's grid with the best mean dev faithfulness.
     points = chosen_points(read_rows(sorted((swept / "rows").glob("*.jsonl"))))
     grid = tiny_config(study.decoder.lm.spec, swept).grid()
-    studies = [BetaStudy(Bundle.load(swept / "bundles" / slug(relation) / f"trial_{trial}.pt"), grid,
-                         study.decoder, layer) for (relation, trial), (layer, _) in sorted(points.items())]  # fmt: skip
+    studies = [StudyContext.of(Bundle.load(swept / "bundles" / slug(relation) / f"trial_{trial}.pt"), grid,
+                               study.decoder, layer) for (relation, trial), (layer, _) in sorted(points.items())]  # fmt: skip
     betas = [1.0] + [
         beta for beta in grid.betas if beta != 1.0
     ]  # ties: the layer-search β first, as the sweep
@@ -216,7 +220,7 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
     text, numbers = study_markdown(two, ["(two)"])
     assert text.startswith("# The β study: model-a, model-b\n\nMade by (two).")
     assert "|  | model-a | model-b |" in text and text.count("### model-a") == text.count("### model-b") == 10
-    assert numbers["model-a"]["global"]["grid:global:dev"]["beta"] == grid_beta
+    assert numbers["model-a"]["global_beta"]["grid:global:dev"]["beta"] == grid_beta
     assert (
         compared.count("heldout:global:dev") == 1 and compared.count("beta_1") == 2
     )  # held out: the other half
@@ -230,8 +234,8 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
     )
 
 
-def test_a_capped_study_keeps_a_subset_of_the_sweeps_own_dev_and_test_splits(study):
-    capped = BetaStudy(study.bundle, study.grid, study.decoder, LAYER, max_known=6)
+def test_a_capped_study_keeps_a_subset_of_the_sweeps_own_dev_and_test_splits(study, grid):
+    capped = StudyContext.of(study.bundle, grid, study.decoder, LAYER, max_known=6)
     assert len(study.known) > 6 and len(capped.known) == 6
     for split in ("dev", "test"):  # as sample indices of the bundle
         kept = capped.known[capped.splits[split]].tolist()
@@ -244,11 +248,11 @@ def test_a_capped_study_keeps_a_subset_of_the_sweeps_own_dev_and_test_splits(stu
     )  # fmt: skip
     expected = study.decoder.hits(hidden, capped.objects)[capped.splits["test"], 0].float().mean().item()
     assert capped.test_faithfulness(2.0) == pytest.approx(expected)
-    assert BetaStudy(study.bundle, study.grid, study.decoder, LAYER, max_known=1000).known.equal(study.known)
+    assert StudyContext.of(study.bundle, grid, study.decoder, LAYER, max_known=1000).known.equal(study.known)
 
 
 def test_the_best_shared_beta_maximises_the_group_mean_first_of_ties():
-    from lre_pl.experiments.beta_study.study import best_shared_betas
+    from lre_pl.experiments.beta_study.questions.global_beta import best_shared_betas
 
     scores = [{1.0: 0.5, 2.0: 0.9, 3.0: 0.1}, {1.0: 0.6, 2.0: 0.2, 3.0: 0.7}, {1.0: 0.4, 2.0: 0.4, 3.0: 0.0}]
     # Means over all three: 0.5, 0.5, 0.267: a tie, broken toward the layer-search β, then the grid's order.
@@ -356,7 +360,7 @@ def test_unit_s_and_after_norm_follow_their_definitions(study, answered):
         )
 
 
-def test_per_sample_w_and_fixed_beta_rows(study, answered, swept):
+def test_per_sample_w_and_fixed_beta_rows(study, answers, answered, swept):
     from lre_pl.protocol.rows import read_rows
 
     b, i = study.bundle, study.bundle.layer_index(LAYER)
@@ -365,7 +369,7 @@ def test_per_sample_w_and_fixed_beta_rows(study, answered, swept):
                and r["metric"] == "z_norm"]  # fmt: skip
     expected = (b.train_jacobian_states[:, i] + b.biases[i]).norm(dim=-1)
     assert z_norms == pytest.approx(expected.tolist(), rel=1e-5)
-    table = study.tables["per_sample_w"]
+    table = answers["per_sample_w"].table
     assert table.count("| own_W_i |") == 5 and table.count("| mean_W |") == 5
     # With β held at 1 the layer is chosen as the sweep chooses it (at layer_search_beta = 1).
     [fixed] = [r for r in rows if r["kind"] == "fixed_beta" and r["estimator"] == "beta=1.0"
@@ -378,7 +382,7 @@ def test_per_sample_w_and_fixed_beta_rows(study, answered, swept):
 def test_the_mean_subject_bias_is_the_lm_at_the_mean_state(study):
     from reference import full_forward_map
 
-    from lre_pl.experiments.beta_study.study import mean_subject_bias
+    from lre_pl.experiments.beta_study.questions.bias_variants import mean_subject_bias
 
     b, lm, i = study.bundle, study.decoder.lm, study.bundle.layer_index(LAYER)
     prompts = [item.prompt for item in study.train_prompts]
@@ -454,7 +458,7 @@ def test_hyper_parameters_held_fixed_across_trials(tiny_model_dir, tmp_path):
         points["country capital city", 1][1],
     )
     # The fixed row by hand: trial 1's bundle read at trial 0's layer and beta, on trial 1's test split.
-    study = BetaStudy(
+    study = StudyContext.of(
         Bundle.load(tmp_path / "sweep" / "bundles" / "country_capital_city" / "trial_1.pt"), config.grid(),
         Decoder(load_language_model(tiny_model_dir), config.top_k), layer,
     )  # fmt: skip
@@ -471,7 +475,7 @@ def test_the_studys_beta_chosen_on_dev_is_the_sweeps_own_choice(tiny_model_dir, 
     """A sweep whose layer-search β (2.25) is off its grid and whose βs are listed out of order: on the
     tiny model every faithfulness ties, so only the tie rule decides, and the study must decide as the
     sweep did (the old report took β = 1, then the smallest)."""
-    from lre_pl.experiments.beta_study.report import selected_beta
+    from lre_pl.experiments.beta_study.questions.base import selected_beta
 
     config = tiny_config(
         tiny_model_dir, tmp_path / "sweep", betas=[2.0, 0.5, 1.0], layer_search_beta=2.25, ranks=[]
@@ -490,3 +494,45 @@ def test_the_studys_beta_chosen_on_dev_is_the_sweeps_own_choice(tiny_model_dir, 
     } == chosen
     text = (out / "beta_study.md").read_text()
     assert "| paper | 2 | 0.000 | 0.000 | 2.25 [2.25–2.25] |" in text
+
+
+def test_global_beta_decodes_a_grid_beta_once(study, swept, grid, tmp_path, monkeypatch):
+    """A compared β of the sweep's grid is read from the per-β test decode the oracle rows made; only a
+    β off the grid (a learned one, the paper's 2.25 off this grid) is decoded again."""
+    from lre_pl.experiments.beta_study.questions import global_beta as question
+
+    points = chosen_points(read_rows(sorted((swept / "rows").glob("*.jsonl"))))
+    contexts = [StudyContext.of(Bundle.load(swept / "bundles" / slug(relation) / f"trial_{trial}.pt"), grid,
+                                study.decoder, layer) for (relation, trial), (layer, _) in sorted(points.items())]  # fmt: skip
+    monkeypatch.setattr(
+        question, "fit_betas", lambda model, samples, *_, **__: dict.fromkeys(samples.group_names, 1.7)
+    )
+    decoded, decode = [], StudyContext.test_faithfulness
+    monkeypatch.setattr(
+        StudyContext, "test_faithfulness", lambda self, beta, layer=None: decoded.append(beta) or decode(self, beta, layer)
+    )  # fmt: skip
+    rows = question.global_beta_rows(contexts, [points[key][1] for key in sorted(points)], "unused", tmp_path)
+    # Per bundle: the paper's 2.25, and 1.7 for each of the 4 learned fits and, on the held-out half, the held-out fit.
+    assert sorted(decoded) == [1.7] * 9 + [2.25] * 2
+    compared = [row for row in rows if row["metric"] == "faithfulness@1"]
+    # The tiny model's scores all tie: every grid choice (the sweep's, grid:*, oracle:*) is the layer-search β.
+    assert {row["beta"] for row in compared} == {1.0, 1.7, 2.25} and len(compared) == 2 * 13 - 1
+    for context in contexts:
+        test = dict(zip(grid.betas, context.faithfulness_by_beta(grid.betas, "test")))
+        on_grid = [r for r in compared if r["relation"] == context.bundle.relation and r["beta"] in test]
+        assert on_grid and all(row["value"] == test[row["beta"]] for row in on_grid)
+
+
+def test_the_registry_orders_the_questions_and_every_question_has_a_config():
+    """A question is its class and its config: the names, the report's numbers (1, 2, ... in registry
+    order), the per-bundle ones, and configs/beta/ follow the registry."""
+    assert QUESTIONS == ("bias_variants", "where_beta", "unit_s", "per_sample_beta", "per_sample_w", "after_norm",
+                         "residual", "fixed_beta", "global_beta", "across_trials")  # fmt: skip
+    assert [question.number for question in REGISTRY.values()] == list(range(1, len(REGISTRY) + 1))
+    assert PER_BUNDLE == ("bias_variants", "where_beta", "unit_s", "per_sample_beta", "per_sample_w", "after_norm",
+                          "residual", "fixed_beta")  # fmt: skip
+    assert all(REGISTRY[name].across_bundles for name in ("global_beta", "across_trials"))
+    folder = Path(__file__).parents[2] / "configs" / "beta"
+    assert {path.stem for path in folder.glob("*.yaml")} == {*QUESTIONS, "all"}
+    headline = [line.order for question in REGISTRY.values() for line in question.headline]
+    assert len(headline) == len(set(headline)) == 13

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from test_sweep import rows_of, tiny_config
 
-import lre_pl.evaluation.grid
+import lre_pl.evaluation.context
 from lre_pl.experiments.sweep.runner import Sweep
 from lre_pl.lightning.datamodule import RelationDataModule
 from lre_pl.lightning.module import LinearRelationModule
@@ -19,9 +19,9 @@ RELATION, SEED, LAYER, BETA, K = "country capital city", 1, 1, 2.0, 40
 
 def test_a_fit_and_a_sweep_report_the_same_faithfulness(tiny_model_dir, tmp_path, monkeypatch):
     recorded = []  # every [N, k] hits matrix that the one shared prefix_hits returned, in call order
-    shared = lre_pl.evaluation.grid.prefix_hits
+    shared = lre_pl.evaluation.context.prefix_hits
     monkeypatch.setattr(
-        lre_pl.evaluation.grid, "prefix_hits", lambda *args: recorded.append(shared(*args)) or recorded[-1]
+        lre_pl.evaluation.context, "prefix_hits", lambda *args: recorded.append(shared(*args)) or recorded[-1]
     )
     # The sweep's own estimation settings (batch_size 4, chunk_size 11), every test sample validated.
     module = LinearRelationModule(model=tiny_model_dir, layers=LAYER, beta=BETA, top_k=K, chunk_size=11)

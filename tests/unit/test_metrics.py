@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lre_pl.evaluation.grid import Decoder
+from lre_pl.evaluation.context import Decoder
 from lre_pl.evaluation.metrics import PrefixRecallAtK, prefix_hits
 
 

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from lre_pl.dataset.relations import CATEGORIES, list_relations, load_relation
 from lre_pl.errors import InputError
-from lre_pl.evaluation.grid import BundleEvaluation, Decoder, EvaluationGrid
+from lre_pl.evaluation.context import Decoder
+from lre_pl.evaluation.grid import BundleEvaluation, EvaluationGrid
 from lre_pl.files import write_text_atomically
 from lre_pl.lightning.datamodule import RelationDataModule
 from lre_pl.lightning.module import LinearRelationModule

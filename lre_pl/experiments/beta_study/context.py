@@ -1,0 +1,111 @@
+"""What the β study's questions read: one bundle at the LRE's dev-chosen layer (:class:`StudyContext`),
+and a sweep's evaluated bundles together (:class:`SweepStudy`, for the cross-bundle questions)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lre_pl.dataset.relations import load_relation
+from lre_pl.evaluation.context import BundleContext, Decoder
+from lre_pl.evaluation.grid import EvaluationGrid
+from lre_pl.lightning.datamodule import RelationPrompts
+from lre_pl.lm.jacobian import compute_jacobians
+from lre_pl.lre.bundle import Bundle
+from lre_pl.protocol.folder import SweepFolder
+
+Layer = int | str
+BundleKey = tuple[str, int]  # (relation, trial)
+
+
+class StudyContext(BundleContext):
+    """A bundle's evaluation context at the LRE's dev-chosen layer, with what several questions need
+    and is costly to make: the training prompts and each training sample's J_i, made once per bundle."""
+
+    @classmethod
+    def of(
+        cls,
+        bundle: Bundle,
+        grid: EvaluationGrid,
+        decoder: Decoder,
+        layer: Layer,
+        max_known: int | None = None,
+    ) -> StudyContext:
+        """The sweep's known samples and split of ``bundle``, at most ``max_known`` of them (a seeded
+        subset of the sweep's own dev and test splits, so no study test sample chose the sweep's layer
+        and β), read at ``layer``."""
+        samples = grid.known_samples(bundle)
+        if max_known is not None:
+            samples = samples.capped(max_known, bundle.seed)
+        return cls(bundle, samples, decoder, grid.selection_rule, layer)
+
+    def projection_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W s [k, d], b [d]) of the LRE at the study's layer, s of the evaluated samples."""
+        i = self.bundle.layer_index(self.layer)
+        return self.projection(self.bundle.weights[i]), self.bundle.biases[i]
+
+    @functools.cached_property
+    def train_prompts(self) -> list:
+        """The training items of the bundle's trial (rebuilt: the split is seeded)."""
+        b = self.bundle
+        return RelationPrompts.build(load_relation(b.relation), self.decoder.lm, b.n_train, b.seed).train
+
+    @functools.cached_property
+    def jacobians(self) -> torch.Tensor:
+        """J_i [n, d, d] of the training samples at the study's layer (one engine pass, then checked).
+
+        The bundle keeps only J_i s_i (J_i are d² each), so they are computed again for this one
+        layer and checked against the bundle's J_i s_i.
+        """
+        b, lm = self.bundle, self.decoder.lm
+        result = compute_jacobians(lm, [item.prompt for item in self.train_prompts], [self.layer])
+        jacobians = result.jacobians[self.layer].detach().float().cpu()
+        i = b.layer_index(self.layer)
+        stored = b.train_jacobian_states[:, i]  # J_i s_i of the estimation: the same prompts, the same J_i
+        s = b.train_subject_states[:, i]
+        recomputed = torch.einsum("nij,nj->ni", jacobians, s)
+        # Float32 products carry an error of about eps * ‖J_i‖ ‖s_i‖, whatever the size of J_i s_i.
+        scale = (jacobians.flatten(1).norm(dim=-1) * s.norm(dim=-1)).max().item()
+        if (recomputed - stored).abs().max().item() > 1e-4 * scale:
+            raise RuntimeError(
+                f"J_i of {b.relation!r} at layer {self.layer} differ from its bundle's J_i s_i"
+            )
+        return jacobians
+
+
+@dataclass(frozen=True)
+class SweepStudy:
+    """A sweep's evaluated bundles as the β study reads them, and the study's settings."""
+
+    sweep: SweepFolder
+    grid: EvaluationGrid
+    decoder: Decoder
+    points: Mapping[BundleKey, tuple[Layer, float]]
+    """(relation, trial) -> the LRE's (layer, β) chosen on the bundle's dev split by the sweep."""
+    model: str
+    """The sweep's model spec (a learned-β fit loads it)."""
+    log_dir: Path
+    """Where the learned-β fits log (TensorBoard)."""
+    max_known: int | None = None
+    fit_epochs: int = 10
+
+    @property
+    def keys(self) -> list[BundleKey]:
+        """Every evaluated bundle, in the study's order."""
+        return sorted(self.points, key=str)
+
+    def context(self, relation: str, trial: int) -> StudyContext:
+        """The bundle's context at its dev-chosen layer (the bundle is loaded on each call)."""
+        bundle = Bundle.load(self.sweep.bundle(relation, trial))
+        return StudyContext.of(
+            bundle, self.grid, self.decoder, self.points[relation, trial][0], self.max_known
+        )
+
+    def usable(self, keys: Iterable[BundleKey]) -> dict[BundleKey, StudyContext]:
+        """{key: context} of the bundles among ``keys`` with at least the grid's ``min_known`` samples."""
+        contexts = {key: self.context(*key) for key in keys}
+        return {key: context for key, context in contexts.items() if len(context) >= self.grid.min_known}
