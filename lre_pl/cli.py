@@ -29,7 +29,13 @@ from pytorch_lightning.cli import LightningCLI
 from lre_pl.api import ESTIMATION_TRAINER_DEFAULTS
 from lre_pl.dataset.relations import CATEGORIES, list_relations
 from lre_pl.errors import InputError
-from lre_pl.lightning.callbacks import RunTerminated, SampleProgressBar, install_sigterm_handler
+from lre_pl.lightning.callbacks import (
+    RunInterrupted,
+    RunTerminated,
+    SampleProgressBar,
+    install_sigterm_handler,
+    sigint_raises_run_interrupted,
+)
 from lre_pl.lightning.datamodule import RelationDataModule
 from lre_pl.lightning.module import LinearRelationModule
 
@@ -114,7 +120,20 @@ def run_sweep(argv: list[str]) -> None:
 
     description = "The paper's protocol over many relations and trials; rerun to resume."
     config = parse_dataclass(SweepConfig, "lre-pl sweep", description, argv)
-    root = Sweep(config, command=shlex.join(["lre-pl", "sweep", *argv])).run()
+    with sigint_raises_run_interrupted():
+        try:
+            root = Sweep(config, command=shlex.join(["lre-pl", "sweep", *argv])).run()
+        except (
+            RunInterrupted,
+            RunTerminated,
+        ) as stop:  # a sweep keeps its folder: every finished file counts
+            name = "SIGINT" if isinstance(stop, RunInterrupted) else "SIGTERM"
+            print(
+                f"lre-pl: error: stopped by {name}; the sweep folder {config.output_dir} is kept, and rerunning "
+                "the same command resumes it",
+                file=sys.stderr,
+            )
+            sys.exit(stop.code)
     if root is not None:
         print(f"lre_pl sweep: {root}/summary.md, results.csv, figures *.png (tensorboard --logdir {root})")
 

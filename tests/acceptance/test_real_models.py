@@ -145,17 +145,16 @@ def test_the_plain_trainer_example_script(tmp_path):
 
 def test_sweep_on_smollm2(tmp_path):
     """The protocol on the real default model, one relation, a small grid: LRE beats the logit lens."""
-    import json
-
     from lre_pl.experiments.sweep.runner import Sweep, SweepConfig
     from lre_pl.lre.bundle import Bundle
+    from lre_pl.protocol.rows import read_rows
 
     config = SweepConfig(
         relations=["country capital city"], layers=["emb", 8, 18], betas=[1.0, 2.0], ranks=[64, 576],
         output_dir=str(tmp_path), trainer={"accelerator": "cpu", "enable_progress_bar": False},
     )  # fmt: skip
     Sweep(config).run()
-    rows = [json.loads(line) for line in (tmp_path / "rows" / "country_capital_city__trial_0.jsonl").open()]
+    rows = read_rows([tmp_path / "rows" / "country_capital_city__trial_0.jsonl"])
     selected = {
         (r["estimator"], r["selection"], r["metric"]): r
         for r in rows

@@ -164,7 +164,7 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
     assert (out / "beta_study.md").read_text() == text
     with open(out / "results.csv") as table:
         assert sum(1 for _ in table) == 1 + len(read_rows(sorted((out / "rows").rglob("*.jsonl"))))
-    global_rows = [json.loads(line) for line in (out / "rows" / "global_beta.jsonl").read_text().splitlines()]
+    global_rows = read_rows([out / "rows" / "global_beta.jsonl"])
     learned = {(r["estimator"], r["relation"], r["category"]) for r in global_rows if r["metric"] == "beta"}
     assert ("learned:global:dev", None, None) in learned and ("learned:category:dev", None, "bias") in learned
     assert ("learned:relation:dev", "country capital city", None) in learned
@@ -437,7 +437,7 @@ def test_hyper_parameters_held_fixed_across_trials(tiny_model_dir, tmp_path):
     )
     Sweep(config).run()
     [out] = run_beta_study(BetaStudyConfig(sweep_dirs=[str(tmp_path / "sweep")], questions=["across_trials"]))
-    rows = [json.loads(line) for line in (out / "rows" / "across_trials.jsonl").read_text().splitlines()]
+    rows = read_rows([out / "rows" / "across_trials.jsonl"])
     points = chosen_points(read_rows(sorted((tmp_path / "sweep" / "rows").glob("*.jsonl"))))
     layer, beta = points["country capital city", 0]
     [fixed] = [r for r in rows if r["trial"] == 1 and r["estimator"] == "fixed"]

@@ -16,6 +16,7 @@ from lre_pl.lm.models import load_language_model
 from lre_pl.lre.bundle import Bundle
 from lre_pl.lre.estimators import TrainingStatistics
 from lre_pl.lre.operator import relation_readout
+from lre_pl.protocol.rows import read_rows
 
 ROOT = Path(__file__).parents[2]
 RELATIONS = ["country capital city", "characteristic gender"]
@@ -32,10 +33,7 @@ def tiny_config(model_dir: str, folder: Path, **overrides) -> SweepConfig:
 
 
 def rows_of(folder: Path) -> dict[str, list[dict]]:
-    return {
-        path.name: [json.loads(line) for line in path.read_text().splitlines()]
-        for path in sorted((folder / "rows").glob("*.jsonl"))
-    }
+    return {path.name: read_rows([path]) for path in sorted((folder / "rows").glob("*.jsonl"))}
 
 
 @pytest.fixture(scope="module")

@@ -593,6 +593,9 @@ def write_study_report(outs: Sequence[Path], report: str | None = None, made_by:
         grids[model] = _grid_line(
             model, rows, json.loads(settings.read_text()) if settings.exists() else None
         )
+        unfinished = out / "sweep_unfinished.txt"  # a sweep studied unfinished, on purpose
+        if unfinished.exists():
+            grids[model] += " " + unfinished.read_text().strip()
     if not studies:
         return
     from torch.utils.tensorboard import SummaryWriter

@@ -56,7 +56,7 @@ from lre_pl.dataset.relations import load_relation
 from lre_pl.errors import InputError
 from lre_pl.evaluation.grid import BundleEvaluation, Decoder, EvaluationGrid
 from lre_pl.experiments.beta_study.global_beta import collect_samples, fit_betas, group_of
-from lre_pl.files import write_text_atomically
+from lre_pl.files import check_writable_folder, write_text_atomically
 from lre_pl.lightning.datamodule import RelationPrompts
 from lre_pl.lm.jacobian import compute_jacobians
 from lre_pl.lm.models import load_language_model, parse_layer
@@ -64,7 +64,7 @@ from lre_pl.lm.suffix import SuffixRun
 from lre_pl.lre.bundle import Bundle
 from lre_pl.lre.estimators import estimator_named
 from lre_pl.lre.operator import relation_readout
-from lre_pl.protocol.rows import ROW_FIELDS
+from lre_pl.protocol.rows import ROW_FIELDS, read_rows, rows_complete, write_rows
 
 Layer = int | str
 
@@ -426,6 +426,10 @@ class BetaStudyConfig:
     Each decode of Gemma 3 is a [d] x [d, 262k] product: 50 keeps its study within a CPU's reach."""
     fit_epochs: int = 10
     """Epochs of each learned-β fit (``global_beta``); β moves around its optimum after ~5."""
+    allow_unfinished: bool = False
+    """Study a sweep whose config still lists (relation, trial) pairs without rows, on what it has
+    (the console and the report name what is missing). ``False``: such a sweep is refused, so that a
+    report never covers a subset of its sweep unnoticed."""
 
     def check(self) -> dict[Path, Path]:
         """{sweep folder: its study folder}; one-line errors before any model is loaded."""
@@ -440,19 +444,31 @@ class BetaStudyConfig:
             raise InputError(f"fit_epochs={self.fit_epochs} must be at least 1")
         if not self.sweep_dirs:
             raise InputError("sweep_dirs is empty: give the folders of finished lre-pl sweep runs")
-        models = {}
+        from lre_pl.experiments.sweep.runner import read_sweep_config, unfinished_pairs
+
+        models, sweeps = {}, {}
         for sweep_dir in self.sweep_dirs:
-            path = Path(sweep_dir) / "sweep_config.json"
-            if not path.is_file():
+            if not (Path(sweep_dir) / "sweep_config.json").is_file():
                 raise InputError(
                     f"sweep_dir {sweep_dir!r} holds no sweep_config.json: run lre-pl sweep into it first"
                 )
-            model = json.loads(path.read_text())["model"]
+            sweeps[sweep_dir] = read_sweep_config(Path(sweep_dir))
+            model = sweeps[sweep_dir]["model"]
             if model in models:
                 raise InputError(
                     f"sweep_dirs {models[model]!r} and {sweep_dir!r} are both of {model}: study one folder per model"
                 )
             models[model] = sweep_dir
+        for sweep_dir, sweep in sweeps.items():
+            root = Path(sweep_dir)
+            missing = unfinished_pairs(root, sweep)
+            if missing and not self.allow_unfinished:
+                if not any(rows_complete(path) for path in (root / "rows").glob("*.jsonl")):
+                    raise nothing_evaluated(root)
+                raise InputError(
+                    f"{unfinished_line(root, missing, sweep)}: rerun its sweep to finish it, or give "
+                    "allow_unfinished true to study what it has"
+                )
         roots = [Path(sweep_dir) for sweep_dir in self.sweep_dirs]
         if self.output_dir is None:
             folders = {root: root / "beta_study" for root in roots}
@@ -469,12 +485,30 @@ class BetaStudyConfig:
                     f"{out} was studied with {changed[0]}={before.get(changed[0])}, not {self.settings[changed[0]]}: "
                     "rerun with its settings or give another output_dir"
                 )
+            check_writable_folder(out, "output_dir")
+        if self.report:
+            check_writable_folder(Path(self.report).parent, "report")
         return folders
 
     @property
     def settings(self) -> dict:
         """What the rows depend on besides the sweep: kept beside them (``study_settings.json``)."""
         return {"max_known": self.max_known, "fit_epochs": self.fit_epochs}
+
+
+def unfinished_line(root: Path, missing: Sequence[tuple[str, int]], sweep: dict) -> str:
+    """What an unfinished sweep lacks, in one line: the (relation, trial) pairs its config (``sweep``,
+    as in its ``sweep_config.json``) lists that have no rows yet."""
+    from lre_pl.experiments.sweep.runner import resolve_relations
+
+    total = len(resolve_relations(sweep["relations"])) * len(sweep["trials"])
+    named = ", ".join(f"{relation} trial {trial}" for relation, trial in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return f"the sweep in {root} is unfinished: {len(missing)} of its {total} (relation, trial) pairs have no rows ({named}{more})"
+
+
+def nothing_evaluated(root: Path) -> InputError:
+    return InputError(f"{root} has no evaluated relation (rows/*.jsonl): finish the sweep first")
 
 
 def chosen_points(rows: list[dict]) -> dict[tuple[str, int], tuple[Layer, float]]:
@@ -609,16 +643,32 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
 
     Per bundle, a question's row file is skipped when it exists; the cross-bundle questions are redone
     when the sweep's evaluated bundles are no longer the ones their rows cover. The sweep's commands
-    and config are copied beside the rows (``sweep_command.txt``, ``sweep_config.json``) for the report.
+    and config are copied beside the rows (``sweep_command.txt``, ``sweep_config.json``) for the report,
+    and so is what an unfinished sweep lacks (``sweep_unfinished.txt``, studied with ``allow_unfinished``).
     """
-    from lre_pl.experiments.sweep.runner import SweepConfig, slug
-    from lre_pl.protocol.rows import read_rows
+    from lre_pl.experiments.sweep.runner import (
+        SweepConfig,
+        bundle_file,
+        read_sweep_config,
+        slug,
+        unfinished_pairs,
+        warn,
+    )
 
-    sweep = SweepConfig(**json.loads((root / "sweep_config.json").read_text()))
+    swept = read_sweep_config(root)
+    sweep = SweepConfig(**swept)
     grid = sweep.grid()
     points = chosen_points(read_rows(sorted((root / "rows").glob("*.jsonl"))))
     if not points:
-        raise InputError(f"{root} has no evaluated relation (rows/*.jsonl): finish the sweep first")
+        raise nothing_evaluated(root)
+    missing = unfinished_pairs(root, swept)
+    unfinished = out / "sweep_unfinished.txt"
+    if missing:
+        line = unfinished_line(root, missing, swept)
+        warn(f"{line}; studied without them (allow_unfinished)")
+        write_text_atomically(unfinished, f"**Unfinished sweep**: {line}; studied without them.\n")
+    else:
+        unfinished.unlink(missing_ok=True)
     commands = root / "command.txt"
     write_text_atomically(
         out / "sweep_command.txt", commands.read_text() if commands.exists() else f"(the sweep in {root})\n"
@@ -629,7 +679,7 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
     decoder = Decoder(lm, grid.top_k)
 
     def study_of(relation: str, trial: int) -> BetaStudy:
-        bundle = Bundle.load(root / "bundles" / slug(relation) / f"trial_{trial}.pt")
+        bundle = Bundle.load(bundle_file(root, relation, trial))
         return BetaStudy(bundle, grid, decoder, points[relation, trial][0], config.max_known)
 
     # One row file per question and bundle: each resumes on its own when the questions change.
@@ -638,17 +688,18 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
     bar = tqdm(sorted(points, key=str), desc=f"beta study ({sweep.model})", unit="trial")
     for relation, trial in bar:
         name = f"{slug(relation)}__trial_{trial}"
-        missing = [q for q in asked if not (out / "rows" / q / f"{name}.jsonl").exists()]
-        if not missing:
+        to_answer = [q for q in asked if not rows_complete(out / "rows" / q / f"{name}.jsonl")]
+        if not to_answer:
             continue
         bar.set_postfix_str(f"{relation}, trial {trial}")
         study = study_of(relation, trial)
-        rows = study.study_rows(missing)
-        for question in missing:  # the tables first: a row file marks its question done
+        rows = study.study_rows(to_answer)
+        for question in to_answer:  # the tables first: a whole row file marks its question done
             if question in study.tables:
                 write_text_atomically(out / "tables" / question / f"{name}.md", study.tables[question])
-            lines = "".join(json.dumps(row) + "\n" for row in rows if row["kind"] == question)
-            write_text_atomically(out / "rows" / question / f"{name}.jsonl", lines)
+            write_rows(
+                out / "rows" / question / f"{name}.jsonl", [row for row in rows if row["kind"] == question]
+            )
     bar.close()
     trials = defaultdict(list)
     for relation, trial in sorted(points, key=str):
@@ -663,21 +714,21 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
         rows = global_beta_rows(
             [studies[i] for i in usable], best, sweep.model, out / "tensorboard", epochs=config.fit_epochs
         )
-        write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
+        write_rows(path, rows)
     path = out / "rows" / "across_trials.jsonl"
-    if "across_trials" in questions and (not path.exists() or _covered(path, "fixed") != several):
+    if "across_trials" in questions and (not rows_complete(path) or _covered(path, "fixed") != several):
         rows = []
         for relation, seeds in sorted(trials.items()):
             studies = {trial: study_of(relation, trial) for trial in seeds}
             studies = {t: study for t, study in studies.items() if len(study.known) >= grid.min_known}
             if len(studies) >= 2:
                 rows += across_trials_rows(studies, {t: points[relation, t] for t in studies})
-        write_text_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
+        write_rows(path, rows)
 
 
 def _covered(path: Path, estimator: str) -> set[tuple[str, int]]:
-    """The (relation, trial) keys of a cross-bundle row file's ``estimator`` rows (empty if no file)."""
-    if not path.exists():
+    """The (relation, trial) keys of a cross-bundle row file's ``estimator`` rows (empty if no whole file)."""
+    if not rows_complete(path):
         return set()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    rows = read_rows([path])
     return {(row["relation"], row["trial"]) for row in rows if row["estimator"] == estimator}
