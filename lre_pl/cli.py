@@ -123,10 +123,7 @@ def run_sweep(argv: list[str]) -> None:
     with sigint_raises_run_interrupted():
         try:
             root = Sweep(config, command=shlex.join(["lre-pl", "sweep", *argv])).run()
-        except (
-            RunInterrupted,
-            RunTerminated,
-        ) as stop:  # a sweep keeps its folder: every finished file counts
+        except (RunInterrupted, RunTerminated) as stop:  # the folder stays: every whole file counts as done
             name = "SIGINT" if isinstance(stop, RunInterrupted) else "SIGTERM"
             print(
                 f"lre-pl: error: stopped by {name}; the sweep folder {config.output_dir} is kept, and rerunning "
