@@ -202,10 +202,21 @@ def run_predict(argv: list[str]) -> None:
 def run_sweep(argv: list[str]) -> None:
     """``lre-pl sweep``: a :class:`~lre_pl.experiments.sweep.runner.SweepConfig` (YAML and flags), run."""
     from lre_pl.experiments.sweep.runner import Sweep, SweepConfig
+    from lre_pl.lightning.callbacks import RunInterrupted, RunTerminated, sigint_raises_run_interrupted
 
     description = "The paper's protocol over many relations and trials; rerun to resume."
     config = parse_dataclass(SweepConfig, "lre-pl sweep", description, argv)
-    root = Sweep(config, command=shlex.join(["lre-pl", "sweep", *argv])).run()
+    with sigint_raises_run_interrupted():
+        try:
+            root = Sweep(config, command=shlex.join(["lre-pl", "sweep", *argv])).run()
+        except (RunInterrupted, RunTerminated) as stop:  # the folder stays: every whole file counts as done
+            name = "SIGINT" if isinstance(stop, RunInterrupted) else "SIGTERM"
+            print(
+                f"lre-pl: error: stopped by {name}; the sweep folder {config.output_dir} is kept, and rerunning "
+                "the same command resumes it",
+                file=sys.stderr,
+            )
+            sys.exit(stop.code)
     if root is not None:
         print(f"lre_pl sweep: {root}/summary.md, results.csv, figures *.png (tensorboard --logdir {root})")
 
@@ -240,7 +251,12 @@ def run_until_sigterm(command: str, argv: list[str], verbose: bool) -> None:
     try:
         RUNS[command](argv)
     except RunTerminated:
-        print("lre-pl: error: terminated by SIGTERM; the run folder was removed", file=sys.stderr)
+        kept = "the study's rows so far are kept, and rerunning the same command resumes it"
+        print(
+            "lre-pl: error: terminated by SIGTERM; "
+            + (kept if command == "beta-study" else "the run folder was removed"),
+            file=sys.stderr,
+        )
         raise
 
 

@@ -1,24 +1,110 @@
-"""Files that are complete under their final name: written beside it, then renamed over it."""
+"""Files that are complete under their final name (written beside it, then renamed over it), the
+checks that a folder can be written before any work, and a lock that keeps two runs out of one folder.
+
+A failed write (a full disk, a folder that went away) removes what it had written and ends in one
+:class:`~lre_pl.errors.InputError` line naming the folder and the space it needed: nothing half
+written is left, and nothing counts as done.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import secrets
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from lre_pl.errors import InputError
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str = ".partial") -> Iterator[Path]:
-    """Yield ``path`` + ``suffix`` to write to; on success it replaces ``path`` (one rename), so a
-    crash or Ctrl-C never leaves a truncated file under the final name. Parent folders are made."""
+def atomic_path(path: str | Path, suffix: str = ".partial", size: int | None = None) -> Iterator[Path]:
+    """Yield a partial file beside ``path`` to write to; on success it replaces ``path`` (one rename),
+    so a crash or Ctrl-C never leaves a truncated file under the final name. Parent folders are made.
+
+    The partial file's name holds the process id and a random part (``<name>.<pid>-<hex><suffix>``):
+    two processes writing the same file never write into one partial file, and the last rename wins
+    with a whole file. On any failure the partial file is removed; an ``OSError`` (ENOSPC, EROFS, ...)
+    becomes one line saying what could not be written where, and how much space it needed (``size``,
+    the bytes to write where the caller knows them; else at least what was written)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + suffix)
-    yield partial
-    os.replace(partial, path)
+    partial = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield partial
+        os.replace(partial, path)
+    except BaseException as error:
+        written = partial.stat().st_size if partial.is_file() else 0
+        partial.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            needed = f"{_megabytes(size)}" if size is not None else f"more than {_megabytes(written)}"
+            raise InputError(
+                f"cannot write {path.name} in {path.parent} ({error.strerror or error}): it needs {needed}; "
+                "make room there or choose another folder, then rerun"
+            ) from None
+        raise
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 100_000 else f"{count} bytes"
+
+
+def write_bytes_atomically(path: str | Path, data: bytes) -> None:
+    with atomic_path(path, size=len(data)) as partial:
+        partial.write_bytes(data)
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:
-    with atomic_path(path) as partial:
-        partial.write_text(text)
+    write_bytes_atomically(path, text.encode())
+
+
+def check_writable_folder(folder: str | Path, option: str) -> None:
+    """Raise a one-line error unless ``folder`` exists as a folder this process can write in, or can
+    be made so; checked by writing (a read-only file system or ``/proc`` passes every permission
+    test), before any work. Leaves nothing behind: the folders it made and its probe file go again.
+    ``option`` names the setting that gave the folder (``output_dir``, ``report``)."""
+    folder = Path(folder)
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
+    blocking = next(path for path in (folder, *folder.parents) if path.exists())
+    try:
+        if not blocking.is_dir():
+            reason = "a file, not a folder" if blocking == folder else f"{blocking} is a file"
+        else:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+                    reason = None
+            except OSError as error:
+                reason = error.strerror or str(error)
+    finally:
+        for path in missing:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+    if reason:
+        raise InputError(f"{option}: cannot write in {str(folder)!r} ({reason}): give another {option}")
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
+    """Hold ``folder``'s lock (an ``flock`` on ``<folder>/.lock``) while the body runs; a second
+    process is refused at once, in one line naming the holder's pid. The kernel drops the lock when
+    its process ends, however it ends (SIGKILL too), so a dead run's lock is taken over, never stale.
+    ``what`` names the work in the message (``sweep``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise InputError(
+                f"another {what} is running in {folder} (pid {holder}); wait for it or give another output_dir"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock

@@ -5,14 +5,18 @@
 - :class:`FailedRunCleanup` makes a failed run leave nothing that looks complete: a SIGTERM stops
   the run at once with exit code 143 (Lightning would otherwise finish the epoch and exit 0), and a
   run that fails removes the run folder it created.
+- :func:`sigint_raises_run_interrupted` makes Ctrl-C stop a sweep with exit code 130 and a message,
+  inside a fit too (Lightning turns a ``KeyboardInterrupt`` there into a silent exit 1).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -78,6 +82,32 @@ def install_sigterm_handler():
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, raise_run_terminated)
+
+
+class RunInterrupted(SystemExit):
+    """Raised by :func:`sigint_raises_run_interrupted`'s handler: Ctrl-C stops at once, exit code 130."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGINT)
+
+
+def raise_run_interrupted(signum, frame) -> None:
+    raise RunInterrupted()
+
+
+@contextlib.contextmanager
+def sigint_raises_run_interrupted() -> Iterator[None]:
+    """SIGINT raises :class:`RunInterrupted` in the body (the previous handler after it). A
+    ``SystemExit``, not a ``KeyboardInterrupt``: Lightning passes it on from a fit, as it does
+    :class:`RunTerminated`, instead of ending the process with exit code 1 and no message."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, raise_run_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class FailedRunCleanup(Callback):

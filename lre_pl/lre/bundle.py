@@ -4,11 +4,14 @@ Estimation is the expensive part (a Jacobian pass over the training prompts, a f
 test prompt); evaluation (layer x beta x rank grids, baselines, causality) only reads bundles, so
 every new question is an evaluation variant, never a new Jacobian pass. A bundle is written
 atomically by the Lightning fit that estimates it (:class:`~lre_pl.lightning.module.LinearRelationModule` with
-``bundle_path``): a file under its final name is complete.
+``bundle_path``): a file under its final name is complete, and damage done to it later (a copy cut
+short, a bad disk) is found before it is read (:meth:`Bundle.damage`).
 """
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,7 +22,7 @@ import lre_pl
 from lre_pl.dataset.matching import is_prefix_match
 from lre_pl.dataset.relations import Relation, RelationSample
 from lre_pl.errors import InputError
-from lre_pl.files import atomic_path
+from lre_pl.files import write_bytes_atomically
 from lre_pl.lm.activations import PromptStates
 from lre_pl.lre.accumulation import TrainingSamples
 from lre_pl.lre.estimators import TrainingStatistics
@@ -130,23 +133,45 @@ class Bundle:
         )
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically: a crash never leaves a truncated bundle under the final name."""
+        """Write atomically: a crash never leaves a truncated bundle under the final name. Serialised in
+        memory first, so that a full disk is an ``OSError`` that names the bundle's size (one line)."""
         payload = {
             key: value.detach().cpu().contiguous() if isinstance(value, torch.Tensor) else value
             for key, value in asdict(self).items()
         }
-        with atomic_path(path) as partial:
-            torch.save(payload, partial)
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        write_bytes_atomically(path, buffer.getbuffer())
         return Path(path)
+
+    @staticmethod
+    def damage(path: str | Path, whole: bool = True) -> str | None:
+        """Why the bundle file at ``path`` is damaged, or ``None`` when it is not.
+
+        ``torch.save`` writes a zip file, whose directory is at its end: a file cut short has none
+        (found by reading the end alone). ``whole`` also checks every member's CRC, which reads the
+        whole file: ``torch.load`` checks none, and would read damaged bytes as numbers."""
+        try:
+            with zipfile.ZipFile(path) as archive:
+                failed = archive.testzip() if whole else None
+        except OSError as error:
+            return error.strerror or str(error)
+        except zipfile.BadZipFile as error:
+            return f"cut short or damaged: {error}"
+        return f"its {failed} fails its CRC check" if failed else None
 
     @classmethod
     def load(cls, path: str | Path) -> Bundle:
+        """Read a bundle, checked whole first (:meth:`damage`); a one-line error where it is not."""
         path = Path(path)
-        try:
-            payload = torch.load(path, weights_only=True, map_location="cpu")
-            return cls(**{f.name: payload[f.name] for f in fields(cls) if f.name in payload})
-        except Exception as error:
-            raise InputError(
-                f"{str(path)!r} is not a readable lre_pl bundle ({type(error).__name__}): delete it and "
-                "rerun the sweep, which estimates it again"
-            ) from None
+        reason = cls.damage(path)
+        if reason is None:
+            try:
+                payload = torch.load(path, weights_only=True, map_location="cpu")
+                return cls(**{f.name: payload[f.name] for f in fields(cls) if f.name in payload})
+            except Exception as error:
+                reason = type(error).__name__
+        raise InputError(
+            f"{str(path)!r} is not a readable lre_pl bundle ({reason}): delete it and rerun the sweep, "
+            "which estimates it again"
+        )

@@ -12,6 +12,7 @@ A β study folder (``<sweep>/beta_study`` or ``<output_dir>/<sweep folder name>`
 
     sweep_config.json, sweep_command.txt   copies of the sweep's, for the report
     study_settings.json                    what the rows depend on besides the sweep
+    sweep_unfinished.txt                   what the sweep lacked, when studied unfinished on purpose
     rows/<question>/<relation>__trial_<seed>.jsonl   a per-bundle question's rows
     rows/<question>.jsonl                  a cross-bundle question's rows
     tables/<question>/<relation>__trial_<seed>.md    what rows cannot hold (token strings)
@@ -43,7 +44,7 @@ def read_json(path: Path, what: str) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"{path} is missing: {what}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (OSError, ValueError) as error:  # cut short, not UTF-8, unreadable
         raise InputError(f"{path} is damaged ({type(error).__name__}): {what}") from None
 
 
@@ -101,6 +102,11 @@ class StudyFolder:
     @property
     def report(self) -> Path:
         return self.root / "beta_study.md"
+
+    @property
+    def unfinished(self) -> Path:
+        """What an unfinished sweep lacked when it was studied (``allow_unfinished``); absent otherwise."""
+        return self.root / "sweep_unfinished.txt"
 
     def rows(self, question: str, relation: str | None = None, trial: int | None = None) -> Path:
         """A per-bundle question's rows file (``relation`` and ``trial`` given), or a cross-bundle one's."""

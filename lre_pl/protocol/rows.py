@@ -43,15 +43,16 @@ def write_rows(path: str | Path, rows: Sequence[dict]) -> None:
 
 
 def _parse(path: Path) -> list[dict] | None:
-    """The rows of ``path``, or ``None`` when it does not verify (no count line, a wrong count, a bad
-    JSON line, a row without the schema's fields)."""
-    lines = path.read_text().splitlines()
-    footer = _FOOTER.fullmatch(lines[-1]) if lines else None
-    if footer is None or int(footer.group(1)) != len(lines) - 1:
-        return None
+    """The rows of ``path``, or ``None`` when it does not verify: unreadable, no final newline, no count
+    line or a wrong count, a line that is not JSON, a row without the schema's fields."""
     try:
+        text = path.read_bytes().decode()
+        lines = text.splitlines()
+        footer = _FOOTER.fullmatch(lines[-1]) if lines and text.endswith("\n") else None
+        if footer is None or int(footer.group(1)) != len(lines) - 1:
+            return None
         rows = [json.loads(line) for line in lines[:-1]]
-    except json.JSONDecodeError:
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
         return None
     return rows if all(isinstance(r, dict) and set(r) == set(ROW_FIELDS) for r in rows) else None
 
@@ -71,8 +72,8 @@ def read_rows(paths: Iterable[str | Path]) -> list[dict]:
         parsed = _parse(path)
         if parsed is None:
             raise InputError(
-                f"{path} is incomplete or damaged (its last line must be '# rows: N' after N rows): delete "
-                "it and rerun the command that wrote it, which redoes it"
+                f"{path} is cut short or damaged (its last line is not '# rows: N' for its N rows): rerun "
+                "the lre-pl sweep or beta-study that wrote it, which writes it again"
             )
         rows += parsed
     return rows

@@ -145,7 +145,6 @@ def test_the_plain_trainer_example_script(tmp_path):
 
 def test_sweep_on_smollm2(tmp_path):
     """The protocol on the real default model, one relation, a small grid: LRE beats the logit lens."""
-
     from lre_pl.experiments.sweep.runner import Sweep, SweepConfig
     from lre_pl.lre.bundle import Bundle
     from lre_pl.protocol.rows import read_rows

@@ -1,3 +1,5 @@
+import signal
+
 import pytest
 from tiny_models import tiny_llama
 
@@ -16,3 +18,24 @@ def tiny_model_dir(tmp_path_factory):
 def tiny_args(tiny_model_dir):
     """CLI arguments of a fit on the tiny model: every test sample validated, block 1."""
     return ["--model.model", tiny_model_dir, "--data.filter_known", "false", "--model.layers", "1"]
+
+
+@pytest.fixture
+def run_cli(tmp_path, monkeypatch, capsys):
+    """Run ``lre-pl ARGS`` in this process, in tmp_path; return (exit code, stderr)."""
+    from lre_pl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    handler = signal.getsignal(signal.SIGTERM)
+
+    def run(*args):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+        finally:
+            signal.signal(signal.SIGTERM, handler)
+        return code, capsys.readouterr().err
+
+    return run

@@ -13,29 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lre_pl.cli import main
 from lre_pl.lre.operator import LinearRelationOperator
 
 HERE = Path(__file__).parent
-
-
-@pytest.fixture
-def run_cli(tmp_path, monkeypatch, capsys):
-    """Run ``lre-pl ARGS`` in tmp_path; return (exit code, stderr)."""
-    monkeypatch.chdir(tmp_path)
-    handler = signal.getsignal(signal.SIGTERM)
-
-    def run(*args):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exit:
-            code = exit.code
-        finally:
-            signal.signal(signal.SIGTERM, handler)
-        return code, capsys.readouterr().err
-
-    return run
 
 
 def assert_failed_cleanly(code, stderr, message, tmp_path):

@@ -40,7 +40,9 @@ def test_rows_files_round_trip_and_a_cut_file_never_verifies(tmp_path):
     for what, cut in cuts.items():
         path.write_text(cut)
         assert not rows_complete(path), what
-        with pytest.raises(InputError, match="is incomplete or damaged .*delete it and rerun"):
+        with pytest.raises(
+            InputError, match="is cut short or damaged .*rerun the lre-pl sweep or beta-study that wrote it"
+        ):
             read_rows([path])
     write_rows(path, [])  # a question with no rows is complete too
     assert rows_complete(path) and read_rows([path]) == []

@@ -205,6 +205,8 @@ def write_study_report(outs: Sequence[Path], report: str | None = None, made_by:
         lines = folder.sweep_commands.read_text().splitlines() if folder.sweep_commands.exists() else []
         commands[model] = f"{model}'s sweep: " + (", then ".join(f"`{line}`" for line in lines) or "–")
         grids[model] = _grid_line(model, rows, sweep)
+        if folder.unfinished.exists():  # a sweep studied unfinished, on purpose
+            grids[model] += " " + folder.unfinished.read_text().strip()
     if not studies:
         return
     from torch.utils.tensorboard import SummaryWriter

@@ -12,6 +12,7 @@ needs the LM (the corner's unembedding rows, decoding) it takes the loaded model
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from lre_pl.errors import InputError
 from lre_pl.evaluation.context import Decoder
 from lre_pl.experiments.beta_study.context import SweepStudy
 from lre_pl.experiments.beta_study.questions import QUESTIONS, REGISTRY
-from lre_pl.files import write_text_atomically
+from lre_pl.files import check_writable_folder, write_text_atomically
 from lre_pl.lm.models import load_language_model, parse_layer
 from lre_pl.protocol.folder import StudyFolder, SweepFolder
 from lre_pl.protocol.rows import read_rows, rows_complete, write_rows
@@ -52,6 +53,10 @@ class BetaStudyConfig:
     Each decode of Gemma 3 is a [d] x [d, 262k] product: 50 keeps its study within a CPU's reach."""
     fit_epochs: int = 10
     """Epochs of each learned-β fit (``global_beta``); β moves around its optimum after ~5."""
+    allow_unfinished: bool = False
+    """Study a sweep whose config still lists (relation, trial) pairs without rows, on what it has
+    (the console and the report name what is missing). ``False``: such a sweep is refused, so that a
+    report never covers a subset of its sweep unnoticed."""
 
     def check(self) -> dict[Path, Path]:
         """{sweep folder: its study folder}; one-line errors before any model is loaded."""
@@ -66,19 +71,31 @@ class BetaStudyConfig:
             raise InputError(f"fit_epochs={self.fit_epochs} must be at least 1")
         if not self.sweep_dirs:
             raise InputError("sweep_dirs is empty: give the folders of finished lre-pl sweep runs")
-        models = {}
+        from lre_pl.experiments.sweep.runner import read_sweep_config, unfinished_pairs
+
+        models, sweeps = {}, {}
         for sweep_dir in self.sweep_dirs:
-            path = Path(sweep_dir) / "sweep_config.json"
-            if not path.is_file():
+            if not (Path(sweep_dir) / "sweep_config.json").is_file():
                 raise InputError(
                     f"sweep_dir {sweep_dir!r} holds no sweep_config.json: run lre-pl sweep into it first"
                 )
-            model = json.loads(path.read_text())["model"]
+            sweeps[sweep_dir] = read_sweep_config(Path(sweep_dir))
+            model = sweeps[sweep_dir]["model"]
             if model in models:
                 raise InputError(
                     f"sweep_dirs {models[model]!r} and {sweep_dir!r} are both of {model}: study one folder per model"
                 )
             models[model] = sweep_dir
+        for sweep_dir, sweep in sweeps.items():
+            root = Path(sweep_dir)
+            missing = unfinished_pairs(root, sweep)
+            if missing and not self.allow_unfinished:
+                if not any(rows_complete(path) for path in (root / "rows").glob("*.jsonl")):
+                    raise nothing_evaluated(root)
+                raise InputError(
+                    f"{unfinished_line(root, missing, sweep)}: rerun its sweep to finish it, or give "
+                    "allow_unfinished true to study what it has"
+                )
         roots = [Path(sweep_dir) for sweep_dir in self.sweep_dirs]
         if self.output_dir is None:
             folders = {root: root / "beta_study" for root in roots}
@@ -95,12 +112,30 @@ class BetaStudyConfig:
                     f"{out} was studied with {changed[0]}={before.get(changed[0])}, not {self.settings[changed[0]]}: "
                     "rerun with its settings or give another output_dir"
                 )
+            check_writable_folder(out, "output_dir")
+        if self.report:
+            check_writable_folder(Path(self.report).parent, "report")
         return folders
 
     @property
     def settings(self) -> dict:
         """What the rows depend on besides the sweep: kept beside them (``study_settings.json``)."""
         return {"max_known": self.max_known, "fit_epochs": self.fit_epochs}
+
+
+def unfinished_line(root: Path, missing: Sequence[tuple[str, int]], sweep: dict) -> str:
+    """What an unfinished sweep lacks, in one line: the (relation, trial) pairs its config (``sweep``,
+    as in its ``sweep_config.json``) lists that have no rows yet."""
+    from lre_pl.experiments.sweep.runner import resolve_relations
+
+    total = len(resolve_relations(sweep["relations"])) * len(sweep["trials"])
+    named = ", ".join(f"{relation} trial {trial}" for relation, trial in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return f"the sweep in {root} is unfinished: {len(missing)} of its {total} (relation, trial) pairs have no rows ({named}{more})"
+
+
+def nothing_evaluated(root: Path) -> InputError:
+    return InputError(f"{root} has no evaluated relation (rows/*.jsonl): finish the sweep first")
 
 
 def chosen_points(rows: list[dict]) -> dict[tuple[str, int], tuple[Layer, float]]:
@@ -131,16 +166,26 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
 
     Per bundle, a question's row file is skipped when it exists; the cross-bundle questions are redone
     when the sweep's evaluated bundles are no longer the ones their rows cover. The sweep's commands
-    and config are copied beside the rows (``sweep_command.txt``, ``sweep_config.json``) for the report.
+    and config are copied beside the rows (``sweep_command.txt``, ``sweep_config.json``) for the report,
+    and so is what an unfinished sweep lacks (``sweep_unfinished.txt``, studied with ``allow_unfinished``).
     """
-    from lre_pl.experiments.sweep.runner import SweepConfig
+    from lre_pl.experiments.sweep.runner import SweepConfig, read_sweep_config, unfinished_pairs, warn
 
     sweep_folder, folder = SweepFolder(root), StudyFolder(out)
-    sweep = SweepConfig(**sweep_folder.read_config())
+    swept = read_sweep_config(root)
+    sweep = SweepConfig(**swept)
     grid = sweep.grid()
     points = chosen_points(read_rows(sweep_folder.row_files()))
     if not points:
-        raise InputError(f"{root} has no evaluated relation (rows/*.jsonl): finish the sweep first")
+        raise nothing_evaluated(root)
+    missing = unfinished_pairs(root, swept)
+    unfinished = folder.unfinished
+    if missing:
+        line = unfinished_line(root, missing, swept)
+        warn(f"{line}; studied without them (allow_unfinished)")
+        write_text_atomically(unfinished, f"**Unfinished sweep**: {line}; studied without them.\n")
+    else:
+        unfinished.unlink(missing_ok=True)
     commands = sweep_folder.read_commands() or [f"(the sweep in {root})"]
     write_text_atomically(folder.sweep_commands, "".join(f"{line}\n" for line in commands))
     write_text_atomically(folder.sweep_config, sweep_folder.config.read_text())

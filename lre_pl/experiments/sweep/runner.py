@@ -1,6 +1,6 @@
 """``lre-pl sweep``: the paper's protocol over many relations and trials, resumable.
 
-Two stages per (relation, trial), each skipped when its file exists:
+Two stages per (relation, trial), each skipped when its file exists and is whole:
 
 1. **Estimation** (expensive): one Lightning ``fit`` of :class:`~lre_pl.lightning.module.LinearRelationModule`
    at every layer, writing a bundle (``bundles/<relation>/trial_<seed>.pt``). Under DDP
@@ -9,16 +9,22 @@ Two stages per (relation, trial), each skipped when its file exists:
 2. **Evaluation** (cheap, global rank 0): :class:`~lre_pl.evaluation.grid.BundleEvaluation` of the bundle,
    written atomically to ``rows/<relation>__trial_<seed>.jsonl``.
 
-A file under its final name is complete (written to ``.partial``, then renamed), so Ctrl-C or a crash
-loses at most the relation in progress, and a rerun of the same command resumes. A rerun may also
-add relations or trials to a folder, never change its grid (:meth:`Sweep.check_folder`). At the end
-the sweep folder gets ``results.csv`` (every row of the folder), ``summary.md`` (by category, like the
-paper's tables) and figures (PNG and TensorBoard), made from the row files alone.
+A file under its final name is complete (written to a partial file, then renamed), so Ctrl-C, a
+crash or a full disk loses at most the relation in progress, and a rerun of the same command resumes.
+A rerun also repairs (:meth:`Sweep.repair`): a rows file without its footer (cut short) is evaluated
+again, and a bundle that is missing or damaged is estimated again. A rerun may add relations or
+trials to a folder, never change its grid (:meth:`Sweep.check_folder`). Every setting is checked
+before anything is written, and one sweep at a time works in a folder (a lock; a second one is
+refused in one line). At the end the sweep folder gets ``results.csv`` (every row of the folder),
+``summary.md`` (by category, like the paper's tables) and figures (PNG and TensorBoard), made from
+the row files alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,17 +37,19 @@ from lre_pl.dataset.relations import CATEGORIES, list_relations, load_relation
 from lre_pl.errors import InputError
 from lre_pl.evaluation.context import Decoder
 from lre_pl.evaluation.grid import BundleEvaluation, EvaluationGrid
-from lre_pl.files import write_text_atomically
-from lre_pl.lightning.datamodule import RelationDataModule
+from lre_pl.files import check_writable_folder, folder_lock, write_text_atomically
+from lre_pl.lightning.datamodule import RelationDataModule, check_trial
 from lre_pl.lightning.module import LinearRelationModule
 from lre_pl.lm.models import check_dtype, check_model_spec, load_language_model, parse_layer
 from lre_pl.lre.bundle import Bundle
 from lre_pl.lre.estimators import ESTIMATORS, estimator_named
-from lre_pl.protocol.folder import SweepFolder
+from lre_pl.protocol.folder import SweepFolder, read_json
 from lre_pl.protocol.rows import rows_complete, write_rows
 
 #: The paper's beta grid: 0 to 5 in steps of 0.25.
 PAPER_BETAS = [round(0.25 * i, 2) for i in range(21)]
+#: The seeds numpy (and so ``seed_everything``) accepts.
+MAX_SEED = 2**32 - 1
 #: Settings a rerun into an existing sweep folder may change: which work it does, and how fast.
 RESUMABLE_FIELDS = ("relations", "trials", "batch_size", "chunk_size", "output_dir", "trainer")
 
@@ -106,8 +114,16 @@ class SweepConfig:
             self.layers = [parse_layer(layer) for layer in self.layers]
         if not self.trials or len(set(self.trials)) != len(self.trials):
             raise InputError(f"trials={self.trials} must be distinct seeds, e.g. [0, 1, 2]")
+        if any(not 0 <= seed <= MAX_SEED for seed in self.trials):
+            raise InputError(
+                f"trials={self.trials}: every seed must be between 0 and {MAX_SEED}, e.g. [0, 1, 2]"
+            )
         if not self.betas or any(beta < 0 for beta in self.betas):
             raise InputError(f"betas={self.betas} must be a non-empty list of non-negative numbers")
+        if self.layer_search_beta < 0:
+            raise InputError(
+                f"layer_search_beta={self.layer_search_beta} must be non-negative, like every beta"
+            )
         if any(not isinstance(rank, int) or rank < 0 for rank in self.ranks):
             raise InputError(f"ranks={self.ranks} must be non-negative integers, e.g. [8, 32, 128]")
         if not 0 < self.dev_fraction < 1:
@@ -126,7 +142,10 @@ class SweepConfig:
         estimators = [estimator_named(name) for name in self.estimators]
         if not any(e.takes_beta for e in estimators):
             raise InputError(f"estimators={self.estimators} must include lre (the LRE itself)")
-        return resolve_relations(self.relations)
+        relations = resolve_relations(self.relations)
+        for name in relations:  # each relation's size (a few ms each), not only the first one set up
+            check_trial(load_relation(name), self.n_train)
+        return relations
 
     def grid(self) -> EvaluationGrid:
         return EvaluationGrid(
@@ -157,6 +176,32 @@ def resolve_relations(requested: list[str]) -> list[str]:
     return list(requested)
 
 
+def read_sweep_config(root: Path) -> dict | None:
+    """The folder's ``sweep_config.json`` (``None`` where there is none); one line where it is damaged."""
+    path = SweepFolder(root).config
+    if not path.exists():
+        return None
+    return read_json(
+        path, "delete it and rerun the folder's last sweep command (command.txt), which writes it again"
+    )
+
+
+def unfinished_pairs(root: Path, config: dict) -> list[tuple[str, int]]:
+    """The (relation, trial) pairs that the sweep config of the folder ``root`` (as written in its
+    ``sweep_config.json``) asks for and that have no whole rows file yet: what a rerun would still do."""
+    return [
+        (relation, seed)
+        for relation in resolve_relations(config["relations"])
+        for seed in config["trials"]
+        if not rows_complete(SweepFolder(root).rows(relation, seed))
+    ]
+
+
+def warn(message: str) -> None:
+    """One line on the console about what a run does differently from what was asked (not an error)."""
+    print(f"lre-pl: warning: {message}", file=sys.stderr)
+
+
 class Sweep:
     """Runs a :class:`SweepConfig`: estimation where no bundle exists, evaluation where no rows exist."""
 
@@ -168,15 +213,15 @@ class Sweep:
         self.root = Path(config.output_dir)
         self.folder = SweepFolder(self.root)
         self.check_folder()
+        check_writable_folder(self.root, "output_dir")
         self.decoder: Decoder | None = None  # made at the first evaluation (the LM is loaded once)
 
     def check_folder(self) -> None:
         """A rerun into a folder may change which relations and trials it runs (and how), not what its
         rows mean: a different model, grid or split in one folder would mix incomparable rows."""
-        path = self.folder.config
-        if not path.exists():
+        before = read_sweep_config(self.root)
+        if before is None:
             return
-        before = json.loads(path.read_text())
         now = json.loads(json.dumps(asdict(self.config)))  # as written: tuples as lists, layers parsed
         changed = [name for name in now if name not in RESUMABLE_FIELDS and before.get(name) != now[name]]
         if changed:
@@ -204,6 +249,33 @@ class Sweep:
 
     def rows_path(self, relation: str, seed: int) -> Path:
         return self.folder.rows(relation, seed)
+
+    def work(self) -> list[tuple[str, int]]:
+        """Every (relation, trial) of this command, in order."""
+        return [(relation, seed) for relation in self.relations for seed in self.config.trials]
+
+    def repair(self) -> None:
+        """Make damaged files count as not done, with a warning line each (global rank 0, under the
+        folder's lock, before any work; the other ranks see the same files): partial files of runs that
+        died (SIGKILL) are removed, a rows file without its footer is evaluated again, and a bundle
+        that is missing or damaged (cut short; read whole, CRCs too, where its rows are to be made) is
+        estimated again. Its rows, where whole, are kept: the same trial estimates the same bundle."""
+        for partial in (*self.root.glob("*.partial*"), *self.root.glob("rows/*.partial*"),
+                        *self.root.glob("bundles/*/*.partial*")):  # fmt: skip
+            partial.unlink(missing_ok=True)
+        for relation, seed in self.work():
+            rows, bundle = self.rows_path(relation, seed), self.bundle_path(relation, seed)
+            if rows.exists() and not rows_complete(rows):
+                warn(f"{rows} is cut short or damaged: its trial is evaluated again")
+                rows.unlink()
+            if not bundle.exists():
+                if rows.exists():
+                    warn(f"{bundle} is missing: its trial is estimated again (its rows are kept)")
+                continue
+            damage = Bundle.damage(bundle, whole=not rows.exists())
+            if damage:
+                warn(f"{bundle} is damaged ({damage}): its trial is estimated again")
+                bundle.unlink()
 
     def estimate(self, relation: str, seed: int) -> int:
         """One Lightning fit writing the bundle; returns this process's global rank."""
@@ -233,8 +305,7 @@ class Sweep:
         bundle = Bundle.load(self.bundle_path(relation, seed))
         lm = load_language_model(c.model, c.dtype, self._device())
         self.decoder = self.decoder or Decoder(lm, c.top_k)  # its vocabulary strings are made once
-        rows = BundleEvaluation(bundle, self.grid, self.decoder).rows(lm)
-        write_rows(self.rows_path(relation, seed), rows)
+        write_rows(self.rows_path(relation, seed), BundleEvaluation(bundle, self.grid, self.decoder).rows(lm))
 
     def _device(self) -> str:
         accelerator = self.config.trainer.get("accelerator", "auto")
@@ -243,30 +314,34 @@ class Sweep:
 
     def run(self) -> Path | None:
         """Every (relation, trial); returns the sweep folder on global rank 0 (``None`` on others)."""
-        c = self.config
         # The global rank as Lightning reads it from the environment (RANK, LOCAL_RANK, SLURM_PROCID, ...):
         # a DDP child re-runs this command; after a fit, the trainer's global rank.
         rank = rank_zero_only.rank
         if rank == 0:
             self.check_against_model()
-            self._write_command()
-        work = [(relation, seed) for relation in self.relations for seed in c.trials]
-        bar = tqdm(work, desc="sweep", unit="trial", disable=rank != 0)
-        for relation, seed in bar:
-            bar.set_postfix_str(f"{relation}, trial {seed}")
-            if rows_complete(self.rows_path(relation, seed)):
-                continue
-            if not self.bundle_path(relation, seed).exists():
-                rank = self.estimate(relation, seed)
+        # Global rank 0 holds the folder's lock for the whole sweep (its DDP children work under it).
+        with folder_lock(self.root, "sweep") if rank == 0 else contextlib.nullcontext():
             if rank == 0:
-                self.evaluate(relation, seed)
-        bar.close()
-        if rank != 0:
-            return None
-        from lre_pl.experiments.sweep.report import write_report
+                self.check_folder()  # again, under the lock: a sweep that ended meanwhile may have set the grid
+                self._write_command()
+                self.repair()
+            bar = tqdm(self.work(), desc="sweep", unit="trial", disable=rank != 0)
+            for relation, seed in bar:
+                rows, bundle = self.rows_path(relation, seed), self.bundle_path(relation, seed)
+                if rows.exists() and bundle.exists():
+                    continue
+                bar.set_postfix_str(f"{relation}, trial {seed}")
+                if not bundle.exists():
+                    rank = self.estimate(relation, seed)
+                if rank == 0 and not rows.exists():
+                    self.evaluate(relation, seed)
+            bar.close()
+            if rank != 0:
+                return None
+            from lre_pl.experiments.sweep.report import write_report
 
-        # The folder's report: every row file in it (one grid, see check_folder), earlier commands' too.
-        write_report(self.root, self.folder.row_files(), c)
+            # The folder's report: every row file in it (one grid, see check_folder), earlier commands' too.
+            write_report(self.root, self.folder.row_files(), self.config)
         return self.root
 
     def _write_command(self) -> None:
