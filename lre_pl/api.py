@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -39,24 +37,6 @@ CLI_TRAINER_DEFAULTS = {
 }
 
 
-@contextlib.contextmanager
-def removed_if_left_empty(folder: Path | None) -> Iterator[None]:
-    """On failure, remove ``folder`` if it did not exist before and is empty now.
-
-    A failed run's own folder is removed by :class:`~lre_pl.lightning.callbacks.FailedRunCleanup`;
-    this removes the logger's root above it (``lightning_logs/``) when the run created it. A root
-    that existed before, or that holds another run's folder by now, stays as it is.
-    """
-    existed = folder is None or folder.exists()
-    try:
-        yield
-    except BaseException:
-        if not existed:
-            with contextlib.suppress(OSError):  # not empty (or already gone): not ours to remove
-                folder.rmdir()
-        raise
-
-
 def estimate(
     relation: str,
     model: str = "smollm2-135m",
@@ -86,9 +66,7 @@ def estimate(
         "callbacks": [SampleProgressBar()],
         **(trainer or {}),
     }
-    log_root = getattr(settings["logger"], "root_dir", None)
-    with removed_if_left_empty(Path(log_root) if log_root else None):
-        pl.Trainer(**settings).fit(module, datamodule=data)
+    pl.Trainer(**settings).fit(module, datamodule=data)  # a failed fit leaves no folder (FailedRunCleanup)
     return {layer: module.operator(layer) for layer in module.layers}
 
 

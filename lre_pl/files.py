@@ -56,6 +56,18 @@ def write_bytes_atomically(path: str | Path, data: bytes) -> None:
         partial.write_bytes(data)
 
 
+def write_torch_atomically(path: str | Path, payload) -> None:
+    """``torch.save`` of ``payload``, serialised in memory first, so that a full disk is an ``OSError``
+    that names the file's size (one line) and never a half-written file."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes_atomically(path, buffer.getbuffer())
+
+
 def write_text_atomically(path: str | Path, text: str) -> None:
     write_bytes_atomically(path, text.encode())
 

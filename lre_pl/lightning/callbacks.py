@@ -116,12 +116,14 @@ class FailedRunCleanup(Callback):
     - ``setup`` makes SIGTERM raise :class:`RunTerminated` (Lightning, which registers its own
       handler later, keeps ours in its chain), so the run stops within one tensor operation.
     - ``on_exception`` removes the logger's run folder on global rank 0, but only one that did not
-      exist when the run began: a folder given again by the user keeps what earlier runs wrote.
+      exist when the run began: a folder given again by the user keeps what earlier runs wrote. The
+      logger's root above it (``lightning_logs/``) goes too when this run created it and it is empty.
     """
 
     def __init__(self, trainer: pl.Trainer) -> None:
         self._run_dir = _logger_run_dir(trainer) if trainer.is_global_zero else None
         self._existed = self._run_dir is not None and self._run_dir.exists()
+        self._root_existed = self._run_dir is None or self._run_dir.parent.exists()
         self._previous_handler = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -137,6 +139,9 @@ class FailedRunCleanup(Callback):
     ) -> None:
         if self._run_dir is not None and not self._existed:
             shutil.rmtree(self._run_dir, ignore_errors=True)
+            if not self._root_existed:
+                with contextlib.suppress(OSError):  # not empty: another run's folder is there by now
+                    self._run_dir.parent.rmdir()
 
 
 def _logger_run_dir(trainer: pl.Trainer) -> Path | None:

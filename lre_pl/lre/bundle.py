@@ -10,7 +10,6 @@ short, a bad disk) is found before it is read (:meth:`Bundle.damage`).
 
 from __future__ import annotations
 
-import io
 import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -22,7 +21,7 @@ import lre_pl
 from lre_pl.dataset.matching import is_prefix_match
 from lre_pl.dataset.relations import Relation, RelationSample
 from lre_pl.errors import InputError
-from lre_pl.files import write_bytes_atomically
+from lre_pl.files import write_torch_atomically
 from lre_pl.lm.activations import PromptStates
 from lre_pl.lre.accumulation import TrainingSamples
 from lre_pl.lre.estimators import TrainingStatistics
@@ -139,9 +138,7 @@ class Bundle:
             key: value.detach().cpu().contiguous() if isinstance(value, torch.Tensor) else value
             for key, value in asdict(self).items()
         }
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        write_bytes_atomically(path, buffer.getbuffer())
+        write_torch_atomically(path, payload)
         return Path(path)
 
     @staticmethod

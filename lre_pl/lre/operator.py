@@ -19,7 +19,7 @@ import lre_pl
 from lre_pl.dataset.prompts import SUBJECT_SLOT, EncodedPrompt, encode_prompt, fill_subject
 from lre_pl.dataset.relations import Relation
 from lre_pl.errors import InputError
-from lre_pl.files import atomic_path
+from lre_pl.files import write_torch_atomically
 from lre_pl.lm.hooks import capture
 from lre_pl.lm.models import LanguageModel, load_language_model
 from lre_pl.lre.estimators import Estimator
@@ -164,13 +164,12 @@ class LinearRelationOperator:
         return dataclasses.replace(self, weight=self.spectrum.low_rank(rank))
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (a crash never leaves a truncated file under the final name)."""
+        """Write atomically (a crash or a full disk never leaves a truncated file under the final name)."""
         payload = asdict(self)
         # clone(): a view of one layer of a [layer, d, d] stack would save the whole stack's storage.
         payload["weight"] = self.weight.detach().float().cpu().clone()
         payload["bias"] = self.bias.detach().float().cpu().clone()
-        with atomic_path(path) as partial:
-            torch.save(payload, partial)
+        write_torch_atomically(path, payload)
         return Path(path)
 
     @classmethod

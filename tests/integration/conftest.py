@@ -1,4 +1,8 @@
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from tiny_models import tiny_llama
@@ -39,3 +43,31 @@ def run_cli(tmp_path, monkeypatch, capsys):
         return code, capsys.readouterr().err
 
     return run
+
+
+def start_held_in_its_first_jacobian(tmp_path: Path, arguments: list[str]) -> subprocess.Popen:
+    """``lre-pl ARGUMENTS`` in a process (cwd ``tmp_path``) held inside its first Jacobian (a stand-in that
+    sleeps), once it is there: a run to interrupt or to compete with."""
+    started = tmp_path / "jacobians-started"
+    program = f"""
+import sys, time
+from pathlib import Path
+import lre_pl.lightning.module
+
+def slow_jacobians(*args, **kwargs):
+    Path({str(started)!r}).touch()
+    time.sleep(120)
+
+lre_pl.lightning.module.compute_jacobians = slow_jacobians
+from lre_pl.cli import main
+main(sys.argv[1:])
+"""
+    process = subprocess.Popen(
+        [sys.executable, "-c", program, *arguments], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not started.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.2)
+    return process

@@ -5,13 +5,12 @@ SIGTERM needs a real process.
 """
 
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import start_held_in_its_first_jacobian
 
 from lre_pl.lre.operator import LinearRelationOperator
 
@@ -23,7 +22,7 @@ def assert_failed_cleanly(code, stderr, message, tmp_path):
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("lre-pl: error: ") and message in last, last
     assert "Traceback" not in stderr and "weights_only=False" not in stderr
-    assert not list(tmp_path.glob("lightning_logs/*")), "a failed run left its run folder behind"
+    assert not (tmp_path / "lightning_logs").exists(), "a failed run left its folders behind"
 
 
 @pytest.fixture
@@ -144,28 +143,7 @@ def test_operator_file_errors(run_cli, tmp_path, tiny_args, operator_file):
 
 def test_sigterm_stops_the_run_at_once_and_leaves_nothing(tmp_path, tiny_args):
     """The run is held inside its first Jacobian (a stand-in that sleeps) and killed there."""
-    started_file = tmp_path / "jacobians-started"
-    program = f"""
-import sys, time
-from pathlib import Path
-import lre_pl.lightning.module
-
-def slow_jacobians(*args, **kwargs):
-    Path({str(started_file)!r}).touch()
-    time.sleep(120)
-
-lre_pl.lightning.module.compute_jacobians = slow_jacobians
-from lre_pl.cli import main
-main(sys.argv[1:])
-"""
-    process = subprocess.Popen(
-        [sys.executable, "-c", program, "fit", *tiny_args],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not started_file.exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
-        time.sleep(0.2)
+    process = start_held_in_its_first_jacobian(tmp_path, ["fit", *tiny_args])
     assert (tmp_path / "lightning_logs").exists()  # the run folder existed while it ran
     sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
@@ -175,7 +153,7 @@ main(sys.argv[1:])
     assert (
         stderr.strip().splitlines()[-1] == "lre-pl: error: terminated by SIGTERM; the run folder was removed"
     )
-    assert not list(tmp_path.glob("lightning_logs/*")) and not list(tmp_path.rglob("operator.pt"))
+    assert not (tmp_path / "lightning_logs").exists() and not list(tmp_path.rglob("operator.pt"))
 
 
 @pytest.mark.parametrize(

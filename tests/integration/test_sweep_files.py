@@ -9,14 +9,13 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import start_held_in_its_first_jacobian
 from test_sweep import tiny_config
 
 from lre_pl.errors import InputError
@@ -232,36 +231,9 @@ def test_a_damaged_sweep_config_is_one_line_and_its_advice_works(copy, tiny_mode
     assert json.loads(path.read_text())["trials"] == [0, 1]
 
 
-def start_a_slow_sweep(tmp_path: Path, arguments: list[str]) -> subprocess.Popen:
-    """``lre-pl sweep ARGUMENTS`` in a process held inside its first Jacobian (a stand-in that sleeps)."""
-    started = tmp_path / "jacobians-started"
-    program = f"""
-import sys, time
-from pathlib import Path
-import lre_pl.lightning.module
-
-def slow_jacobians(*args, **kwargs):
-    Path({str(started)!r}).touch()
-    time.sleep(120)
-
-lre_pl.lightning.module.compute_jacobians = slow_jacobians
-from lre_pl.cli import main
-main(sys.argv[1:])
-"""
-    process = subprocess.Popen(
-        [sys.executable, "-c", program, *arguments], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not started.exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
-        time.sleep(0.2)
-    return process
-
-
 def test_a_second_sweep_in_a_folder_is_refused_and_a_killed_ones_lock_is_taken_over(tiny_model_dir, tmp_path):
     folder = tmp_path / "sweep"
-    first = start_a_slow_sweep(tmp_path, cli_arguments(tiny_model_dir, folder))
+    first = start_held_in_its_first_jacobian(tmp_path, cli_arguments(tiny_model_dir, folder))
     config = small_config(tiny_model_dir, folder, trials=[0], layers=[1, 2])
     try:
         with pytest.raises(InputError) as raised:
@@ -282,7 +254,7 @@ def test_a_second_sweep_in_a_folder_is_refused_and_a_killed_ones_lock_is_taken_o
 @pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_stopped_sweep_says_that_it_resumes(tiny_model_dir, tmp_path, sent, code):
     folder = tmp_path / "sweep"
-    process = start_a_slow_sweep(tmp_path, cli_arguments(tiny_model_dir, folder))
+    process = start_held_in_its_first_jacobian(tmp_path, cli_arguments(tiny_model_dir, folder))
     sent_at = time.monotonic()
     process.send_signal(sent)
     _, stderr = process.communicate(timeout=60)

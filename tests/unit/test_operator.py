@@ -107,3 +107,21 @@ def test_an_estimated_operator_holds_cpu_copies_and_the_prompts_as_run(tmp_path)
     assert operator.estimator == "LinearRegression(ridge=0.01)"
     loaded = LinearRelationOperator.load(operator.save(tmp_path / "operator.pt"))
     assert loaded.train_prompts == operator.train_prompts and torch.equal(loaded.weight, operator.weight)
+
+
+def test_an_operator_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):
+    import errno
+    import os
+    from pathlib import Path
+
+    operator = LinearRelationOperator(_weight(), torch.zeros(12), 1.0, 8, "r", "m", 5, 0)
+
+    def full_disk(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(
+        InputError, match=r"cannot write operator.pt in .* \(No space left on device\): it needs \d+"
+    ):
+        operator.save(tmp_path / "run" / "operator.pt")
+    assert list((tmp_path / "run").iterdir()) == []

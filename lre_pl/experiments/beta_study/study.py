@@ -41,7 +41,8 @@ class BetaStudyConfig:
     """Sweep folders (bundles, rows, sweep_config.json), one per model: each is studied with its own
     model, grid and splits, and the report sets them side by side."""
     questions: list[str] = field(default_factory=lambda: list(QUESTIONS))
-    """Which questions to answer (see :data:`QUESTIONS`)."""
+    """Which questions to answer, by name, e.g. ``[residual, global_beta]`` (default: every question of
+    the registry, in its order; an unknown name is refused with the list)."""
     output_dir: str | None = None
     """Where the study's rows and report go: ``None``: ``<sweep_dir>/beta_study`` for each sweep, shared
     by every question's config; a folder: ``<output_dir>/<sweep folder name>``."""
