@@ -309,19 +309,11 @@ def test_the_lightning_fit_of_beta_is_the_plain_adam_loop(study):
         (["--sweep_dirs", "[{swept}]", "--questions", '["why"]'], "questions=['why']: choose from"),
     ],
 )
-def test_the_cli_reports_bad_input_in_one_line(swept, tmp_path, flags, message):
-    import subprocess
-    import sys
-
+def test_the_cli_reports_bad_input_in_one_line(run_cli, swept, tmp_path, flags, message):
     flags = [flag.format(tmp=tmp_path, swept=swept) for flag in flags]
-    result = subprocess.run(
-        [sys.executable, "-m", "lre_pl.cli", "beta-study", *flags],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and lines[-1].startswith("lre-pl: error: ") and message in lines[-1], lines
+    code, stderr = run_cli("beta-study", *flags)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("lre-pl: error: ") and message in lines[-1], lines
     assert not (Path(swept) / "beta_study").exists()
 
 

@@ -228,17 +228,15 @@ def test_two_ddp_processes_sweep_what_one_process_does(swept, tiny_model_dir, tm
         (["--betas", "[]"], "betas=[] must be a non-empty list"),
     ],
 )
-def test_bad_sweep_input_fails_in_one_line_before_any_work(tiny_model_dir, tmp_path, arguments, message):
+def test_bad_sweep_input_fails_in_one_line_before_any_work(
+    run_cli, tiny_model_dir, tmp_path, arguments, message
+):
     folder = tmp_path / "sweep"
-    result = subprocess.run(
-        [sys.executable, "-m", "lre_pl.cli", "sweep", "--model", tiny_model_dir, "--output_dir", str(folder),
-         *arguments],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
+    code, stderr = run_cli("sweep", "--model", tiny_model_dir, "--output_dir", str(folder), *arguments)
+    assert code == 2, stderr[-2000:]
+    lines = stderr.strip().splitlines()
     assert lines[-1].startswith("lre-pl: error: ") and message in lines[-1], lines[-1]
-    assert not (folder / "bundles").exists() and not (folder / "rows").exists()
+    assert not folder.exists()  # refused before anything is written: the folder is not locked by it
 
 
 def test_a_folder_takes_more_relations_and_trials_but_not_another_grid(swept, tiny_model_dir):
