@@ -438,7 +438,14 @@ def test_hyper_parameters_held_fixed_across_trials(tiny_model_dir, tmp_path):
         tiny_model_dir, tmp_path / "sweep", relations=["country capital city"], trials=[0, 1]
     )
     Sweep(config).run()
-    [out] = run_beta_study(BetaStudyConfig(sweep_dirs=[str(tmp_path / "sweep")], questions=["across_trials"]))
+    [out] = run_beta_study(
+        BetaStudyConfig(
+            sweep_dirs=[str(tmp_path / "sweep")], questions=["across_trials", "global_beta"], fit_epochs=1
+        )
+    )
+    # One relation: no half to hold out, so no held-out rows (this crashed with a traceback before).
+    learned = {r["estimator"] for r in read_rows([out / "rows" / "global_beta.jsonl"])}
+    assert "learned:global:dev" in learned and not any(name.startswith("heldout") for name in learned)
     rows = read_rows([out / "rows" / "across_trials.jsonl"])
     points = chosen_points(read_rows(sorted((tmp_path / "sweep" / "rows").glob("*.jsonl"))))
     layer, beta = points["country capital city", 0]

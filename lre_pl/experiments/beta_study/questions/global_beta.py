@@ -93,11 +93,12 @@ def global_beta_rows(
     for grouping in ("global", "category", "relation"):
         groups = [group_of(context.bundle, grouping) for context in contexts]
         fits[f"oracle:{grouping}:test"] = (grouping, best_shared_betas(test, groups, rule))
-    held = collect_samples([items[i] for i in sorted(learn_on)], tokenizer, "dev", "global")
-    fits["heldout:global:dev"] = (
-        "global",
-        fit_betas(model, held, epochs, seed=seed, logger=logger("heldout:global:dev")),
-    )
+    if learn_on:  # a held-out half needs two relations or more: with one, no held-out rows
+        held = collect_samples([items[i] for i in sorted(learn_on)], tokenizer, "dev", "global")
+        fits["heldout:global:dev"] = (
+            "global",
+            fit_betas(model, held, epochs, seed=seed, logger=logger("heldout:global:dev")),
+        )
     rows = []
     for variant, (grouping, learned) in fits.items():  # the learned betas, one row per group
         for group, beta in learned.items():
