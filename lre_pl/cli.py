@@ -179,7 +179,7 @@ def run_predict(argv: list[str]) -> None:
     operator = LinearRelationOperator.load(args.operator)
     lm = load_language_model(operator.model)
     width, layer = operator.weight.shape[-1], operator.layer  # W is [width, width]
-    if width != lm.hidden_size or not (layer == "emb" or -lm.num_blocks <= layer < lm.num_blocks):
+    if width != lm.hidden_size or not lm.has_layer(layer):
         raise InputError(
             f"{args.operator!r} holds a {width}-dimensional LRE of layer {layer}, but {operator.model} has "
             f"d={lm.hidden_size} and blocks 0..{lm.num_blocks - 1}: it is not the model the LRE was estimated on"

@@ -190,8 +190,8 @@ class BundleContext:
     ) -> list[float]:
         """faithfulness@1 of the LRE at ``layer`` (default: the context's) on ``split``, per β (one decode)."""
         layer = self._at(layer)
-        hits = self.hits_at(estimator_named("lre"), [(layer, beta) for beta in betas])
-        return [hits[layer, beta][self.splits[split], 0].float().mean().item() for beta in betas]
+        means = self.means(self.hits_at(estimator_named("lre"), [(layer, beta) for beta in betas]), split)
+        return [means[layer, beta] for beta in betas]
 
     def test_faithfulness(self, beta: float, layer: Layer | None = None) -> float:
         """faithfulness@1 of the LRE at ``layer`` (default: the context's) and ``beta`` on the test split."""

@@ -147,12 +147,16 @@ class LanguageModel:
         """Every layer an LRE can start from: ``["emb", 0, 1, ..., num_blocks - 1]``."""
         return ["emb", *range(self.num_blocks)]
 
+    def has_layer(self, layer: int | str) -> bool:
+        """Whether ``layer`` (``"emb"``, a block index, or a negative one counting from the end) exists."""
+        return layer == "emb" or -self.num_blocks <= layer < self.num_blocks
+
     def check_layer(self, layer: int | str) -> int | str:
         """Normalise ``layer`` (``"emb"``, an int, or a negative int) or raise a one-line error."""
         layer = parse_layer(layer)
         if layer == "emb":
             return "emb"
-        if not -self.num_blocks <= layer < self.num_blocks:
+        if not self.has_layer(layer):
             raise InputError(
                 f"layer {layer} is out of range for {self.spec}: use 'emb' or a block index "
                 f"0..{self.num_blocks - 1} (negative counts from the end)"

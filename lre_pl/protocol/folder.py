@@ -72,9 +72,13 @@ class SweepFolder:
         """Every rows file of the folder, sorted (the report covers them all: one grid per folder)."""
         return sorted((self.root / "rows").glob("*.jsonl"))
 
-    def read_config(self) -> dict:
+    def read_config(self) -> dict | None:
+        """The folder's ``sweep_config.json`` (``None`` where there is none); one line where it is damaged."""
+        if not self.config.exists():
+            return None
         return read_json(
-            self.config, f"{self.root} is not a finished lre-pl sweep folder; rerun lre-pl sweep into it"
+            self.config,
+            "delete it and rerun the folder's last sweep command (command.txt), which writes it again",
         )
 
     def read_commands(self) -> list[str]:

@@ -280,6 +280,15 @@ def test_bad_study_input_is_one_clear_error(swept, tmp_path):
         run_beta_study(BetaStudyConfig(sweep_dirs=[str(swept), str(empty)]))
     with pytest.raises(InputError, match="has no evaluated relation"):
         run_beta_study(BetaStudyConfig(sweep_dirs=[str(empty)]))
+    damaged = tmp_path / "study"
+    (damaged / swept.name).mkdir(parents=True)
+    (damaged / swept.name / "study_settings.json").write_text('{"max_known": ')
+    with pytest.raises(InputError) as raised:
+        run_beta_study(BetaStudyConfig(sweep_dirs=[str(swept)], output_dir=str(damaged)))
+    assert str(raised.value) == (
+        f"{damaged / swept.name / 'study_settings.json'} is damaged (JSONDecodeError): delete "
+        f"{damaged / swept.name} to study again from the start"
+    )
 
 
 def test_the_lightning_fit_of_beta_is_the_plain_adam_loop(study):

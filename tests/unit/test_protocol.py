@@ -118,10 +118,13 @@ def test_the_folder_layout_names_every_file(tmp_path):
     study = StudyFolder(tmp_path / "study")
     assert study.rows("residual", "a b", 1) == tmp_path / "study" / "rows" / "residual" / "a_b__trial_1.jsonl"
     assert study.rows("global_beta") == tmp_path / "study" / "rows" / "global_beta.jsonl"
-    with pytest.raises(
-        InputError, match="sweep_config.json is missing: .* is not a finished lre-pl sweep folder"
-    ):
-        sweep.read_config()
+    assert sweep.read_config() is None  # not swept yet
+    with pytest.raises(InputError, match="study_settings.json is missing: rerun"):
+        read_json(study.settings, "rerun")
     sweep.config.write_text('{"model": ')
-    with pytest.raises(InputError, match=r"sweep_config.json is damaged \(JSONDecodeError\)"):
-        read_json(sweep.config, "rerun")
+    with pytest.raises(InputError) as damaged:
+        sweep.read_config()
+    assert str(damaged.value) == (
+        f"{sweep.config} is damaged (JSONDecodeError): delete it and rerun the folder's last sweep command "
+        "(command.txt), which writes it again"
+    )

@@ -25,7 +25,7 @@ from lre_pl.experiments.beta_study.context import SweepStudy
 from lre_pl.experiments.beta_study.questions import QUESTIONS, REGISTRY
 from lre_pl.files import check_writable_folder, write_text_atomically
 from lre_pl.lm.models import load_language_model, parse_layer
-from lre_pl.protocol.folder import StudyFolder, SweepFolder
+from lre_pl.protocol.folder import StudyFolder, SweepFolder, read_json
 from lre_pl.protocol.rows import read_rows, rows_complete, write_rows
 
 Layer = int | str
@@ -72,15 +72,15 @@ class BetaStudyConfig:
             raise InputError(f"fit_epochs={self.fit_epochs} must be at least 1")
         if not self.sweep_dirs:
             raise InputError("sweep_dirs is empty: give the folders of finished lre-pl sweep runs")
-        from lre_pl.experiments.sweep.runner import read_sweep_config, unfinished_pairs
+        from lre_pl.experiments.sweep.runner import unfinished_pairs
 
         models, sweeps = {}, {}
         for sweep_dir in self.sweep_dirs:
-            if not (Path(sweep_dir) / "sweep_config.json").is_file():
+            sweeps[sweep_dir] = SweepFolder(Path(sweep_dir)).read_config()
+            if sweeps[sweep_dir] is None:
                 raise InputError(
                     f"sweep_dir {sweep_dir!r} holds no sweep_config.json: run lre-pl sweep into it first"
                 )
-            sweeps[sweep_dir] = read_sweep_config(Path(sweep_dir))
             model = sweeps[sweep_dir]["model"]
             if model in models:
                 raise InputError(
@@ -91,7 +91,7 @@ class BetaStudyConfig:
             root = Path(sweep_dir)
             missing = unfinished_pairs(root, sweep)
             if missing and not self.allow_unfinished:
-                if not any(rows_complete(path) for path in (root / "rows").glob("*.jsonl")):
+                if not any(rows_complete(path) for path in SweepFolder(root).row_files()):
                     raise nothing_evaluated(root)
                 raise InputError(
                     f"{unfinished_line(root, missing, sweep)}: rerun its sweep to finish it, or give "
@@ -105,8 +105,12 @@ class BetaStudyConfig:
         else:
             folders = {root: Path(self.output_dir) / root.resolve().name for root in roots}
         for out in folders.values():  # rows made with other settings would mix in silently
-            path = out / "study_settings.json"
-            before = json.loads(path.read_text()) if path.exists() else self.settings
+            path = StudyFolder(out).settings
+            before = (
+                read_json(path, f"delete {out} to study again from the start")
+                if path.exists()
+                else self.settings
+            )
             changed = [name for name in self.settings if before.get(name) != self.settings[name]]
             if changed:
                 raise InputError(
@@ -170,10 +174,10 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
     and config are copied beside the rows (``sweep_command.txt``, ``sweep_config.json``) for the report,
     and so is what an unfinished sweep lacks (``sweep_unfinished.txt``, studied with ``allow_unfinished``).
     """
-    from lre_pl.experiments.sweep.runner import SweepConfig, read_sweep_config, unfinished_pairs, warn
+    from lre_pl.experiments.sweep.runner import SweepConfig, unfinished_pairs, warn
 
     sweep_folder, folder = SweepFolder(root), StudyFolder(out)
-    swept = read_sweep_config(root)
+    swept = sweep_folder.read_config()  # there, as check() found
     sweep = SweepConfig(**swept)
     grid = sweep.grid()
     points = chosen_points(read_rows(sweep_folder.row_files()))

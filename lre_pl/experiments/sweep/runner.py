@@ -43,7 +43,7 @@ from lre_pl.lightning.module import LinearRelationModule
 from lre_pl.lm.models import check_dtype, check_model_spec, load_language_model, parse_layer
 from lre_pl.lre.bundle import Bundle
 from lre_pl.lre.estimators import ESTIMATORS, estimator_named
-from lre_pl.protocol.folder import SweepFolder, read_json
+from lre_pl.protocol.folder import SweepFolder
 from lre_pl.protocol.rows import rows_complete, write_rows
 
 #: The paper's beta grid: 0 to 5 in steps of 0.25.
@@ -176,24 +176,15 @@ def resolve_relations(requested: list[str]) -> list[str]:
     return list(requested)
 
 
-def read_sweep_config(root: Path) -> dict | None:
-    """The folder's ``sweep_config.json`` (``None`` where there is none); one line where it is damaged."""
-    path = SweepFolder(root).config
-    if not path.exists():
-        return None
-    return read_json(
-        path, "delete it and rerun the folder's last sweep command (command.txt), which writes it again"
-    )
-
-
 def unfinished_pairs(root: Path, config: dict) -> list[tuple[str, int]]:
     """The (relation, trial) pairs that the sweep config of the folder ``root`` (as written in its
     ``sweep_config.json``) asks for and that have no whole rows file yet: what a rerun would still do."""
+    folder = SweepFolder(root)
     return [
         (relation, seed)
         for relation in resolve_relations(config["relations"])
         for seed in config["trials"]
-        if not rows_complete(SweepFolder(root).rows(relation, seed))
+        if not rows_complete(folder.rows(relation, seed))
     ]
 
 
@@ -219,7 +210,7 @@ class Sweep:
     def check_folder(self) -> None:
         """A rerun into a folder may change which relations and trials it runs (and how), not what its
         rows mean: a different model, grid or split in one folder would mix incomparable rows."""
-        before = read_sweep_config(self.root)
+        before = self.folder.read_config()
         if before is None:
             return
         now = json.loads(json.dumps(asdict(self.config)))  # as written: tuples as lists, layers parsed
