@@ -10,7 +10,7 @@ from test_sweep import tiny_config
 
 from lre_pl.errors import InputError
 from lre_pl.evaluation.context import Decoder
-from lre_pl.experiments.beta_study.context import StudyContext
+from lre_pl.experiments.beta_study.context import StudyContext, StudySettings
 from lre_pl.experiments.beta_study.questions import PER_BUNDLE, QUESTIONS, REGISTRY
 from lre_pl.experiments.beta_study.questions.after_norm import after_norm_operator
 from lre_pl.experiments.beta_study.questions.bias_variants import BIAS_VARIANTS, bias_variant
@@ -235,7 +235,7 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
 
 
 def test_a_capped_study_keeps_a_subset_of_the_sweeps_own_dev_and_test_splits(study, grid):
-    capped = StudyContext.of(study.bundle, grid, study.decoder, LAYER, max_known=6)
+    capped = StudyContext.of(study.bundle, grid, study.decoder, LAYER, StudySettings(max_known=6))
     assert len(study.known) > 6 and len(capped.known) == 6
     for split in ("dev", "test"):  # as sample indices of the bundle
         kept = capped.known[capped.splits[split]].tolist()
@@ -248,7 +248,9 @@ def test_a_capped_study_keeps_a_subset_of_the_sweeps_own_dev_and_test_splits(stu
     )  # fmt: skip
     expected = study.decoder.hits(hidden, capped.objects)[capped.splits["test"], 0].float().mean().item()
     assert capped.test_faithfulness(2.0) == pytest.approx(expected)
-    assert StudyContext.of(study.bundle, grid, study.decoder, LAYER, max_known=1000).known.equal(study.known)
+    assert StudyContext.of(
+        study.bundle, grid, study.decoder, LAYER, StudySettings(max_known=1000)
+    ).known.equal(study.known)
 
 
 def test_the_best_shared_beta_maximises_the_group_mean_first_of_ties():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,9 +22,30 @@ Layer = int | str
 BundleKey = tuple[str, int]  # (relation, trial)
 
 
+@dataclass(frozen=True)
+class StudySettings:
+    """What a study's rows depend on besides its sweep: kept beside them (``study_settings.json``), and
+    a study folder refuses rows made with other settings. (Documented field by field on
+    :class:`~lre_pl.experiments.beta_study.study.BetaStudyConfig`, which sets them.)"""
+
+    max_known: int | None = 50
+    fit_epochs: int = 10
+    quadrature_nodes: int = 8
+    shots: tuple[int, ...] = (1, 2, 5, 8)
+
+    def as_json(self) -> dict:
+        return {
+            key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()
+        }
+
+
+@dataclass(frozen=True, eq=False)
 class StudyContext(BundleContext):
     """A bundle's evaluation context at the LRE's dev-chosen layer, with what several questions need
     and is costly to make: the training prompts and each training sample's J_i, made once per bundle."""
+
+    settings: StudySettings = field(default_factory=StudySettings)
+    """The study's settings (a question's own parameters, such as the chord's quadrature nodes)."""
 
     @classmethod
     def of(
@@ -33,15 +54,17 @@ class StudyContext(BundleContext):
         grid: EvaluationGrid,
         decoder: Decoder,
         layer: Layer,
-        max_known: int | None = None,
+        settings: StudySettings | None = None,
     ) -> StudyContext:
-        """The sweep's known samples and split of ``bundle``, at most ``max_known`` of them (a seeded
-        subset of the sweep's own dev and test splits, so no study test sample chose the sweep's layer
-        and β), read at ``layer``."""
+        """The sweep's known samples and split of ``bundle``, at most ``settings.max_known`` of them (a
+        seeded subset of the sweep's own dev and test splits, so no study test sample chose the sweep's
+        layer and β; ``settings=None``: every known sample), read at ``layer``."""
         samples = grid.known_samples(bundle)
-        if max_known is not None:
-            samples = samples.capped(max_known, bundle.seed)
-        return cls(bundle, samples, decoder, grid.selection_rule, layer)
+        if settings is not None and settings.max_known is not None:
+            samples = samples.capped(settings.max_known, bundle.seed)
+        return cls(
+            bundle, samples, decoder, grid.selection_rule, layer, settings or StudySettings(max_known=None)
+        )
 
     def projection_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W s [k, d], b [d]) of the LRE at the study's layer, s of the evaluated samples."""
@@ -90,8 +113,7 @@ class SweepStudy:
     """The sweep's model spec (a learned-β fit loads it)."""
     log_dir: Path
     """Where the learned-β fits log (TensorBoard)."""
-    max_known: int | None = None
-    fit_epochs: int = 10
+    settings: StudySettings = field(default_factory=StudySettings)
 
     @property
     def keys(self) -> list[BundleKey]:
@@ -102,7 +124,7 @@ class SweepStudy:
         """The bundle's context at its dev-chosen layer (the bundle is loaded on each call)."""
         bundle = Bundle.load(self.sweep.bundle(relation, trial))
         return StudyContext.of(
-            bundle, self.grid, self.decoder, self.points[relation, trial][0], self.max_known
+            bundle, self.grid, self.decoder, self.points[relation, trial][0], self.settings
         )
 
     def usable(self, keys: Iterable[BundleKey]) -> dict[BundleKey, StudyContext]:

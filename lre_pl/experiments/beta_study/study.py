@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from lre_pl.errors import InputError
 from lre_pl.evaluation.context import Decoder
-from lre_pl.experiments.beta_study.context import SweepStudy
+from lre_pl.experiments.beta_study.context import StudySettings, SweepStudy
 from lre_pl.experiments.beta_study.questions import QUESTIONS, REGISTRY
 from lre_pl.files import check_writable_folder, write_text_atomically
 from lre_pl.lm.models import load_language_model, parse_layer
@@ -54,6 +54,15 @@ class BetaStudyConfig:
     Each decode of Gemma 3 is a [d] x [d, 262k] product: 50 keeps its study within a CPU's reach."""
     fit_epochs: int = 10
     """Epochs of each learned-β fit (``global_beta``); β moves around its optimum after ~5."""
+    quadrature_nodes: int = 8
+    """Gauss–Legendre nodes on each chord between two training subjects (``secant``: W_chord is the mean
+    Jacobian over them; the profile's own check of the quadrature says whether they suffice)."""
+    shots: list[int] = field(default_factory=lambda: [1, 2, 5, 8])
+    """The numbers of in-context examples compared by ``in_context`` (each costs one layer's Jacobians)."""
+    relations: list[str] | None = None
+    """Study only these relations of each sweep (names), e.g. a subset chosen before any result for the
+    questions that compute new Jacobians; ``None``: every evaluated relation. Rows of a bundle do not
+    depend on it: a later run over more relations adds rows and keeps these."""
     allow_unfinished: bool = False
     """Study a sweep whose config still lists (relation, trial) pairs without rows, on what it has
     (the console and the report name what is missing). ``False``: such a sweep is refused, so that a
@@ -70,6 +79,16 @@ class BetaStudyConfig:
             )
         if self.fit_epochs < 1:
             raise InputError(f"fit_epochs={self.fit_epochs} must be at least 1")
+        if self.quadrature_nodes < 1:
+            raise InputError(f"quadrature_nodes={self.quadrature_nodes} must be at least 1, e.g. 8")
+        if not self.shots or any(not isinstance(n, int) or n < 0 for n in self.shots):
+            raise InputError(
+                f"shots={self.shots} must be non-negative numbers of examples, e.g. [1, 2, 5, 8]"
+            )
+        if self.relations is not None:
+            from lre_pl.experiments.sweep.runner import resolve_relations
+
+            resolve_relations(self.relations)  # an unknown name: one line with the known ones
         if not self.sweep_dirs:
             raise InputError("sweep_dirs is empty: give the folders of finished lre-pl sweep runs")
         from lre_pl.experiments.sweep.runner import unfinished_pairs
@@ -104,17 +123,17 @@ class BetaStudyConfig:
             raise InputError(f"sweep_dirs={self.sweep_dirs} share a folder name: give output_dir null")
         else:
             folders = {root: Path(self.output_dir) / root.resolve().name for root in roots}
+        settings = self.settings.as_json()
+        defaults = StudySettings().as_json()  # a setting a folder predates was made at its default
         for out in folders.values():  # rows made with other settings would mix in silently
             path = StudyFolder(out).settings
-            before = (
-                read_json(path, f"delete {out} to study again from the start")
-                if path.exists()
-                else self.settings
+            before = defaults | (
+                read_json(path, f"delete {out} to study again from the start") if path.exists() else settings
             )
-            changed = [name for name in self.settings if before.get(name) != self.settings[name]]
+            changed = [name for name in settings if before[name] != settings[name]]
             if changed:
                 raise InputError(
-                    f"{out} was studied with {changed[0]}={before.get(changed[0])}, not {self.settings[changed[0]]}: "
+                    f"{out} was studied with {changed[0]}={before[changed[0]]}, not {settings[changed[0]]}: "
                     "rerun with its settings or give another output_dir"
                 )
             check_writable_folder(out, "output_dir")
@@ -123,9 +142,9 @@ class BetaStudyConfig:
         return folders
 
     @property
-    def settings(self) -> dict:
+    def settings(self) -> StudySettings:
         """What the rows depend on besides the sweep: kept beside them (``study_settings.json``)."""
-        return {"max_known": self.max_known, "fit_epochs": self.fit_epochs}
+        return StudySettings(self.max_known, self.fit_epochs, self.quadrature_nodes, tuple(self.shots))
 
 
 def unfinished_line(root: Path, missing: Sequence[tuple[str, int]], sweep: dict) -> str:
@@ -183,6 +202,10 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
     points = chosen_points(read_rows(sweep_folder.row_files()))
     if not points:
         raise nothing_evaluated(root)
+    if config.relations is not None:
+        points = {key: point for key, point in points.items() if key[0] in config.relations}
+        if not points:
+            raise InputError(f"relations={config.relations}: none of them is evaluated in {root}")
     missing = unfinished_pairs(root, swept)
     unfinished = folder.unfinished
     if missing:
@@ -194,12 +217,11 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
     commands = sweep_folder.read_commands() or [f"(the sweep in {root})"]
     write_text_atomically(folder.sweep_commands, "".join(f"{line}\n" for line in commands))
     write_text_atomically(folder.sweep_config, sweep_folder.config.read_text())
-    write_text_atomically(folder.settings, json.dumps(config.settings) + "\n")
+    write_text_atomically(folder.settings, json.dumps(config.settings.as_json()) + "\n")
     lm = load_language_model(sweep.model, sweep.dtype, "cuda:0" if torch.cuda.is_available() else "cpu")
     study = SweepStudy(
-        sweep_folder, grid, Decoder(lm, grid.top_k), points, sweep.model, out / "tensorboard", config.max_known,
-        config.fit_epochs,
-    )  # fmt: skip
+        sweep_folder, grid, Decoder(lm, grid.top_k), points, sweep.model, out / "tensorboard", config.settings
+    )
     questions = [REGISTRY[name]() for name in config.questions]
     # One row file per question and bundle: each resumes on its own when the questions change.
     asked = [question for question in questions if not question.across_bundles]

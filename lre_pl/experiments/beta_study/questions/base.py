@@ -54,6 +54,19 @@ class Findings:
     """Per question, its markdown tables (one per bundle)."""
 
 
+#: The verdicts a hypothesis can get on one model.
+VERDICTS = ("confirmed", "refuted", "inconclusive")
+
+
+class Verdict(NamedTuple):
+    """A hypothesis's verdict on one model's numbers."""
+
+    word: str
+    """One of :data:`VERDICTS`."""
+    why: str
+    """Why, in one sentence that quotes the numbers it rests on."""
+
+
 class HeadlineLine(NamedTuple):
     """A line of the report's answers table: ``cell`` reads one model's numbers (by question name)."""
 
@@ -75,6 +88,11 @@ class Question:
     across_bundles: ClassVar[bool] = False
     headline: ClassVar[tuple[HeadlineLine, ...]] = ()
     """Its lines of the report's answers table."""
+    hypothesis: ClassVar[str | None] = None
+    """For a question that tests an explanation of why β > 1: that explanation, in one line (the first
+    column of the hypotheses table that opens ``docs/explaining_beta.md``); ``None`` for the others."""
+    prediction: ClassVar[str] = ""
+    """What the hypothesis predicts, if it holds, in terms of what the question measures."""
 
     def summarize(self, rows: list[dict], rule: SelectionRule) -> Numbers:
         """The numbers of one model's rows of this question (``rule``: the sweep's, for ties)."""
@@ -87,6 +105,16 @@ class Question:
     def figures(self, rows: list[dict], model: str) -> dict[str, Any]:
         """{file name: matplotlib figure} beside the report; none unless a question draws one."""
         return {}
+
+    def measured(self, numbers: Numbers) -> str:
+        """A hypothesis question's measurement on one model, in a few words with its numbers (the
+        hypotheses table's cell for that model)."""
+        raise NotImplementedError
+
+    def judge(self, numbers: Numbers) -> Verdict:
+        """A hypothesis question's verdict on one model's numbers: ``inconclusive`` where they are too
+        few or point both ways, and why."""
+        raise NotImplementedError
 
 
 class PerBundleQuestion(Question):

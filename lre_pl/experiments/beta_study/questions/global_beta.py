@@ -170,7 +170,7 @@ class GlobalBeta(AcrossBundlesQuestion):
         contexts = study.usable(study.keys)
         return global_beta_rows(
             list(contexts.values()), [study.points[key][1] for key in contexts], study.model, study.log_dir,
-            epochs=study.fit_epochs,
+            epochs=study.settings.fit_epochs,
         )  # fmt: skip
 
     def covers(self, rows: list[dict], study: SweepStudy) -> bool:
