@@ -404,12 +404,16 @@ def test_every_beta_config_names_known_questions_and_one_config_per_question():
         path.stem: BetaStudyConfig(**yaml.safe_load(path.read_text())) for path in folder.glob("*.yaml")
     }
     assert set(configs) == {*QUESTIONS, "all"}
-    # Every question reads the folders the shipped sweep configs of the two models write.
-    sweeps = [yaml.safe_load((folder.parent / "sweep" / name).read_text())["output_dir"]
-              for name in ("smollm2_beta.yaml", "gemma3.yaml")]  # fmt: skip
+    # Every question reads the folders the shipped sweep configs of the two models write: the β study's
+    # questions the β sweeps, the explanations of β (questions with a hypothesis) the explanation sweeps.
+    sweeps, explain = (
+        [yaml.safe_load((folder.parent / "sweep" / name).read_text())["output_dir"] for name in names]
+        for names in (("smollm2_beta.yaml", "gemma3.yaml"), ("smollm2_explain.yaml", "gemma3_explain.yaml"))
+    )
     for name, config in configs.items():
         assert config.questions == ([name] if name != "all" else list(QUESTIONS)), name
-        assert config.sweep_dirs == sweeps and config.output_dir is None, name
+        expected = explain if name != "all" and REGISTRY[name].hypothesis else sweeps
+        assert config.sweep_dirs == expected and config.output_dir is None, name
 
 
 def test_two_ddp_processes_learn_the_beta_one_process_learns(study, tiny_model_dir, tmp_path):
@@ -536,11 +540,12 @@ def test_global_beta_decodes_a_grid_beta_once(study, swept, grid, tmp_path, monk
 def test_the_registry_orders_the_questions_and_every_question_has_a_config():
     """A question is its class and its config: the names, the report's numbers (1, 2, ... in registry
     order), the per-bundle ones, and configs/beta/ follow the registry."""
-    assert QUESTIONS == ("bias_variants", "where_beta", "unit_s", "per_sample_beta", "per_sample_w", "after_norm",
-                         "residual", "fixed_beta", "global_beta", "across_trials")  # fmt: skip
-    assert [question.number for question in REGISTRY.values()] == list(range(1, len(REGISTRY) + 1))
-    assert PER_BUNDLE == ("bias_variants", "where_beta", "unit_s", "per_sample_beta", "per_sample_w", "after_norm",
-                          "residual", "fixed_beta")  # fmt: skip
+    assert QUESTIONS[:10] == ("bias_variants", "where_beta", "unit_s", "per_sample_beta", "per_sample_w",
+                              "after_norm", "residual", "fixed_beta", "global_beta", "across_trials")  # fmt: skip
+    numbers = [question.number for question in REGISTRY.values()]
+    assert numbers[:10] == list(range(1, 11)) and numbers == sorted(set(numbers))
+    assert PER_BUNDLE[:8] == ("bias_variants", "where_beta", "unit_s", "per_sample_beta", "per_sample_w",
+                              "after_norm", "residual", "fixed_beta")  # fmt: skip
     assert all(REGISTRY[name].across_bundles for name in ("global_beta", "across_trials"))
     folder = Path(__file__).parents[2] / "configs" / "beta"
     assert {path.stem for path in folder.glob("*.yaml")} == {*QUESTIONS, "all"}
