@@ -1,6 +1,11 @@
 """The β study's report, from the study's rows alone: it assembles the header, the answers table (every
 question's headline lines), the three answers in words, and each question's section in the registry's
-order (:mod:`lre_pl.experiments.beta_study.questions`: each question summarizes and renders its own)."""
+order (:mod:`lre_pl.experiments.beta_study.questions`: each question summarizes and renders its own).
+
+Questions that test an explanation of β (those with a ``hypothesis``) open the report with the
+hypotheses table instead (hypothesis, its prediction, what was measured on each model, the verdict),
+and close it with the verdicts gathered and the conclusion written from them (``docs/explaining_beta.md``).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from lre_pl.experiments.beta_study.questions import REGISTRY
-from lre_pl.experiments.beta_study.questions.base import NAN, Findings, HeadlineLine, paper_lre
+from lre_pl.experiments.beta_study.questions.base import NAN, VERDICTS, Findings, HeadlineLine, paper_lre
 from lre_pl.files import write_text_atomically
 from lre_pl.lightning.outputs import write_figure
 from lre_pl.protocol.folder import StudyFolder, read_json
@@ -151,15 +156,63 @@ def _verdicts(model: str, numbers: dict) -> str:
     return f"\n**{model}**\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
 
 
+def _hypotheses(sections: dict[str, dict[str, str]]) -> list[str]:
+    """The names of the answered questions that test a hypothesis, in the registry's order."""
+    return [
+        name
+        for name, question in REGISTRY.items()
+        if question.hypothesis and any(name in answered for answered in sections.values())
+    ]
+
+
+def _hypotheses_table(names: Sequence[str], numbers: dict[str, dict]) -> str:
+    """One line per hypothesis: it, its prediction, what was measured on each model, the verdict."""
+    models = list(numbers)
+    lines = []
+    for name in names:
+        question = REGISTRY[name]()
+        answered = [model for model in models if name in numbers[model]]
+        measured = "; ".join(f"{model}: {question.measured(numbers[model][name])}" for model in answered)
+        verdicts = {model: question.judge(numbers[model][name]) for model in answered}
+        words = {verdict.word for verdict in verdicts.values()}
+        if len(words) == 1:
+            cell = f"**{words.pop()}**: " + "; ".join(f"{model}: {v.why}" for model, v in verdicts.items())
+        else:
+            cell = "; ".join(f"**{v.word}** on {model}: {v.why}" for model, v in verdicts.items())
+        lines.append([f"{question.number}. {question.hypothesis}", question.prediction, measured, cell])
+    return markdown_table(
+        ["hypothesis", "its prediction", f"what was measured ({' / '.join(models)})", "verdict"], lines
+    )
+
+
+def _verdicts_gathered(names: Sequence[str], numbers: dict[str, dict]) -> str:
+    """Each verdict word with the hypotheses that got it, per model (the closing section's first lines)."""
+    lines = []
+    for model, by_name in numbers.items():
+        got = {word: [] for word in VERDICTS}
+        for name in (name for name in names if name in by_name):
+            question = REGISTRY[name]()
+            got[question.judge(by_name[name]).word].append(f"{question.number}")
+        listed = "; ".join(f"{word}: {', '.join(found) or 'none'}" for word, found in got.items())
+        lines.append(f"- **{model}**: {listed}.")
+    return "\n".join(lines) + "\n"
+
+
 def study_markdown(studies: dict[str, ModelStudy], made_by: Sequence[str] = (),
-                   settings: Sequence[str] = ()) -> tuple[str, dict[str, dict]]:  # fmt: skip
-    """The report over one or more models' studies: the headline numbers side by side, then per
-    question each model's table and verdict."""
+                   settings: Sequence[str] = (), conclusion: str | None = None) -> tuple[str, dict[str, dict]]:  # fmt: skip
+    """The report over one or more models' studies: the headline numbers side by side (or, for
+    questions that test a hypothesis, the hypotheses table), then per question each model's table and
+    verdict; ``conclusion`` (markdown, written from the numbers) closes a report of hypotheses."""
     sections, numbers = {}, {}
     for model, study in studies.items():
         sections[model], numbers[model] = model_sections(study.rows, study.rule, study.tables, study.answered)
     models = list(studies)
-    parts = [f"# The β study: {', '.join(models)}\n"]
+    hypotheses = _hypotheses(sections)
+    explains = bool(hypotheses) and all(
+        name in hypotheses for answered in sections.values() for name in answered
+    )  # only questions that test a hypothesis: the report of β's explanation
+    title = "Explaining β" if explains else "The β study"
+    parts = [f"# {title}: {', '.join(models)}\n"]
     if made_by:
         parts.append("Made by " + "; ".join(made_by) + ".\n")
     parts.append(
@@ -167,11 +220,14 @@ def study_markdown(studies: dict[str, ModelStudy], made_by: Sequence[str] = (),
         "faithfulness is reported on the test split (known samples only).\n"
     )
     parts += [f"- {line}" for line in settings] + ([""] if settings else [])
-    parts += [
-        "## The answers\n",
-        _headline_table(numbers),
-        *(_verdicts(model, numbers[model]) for model in models),
-    ]
+    if hypotheses:
+        parts += ["## The hypotheses\n", _hypotheses_table(hypotheses, numbers)]
+    if not explains:
+        parts += [
+            "## The answers\n",
+            _headline_table(numbers),
+            *(_verdicts(model, numbers[model]) for model in models),
+        ]
     for name, question in REGISTRY.items():
         answered = [model for model in models if name in sections[model]]
         if not answered:
@@ -181,14 +237,24 @@ def study_markdown(studies: dict[str, ModelStudy], made_by: Sequence[str] = (),
             if len(models) > 1:
                 parts.append(f"### {model}\n")
             parts.append(sections[model][name])
+    if hypotheses:
+        parts += ["## What explains β\n", _verdicts_gathered(hypotheses, numbers)]
+        if conclusion:
+            parts.append(conclusion.strip() + "\n")
     return "\n".join(parts), numbers
 
 
-def write_study_report(outs: Sequence[Path], report: str | None = None, made_by: Sequence[str] = ()) -> None:
+def write_study_report(
+    outs: Sequence[Path],
+    report: str | None = None,
+    made_by: Sequence[str] = (),
+    conclusion: str | None = None,
+) -> None:
     """``<out>/beta_study.md`` and ``<out>/results.csv`` (every row) for each study folder (its model
-    alone) and, if given, ``report`` over all of them, each with its figures beside it, from the
-    folders' rows alone. Each folder's ``sweep_command.txt`` (the sweep's commands) opens the list of
-    what made the report."""
+    alone) and, if given, ``report`` over all of them, each with its figures beside it (and, per
+    folder, in its TensorBoard log), from the folders' rows alone. Each folder's ``sweep_command.txt``
+    (the sweep's commands) opens the list of what made the report; ``conclusion`` (markdown) closes a
+    report of hypotheses."""
     studies, commands, folders, grids = {}, {}, {}, {}
     for out in outs:
         folder = StudyFolder(out)
@@ -218,6 +284,7 @@ def write_study_report(outs: Sequence[Path], report: str | None = None, made_by:
             {model: studies[model] for model in models},
             [commands[model] for model in models] + list(made_by),
             [grids[model] for model in models],
+            conclusion,
         )
         write_text_atomically(target, text)
         for model in models:
@@ -225,8 +292,12 @@ def write_study_report(outs: Sequence[Path], report: str | None = None, made_by:
                 rows = [row for row in studies[model].rows if row["kind"] == name]
                 for file_name, figure in question().figures(rows, model).items():
                     write_figure(figure, target.parent / file_name, None)
-    for out in folders.values():
+    for model, out in folders.items():
         with contextlib.closing(SummaryWriter(str(out / "tensorboard"))) as experiment:
             experiment.add_text("beta_study", (out / "beta_study.md").read_text())
             for path in sorted((out / "tables").glob("*/*.md")):  # e.g. per_sample_w/<relation>__trial_<t>
                 experiment.add_text(f"{path.parent.name}/{path.stem}", path.read_text())
+            for name, question in REGISTRY.items():  # the figures, as images beside the text
+                rows = [row for row in studies[model].rows if row["kind"] == name]
+                for file_name, figure in question().figures(rows, model).items():
+                    experiment.add_figure(f"{name}/{Path(file_name).stem}", figure)  # closes it

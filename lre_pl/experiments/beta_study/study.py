@@ -23,7 +23,7 @@ from lre_pl.errors import InputError
 from lre_pl.evaluation.context import Decoder
 from lre_pl.experiments.beta_study.context import StudySettings, SweepStudy
 from lre_pl.experiments.beta_study.questions import QUESTIONS, REGISTRY
-from lre_pl.files import check_writable_folder, write_text_atomically
+from lre_pl.files import check_writable_folder, write_bytes_atomically, write_text_atomically
 from lre_pl.lm.models import load_language_model, parse_layer
 from lre_pl.protocol.folder import StudyFolder, SweepFolder, read_json
 from lre_pl.protocol.rows import read_rows, rows_complete, write_rows
@@ -63,6 +63,12 @@ class BetaStudyConfig:
     """Study only these relations of each sweep (names), e.g. a subset chosen before any result for the
     questions that compute new Jacobians; ``None``: every evaluated relation. Rows of a bundle do not
     depend on it: a later run over more relations adds rows and keeps these."""
+    conclusion: str | None = None
+    """A markdown file whose text closes the report of hypotheses (the conclusion written in plain words
+    from the verdicts above it), e.g. ``docs/explaining_beta_conclusion.md``; ``None``: none."""
+    results_dir: str | None = None
+    """Also copy each model's rows (``results.csv.gz``), its report, figures and the sweep's commands
+    and config to ``<results_dir>/<model>/`` (e.g. ``results/explaining_beta``) for committing."""
     allow_unfinished: bool = False
     """Study a sweep whose config still lists (relation, trial) pairs without rows, on what it has
     (the console and the report name what is missing). ``False``: such a sweep is refused, so that a
@@ -89,6 +95,8 @@ class BetaStudyConfig:
             from lre_pl.experiments.sweep.runner import resolve_relations
 
             resolve_relations(self.relations)  # an unknown name: one line with the known ones
+        if self.conclusion is not None and not Path(self.conclusion).is_file():
+            raise InputError(f"conclusion={self.conclusion!r} is not a file: give a markdown file or null")
         if not self.sweep_dirs:
             raise InputError("sweep_dirs is empty: give the folders of finished lre-pl sweep runs")
         from lre_pl.experiments.sweep.runner import unfinished_pairs
@@ -139,6 +147,8 @@ class BetaStudyConfig:
             check_writable_folder(out, "output_dir")
         if self.report:
             check_writable_folder(Path(self.report).parent, "report")
+        if self.results_dir is not None:
+            check_writable_folder(Path(self.results_dir), "results_dir")
         return folders
 
     @property
@@ -181,8 +191,32 @@ def run_beta_study(config: BetaStudyConfig, command: str | None = None) -> list[
     for root, out in folders.items():
         study_sweep(root, out, config)
     made_by = [f"the study: `{command}`" if command else f"the study: questions {config.questions}"]
-    write_study_report(list(folders.values()), config.report, made_by)
+    conclusion = Path(config.conclusion).read_text(encoding="utf-8") if config.conclusion else None
+    write_study_report(list(folders.values()), config.report, made_by, conclusion)
+    if config.results_dir is not None:
+        for out in folders.values():
+            copy_results(out, Path(config.results_dir))
     return list(folders.values())
+
+
+def copy_results(out: Path, results_dir: Path) -> Path | None:
+    """A study folder's tidy rows (gzipped), its report and figures, and the sweep's commands, config
+    and the study's settings, to ``results_dir/<model>/`` (what a repository commits: no bundles)."""
+    import gzip
+
+    folder = StudyFolder(out)
+    table = out / "results.csv"
+    if not table.exists():  # no rows: nothing studied
+        return None
+    model = read_json(folder.sweep_config, "rerun lre-pl beta-study")["model"]
+    target = results_dir / Path(model).name
+    target.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomically(target / "results.csv.gz", gzip.compress(table.read_bytes(), mtime=0))
+    for path in [out / "beta_study.md", folder.sweep_commands, folder.sweep_config, folder.settings,
+                 *sorted(out.glob("*.png"))]:  # fmt: skip
+        if path.exists():
+            write_bytes_atomically(target / path.name, path.read_bytes())
+    return target
 
 
 def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:

@@ -1,0 +1,107 @@
+"""The report of hypotheses (``docs/explaining_beta.md``): a study whose questions each test an
+explanation of β opens with the hypotheses table (one line per hypothesis, the measurement and the
+verdict of each model) and closes with the verdicts gathered and the conclusion; a fake question in a
+patched registry stands for the real ones, so that the layout is tested apart from their numbers."""
+
+from pathlib import Path
+
+import pytest
+
+from lre_pl.errors import InputError
+from lre_pl.experiments.beta_study import report
+from lre_pl.experiments.beta_study.questions.base import PerBundleQuestion, Verdict
+from lre_pl.experiments.beta_study.report import ModelStudy, study_markdown
+from lre_pl.experiments.beta_study.study import BetaStudyConfig, copy_results
+from lre_pl.protocol.folder import StudyFolder
+from lre_pl.protocol.rows import make_row, write_rows
+from lre_pl.protocol.selection import SelectionRule
+
+RULE = SelectionRule([0.5, 1.0, 2.0], 1.0)
+
+
+class Gain(PerBundleQuestion):
+    name, number, title = "gain", 11, "A gain"
+    hypothesis = "β is a gain"
+    prediction = "the gain exceeds 1"
+
+    def summarize(self, rows, rule):
+        return {"gain": sum(row["value"] for row in rows) / len(rows)}
+
+    def render(self, numbers, findings):
+        return f"gain {numbers['gain']:.2f}\n"
+
+    def measured(self, numbers):
+        return f"gain {numbers['gain']:.2f}"
+
+    def judge(self, numbers):
+        word = "confirmed" if numbers["gain"] > 1 else "refuted"
+        return Verdict(word, f"the gain is {numbers['gain']:.2f}")
+
+
+def rows(model: str, *values: float) -> list[dict]:
+    return [
+        make_row(model=model, relation=f"r{i}", category="c", trial=0, kind="gain", estimator="lre",
+                 split="all", metric="gain", value=value, n=1)
+        for i, value in enumerate(values)
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    monkeypatch.setattr(report, "REGISTRY", {"gain": Gain})
+
+
+def test_a_study_of_hypotheses_opens_with_their_table_and_closes_with_the_verdicts(registry):
+    studies = {
+        "a": ModelStudy(rows("a", 2.0, 3.0), {}, ["gain"], RULE),
+        "b": ModelStudy(rows("b", 0.5, 0.5), {}, ["gain"], RULE),
+    }
+    text, numbers = study_markdown(studies, ["(made)"], conclusion="Gains explain it.\n")
+    assert numbers["a"]["gain"] == {"gain": 2.5}
+    assert text.startswith("# Explaining β: a, b\n\nMade by (made).\n")
+    assert "## The answers" not in text  # no headline lines: the β study's answers table is not this report's
+    assert (
+        "| hypothesis | its prediction | what was measured (a / b) | verdict |\n|---|---|---|---|\n"
+        "| 11. β is a gain | the gain exceeds 1 | a: gain 2.50; b: gain 0.50 | "
+        "**confirmed** on a: the gain is 2.50; **refuted** on b: the gain is 0.50 |\n"
+    ) in text
+    assert text.index("## The hypotheses") < text.index("## 11. A gain") < text.index("## What explains β")
+    assert text.endswith(
+        "## What explains β\n\n- **a**: confirmed: 11; refuted: none; inconclusive: none.\n"
+        "- **b**: confirmed: none; refuted: 11; inconclusive: none.\n\nGains explain it.\n"
+    )
+
+
+def test_one_verdict_on_every_model_is_written_once(registry):
+    studies = {model: ModelStudy(rows(model, 2.0), {}, ["gain"], RULE) for model in ("a", "b")}
+    text, _ = study_markdown(studies)
+    assert "| **confirmed**: a: the gain is 2.00; b: the gain is 2.00 |" in text
+
+
+def test_a_missing_conclusion_file_is_one_line(tmp_path):
+    config = BetaStudyConfig(sweep_dirs=[str(tmp_path)], conclusion=str(tmp_path / "none.md"))
+    with pytest.raises(
+        InputError, match=r"^conclusion='.*none.md' is not a file: give a markdown file or null$"
+    ):
+        config.check()
+
+
+def test_copy_results_writes_the_gzipped_rows_report_and_sweep_files(tmp_path):
+    import gzip
+
+    out = tmp_path / "study"
+    folder = StudyFolder(out)
+    write_rows(folder.rows("gain", "r0", 0), rows("m", 1.0))
+    (out / "results.csv").write_text("kind,value\ngain,1.0\n")
+    (out / "beta_study.md").write_text("# report\n")
+    (out / "gain_m.png").write_bytes(b"png")
+    folder.sweep_config.write_text('{"model": "some/dir/m"}\n')
+    folder.sweep_commands.write_text("lre-pl sweep\n")
+    target = copy_results(out, tmp_path / "results")
+    assert target == tmp_path / "results" / "m"
+    assert sorted(path.name for path in target.iterdir()) == [
+        "beta_study.md", "gain_m.png", "results.csv.gz", "sweep_command.txt", "sweep_config.json"
+    ]  # fmt: skip
+    assert gzip.decompress((target / "results.csv.gz").read_bytes()) == b"kind,value\ngain,1.0\n"
+    assert copy_results(tmp_path / "empty", tmp_path / "results") is None
+    assert not Path(tmp_path / "results" / "empty").exists()
