@@ -11,7 +11,7 @@ from test_sweep import tiny_config
 from lre_pl.errors import InputError
 from lre_pl.evaluation.context import Decoder
 from lre_pl.experiments.beta_study.context import StudyContext, StudySettings
-from lre_pl.experiments.beta_study.questions import PER_BUNDLE, QUESTIONS, REGISTRY
+from lre_pl.experiments.beta_study.questions import EXPLANATIONS, PER_BUNDLE, QUESTIONS, REGISTRY, STUDY
 from lre_pl.experiments.beta_study.questions.after_norm import after_norm_operator
 from lre_pl.experiments.beta_study.questions.bias_variants import BIAS_VARIANTS, bias_variant
 from lre_pl.experiments.beta_study.questions.per_sample_beta import FINE_BETAS, figure_name, smallest_beta
@@ -154,8 +154,8 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
     config = BetaStudyConfig(sweep_dirs=[str(swept)], output_dir=str(tmp_path / "study"), report=str(report))
     run_beta_study(config, command="(test)")
     assert rows_file.stat().st_mtime_ns == first  # resumed: only the questions not yet answered ran
-    assert sorted(p.name for p in (out / "rows").iterdir()) == sorted(
-        [*PER_BUNDLE, "global_beta.jsonl", "across_trials.jsonl"]
+    assert sorted(p.name for p in (out / "rows").iterdir()) == sorted(  # the β study's ten, by default
+        [*(name for name in PER_BUNDLE if name in STUDY), "global_beta.jsonl", "across_trials.jsonl"]
     )
     text = report.read_text()
     for heading in ("1. Bias variants", "2. Where β acts", "3. Unit s", "4. Per-sample β", "5. Each sample's own W_i",
@@ -403,17 +403,19 @@ def test_every_beta_config_names_known_questions_and_one_config_per_question():
     configs = {
         path.stem: BetaStudyConfig(**yaml.safe_load(path.read_text())) for path in folder.glob("*.yaml")
     }
-    assert set(configs) == {*QUESTIONS, "all"}
+    assert set(configs) == {*QUESTIONS, "all", "explain"}
     # Every question reads the folders the shipped sweep configs of the two models write: the β study's
     # questions the β sweeps, the explanations of β (questions with a hypothesis) the explanation sweeps.
     sweeps, explain = (
         [yaml.safe_load((folder.parent / "sweep" / name).read_text())["output_dir"] for name in names]
         for names in (("smollm2_beta.yaml", "gemma3.yaml"), ("smollm2_explain.yaml", "gemma3_explain.yaml"))
     )
+    groups = {"all": list(STUDY), "explain": list(EXPLANATIONS)}
+    assert set(STUDY) | set(EXPLANATIONS) == set(QUESTIONS) and len(STUDY) == 10
     for name, config in configs.items():
-        assert config.questions == ([name] if name != "all" else list(QUESTIONS)), name
-        expected = explain if name != "all" and REGISTRY[name].hypothesis else sweeps
-        assert config.sweep_dirs == expected and config.output_dir is None, name
+        assert config.questions == groups.get(name, [name]), name
+        explains = name == "explain" or (name in REGISTRY and REGISTRY[name].hypothesis)
+        assert config.sweep_dirs == (explain if explains else sweeps) and config.output_dir is None, name
 
 
 def test_two_ddp_processes_learn_the_beta_one_process_learns(study, tiny_model_dir, tmp_path):
@@ -548,6 +550,6 @@ def test_the_registry_orders_the_questions_and_every_question_has_a_config():
                               "after_norm", "residual", "fixed_beta")  # fmt: skip
     assert all(REGISTRY[name].across_bundles for name in ("global_beta", "across_trials"))
     folder = Path(__file__).parents[2] / "configs" / "beta"
-    assert {path.stem for path in folder.glob("*.yaml")} == {*QUESTIONS, "all"}
+    assert {path.stem for path in folder.glob("*.yaml")} == {*QUESTIONS, "all", "explain"}
     headline = [line.order for question in REGISTRY.values() for line in question.headline]
     assert len(headline) == len(set(headline)) == 13

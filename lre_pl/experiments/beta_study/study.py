@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from lre_pl.errors import InputError
 from lre_pl.evaluation.context import Decoder
 from lre_pl.experiments.beta_study.context import StudySettings, SweepStudy
-from lre_pl.experiments.beta_study.questions import QUESTIONS, REGISTRY
+from lre_pl.experiments.beta_study.questions import QUESTIONS, REGISTRY, STUDY
 from lre_pl.files import check_writable_folder, write_bytes_atomically, write_text_atomically
 from lre_pl.lm.models import load_language_model, parse_layer
 from lre_pl.protocol.folder import StudyFolder, SweepFolder, read_json
@@ -40,9 +40,10 @@ class BetaStudyConfig:
     )
     """Sweep folders (bundles, rows, sweep_config.json), one per model: each is studied with its own
     model, grid and splits, and the report sets them side by side."""
-    questions: list[str] = field(default_factory=lambda: list(QUESTIONS))
-    """Which questions to answer, by name, e.g. ``[residual, global_beta]`` (default: every question of
-    the registry, in its order; an unknown name is refused with the list)."""
+    questions: list[str] = field(default_factory=lambda: list(STUDY))
+    """Which questions to answer, by name, e.g. ``[residual, global_beta]`` (default: the β study's ten, in
+    the registry's order; ``configs/beta/explain.yaml`` asks the explanations of β; an unknown name is
+    refused with the list)."""
     output_dir: str | None = None
     """Where the study's rows and report go: ``None``: ``<sweep_dir>/beta_study`` for each sweep, shared
     by every question's config; a folder: ``<output_dir>/<sweep folder name>``."""

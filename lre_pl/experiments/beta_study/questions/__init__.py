@@ -22,5 +22,9 @@ REGISTRY: dict[str, type[Question]] = {question.name: question for question in r
 QUESTIONS = tuple(REGISTRY)
 #: The questions answered on each bundle alone (the others: across all of a sweep's bundles).
 PER_BUNDLE = tuple(name for name, question in REGISTRY.items() if not question.across_bundles)
+#: The β study's questions (``docs/beta_study.md``: what does not remove β, and whether β is one constant).
+STUDY = tuple(name for name, question in REGISTRY.items() if not question.hypothesis)
+#: The questions that each test one explanation of why β > 1 (``docs/explaining_beta.md``).
+EXPLANATIONS = tuple(name for name, question in REGISTRY.items() if question.hypothesis)
 
-__all__ = ["PER_BUNDLE", "QUESTIONS", "REGISTRY", "Question", "register"]
+__all__ = ["EXPLANATIONS", "PER_BUNDLE", "QUESTIONS", "REGISTRY", "STUDY", "Question", "register"]
