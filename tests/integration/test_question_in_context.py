@@ -156,6 +156,18 @@ def test_rows_equal_a_hand_decode_of_each_variant(context, variants, rows):
                     ]
                     row = by_key[name, "beta_1", 1.0, split, "miss_on_in_context"]
                     assert row["n"] == len(missed) and row["value"] == pytest.approx(len(on) / len(missed))
+        dev_scores = {
+            beta: by_key[name, None, beta, "dev", "faithfulness@1"]["value"]
+            for beta in context.rule.scan_betas
+        }
+        chosen = [r["value"] for r in rows if r["estimator"] == name and r["metric"] == "chosen_beta"]
+        assert chosen == [context.rule.beta(dev_scores)]
+        at_chosen = {
+            r["beta"]
+            for r in rows
+            if r["estimator"] == name and r["selection"] == "dev" and r["metric"] != "chosen_beta"
+        }
+        assert at_chosen == (set(chosen) if in_context_objects[name] else set())
         for split, positions in context.splits.items():
             expected = variant.lm_hits[positions].float().mean().item()
             assert by_key[name, None, None, split, "lm_accuracy"]["value"] == pytest.approx(expected)

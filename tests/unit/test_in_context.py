@@ -60,21 +60,17 @@ def test_too_few_pool_samples_give_no_prompts():
 
 def test_misses_are_sorted_by_where_their_top_token_lands():
     kinds = miss_kinds(
-        [" Par", " Lon", " Li", "xyz"],
-        ["Paris", "Rome", "Oslo", "Lima"],
+        [" Par", " Lon", " Li", "xyz", " L"],  # " L" hits Lisbon and also starts London: a hit, not a miss
+        ["Paris", "Rome", "Oslo", "Lima", "Lisbon"],
         in_context=["Rome", "London"],
         relation_objects=["Paris", "Rome", "Oslo", "Lima", "London", "Lisbon"],
     )
-    assert kinds.miss.tolist() == [False, True, True, True]
-    assert kinds.on_in_context.tolist() == [False, True, False, False]
-    assert kinds.on_other_object.tolist() == [
-        False,
-        False,
-        True,
-        False,
-    ]  # " Li": Lima, Lisbon (not in context)
+    assert kinds.miss.tolist() == [False, True, True, True, False]
+    assert kinds.on_in_context.tolist() == [False, True, False, False, False]
+    # " Li": Lima, Lisbon (not in context); "xyz": no object.
+    assert kinds.on_other_object.tolist() == [False, False, True, False, False]
     # Rome's own object is in context: 1 of its 5 others is; for the rest 2 of 5.
-    torch.testing.assert_close(kinds.chance, torch.tensor([0.4, 0.2, 0.4, 0.4]))
+    torch.testing.assert_close(kinds.chance, torch.tensor([0.4, 0.2, 0.4, 0.4, 0.4]))
 
 
 RULE = SelectionRule([0.5, 1.0, 2.0], 1.0)
