@@ -84,6 +84,12 @@ def object_token_id(tokenizer, prompt: str, obj: str) -> int:
     return tokenizer(f" {obj}", add_special_tokens=False)["input_ids"][0]
 
 
+def prompt_prefix(lm: LanguageModel) -> str:
+    """What every prompt of ``lm`` starts with: the paper prefixes GPT-style prompts with the
+    end-of-text token and no space (its ``maybe_prefix_eos``); other models get nothing."""
+    return lm.tokenizer.eos_token if lm.adapter.prepend_eos else ""
+
+
 @dataclass(frozen=True)
 class TrainingItem:
     sample: RelationSample
@@ -108,8 +114,7 @@ class RelationPrompts:
     ) -> RelationPrompts:
         check_trial(relation, n_train, template_index)
         template = relation.prompt_templates[template_index]
-        # The paper prefixes GPT-style prompts with the end-of-text token and no space.
-        prefix = lm.tokenizer.eos_token if lm.adapter.prepend_eos else ""
+        prefix = prompt_prefix(lm)
         train_samples, test_samples = split_samples(relation.samples, n_train, seed)
         train = []
         for sample in train_samples:
