@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_sweep import tiny_config
+from test_sweep import RELATIONS, tiny_config
 
 from lre_pl.errors import InputError
 from lre_pl.evaluation.context import Decoder
@@ -553,3 +553,16 @@ def test_the_registry_orders_the_questions_and_every_question_has_a_config():
     assert {path.stem for path in folder.glob("*.yaml")} == {*QUESTIONS, "all", "explain"}
     headline = [line.order for question in REGISTRY.values() for line in question.headline]
     assert len(headline) == len(set(headline)) == 13
+
+
+def test_costly_questions_run_on_costly_relations_only_and_others_on_every_relation(swept, tmp_path):
+    assert REGISTRY["in_context"].costly and not REGISTRY["residual"].costly
+    [out] = run_beta_study(
+        BetaStudyConfig(sweep_dirs=[str(swept)], output_dir=str(tmp_path / "study"),
+                        questions=["residual", "in_context"], costly_relations=["country capital city"])
+    )  # fmt: skip
+    rows = read_rows(sorted((out / "rows").rglob("*.jsonl")))
+    assert {row["relation"] for row in rows if row["kind"] == "residual"} == set(RELATIONS)
+    assert {row["relation"] for row in rows if row["kind"] == "in_context"} == {"country capital city"}
+    with pytest.raises(InputError, match="unknown relation 'no such relation'"):
+        BetaStudyConfig(sweep_dirs=[str(swept)], costly_relations=["no such relation"]).check()

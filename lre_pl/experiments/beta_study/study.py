@@ -64,6 +64,11 @@ class BetaStudyConfig:
     """Study only these relations of each sweep (names), e.g. a subset chosen before any result for the
     questions that compute new Jacobians; ``None``: every evaluated relation. Rows of a bundle do not
     depend on it: a later run over more relations adds rows and keeps these."""
+    costly_relations: list[str] | None = None
+    """The relations on which the costly questions (those that compute new Jacobians or products: the
+    chord, the held-fixed, the multi-token and the in-context ones) are asked, e.g. a subset chosen
+    before any result when the CPU allows no more; the other questions cover every studied relation.
+    ``None``: every studied relation."""
     conclusion: str | None = None
     """A markdown file whose text closes the report of hypotheses (the conclusion written in plain words
     from the verdicts above it), e.g. ``docs/explaining_beta_conclusion.md``; ``None``: none."""
@@ -92,10 +97,11 @@ class BetaStudyConfig:
             raise InputError(
                 f"shots={self.shots} must be non-negative numbers of examples, e.g. [1, 2, 5, 8]"
             )
-        if self.relations is not None:
-            from lre_pl.experiments.sweep.runner import resolve_relations
+        from lre_pl.experiments.sweep.runner import resolve_relations
 
-            resolve_relations(self.relations)  # an unknown name: one line with the known ones
+        for subset in (self.relations, self.costly_relations):
+            if subset is not None:
+                resolve_relations(subset)  # an unknown name: one line with the known ones
         if self.conclusion is not None and not Path(self.conclusion).is_file():
             raise InputError(f"conclusion={self.conclusion!r} is not a file: give a markdown file or null")
         if not self.sweep_dirs:
@@ -262,7 +268,11 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
     asked = [question for question in questions if not question.across_bundles]
     bar = tqdm(study.keys, desc=f"beta study ({sweep.model})", unit="trial")
     for relation, trial in bar:
-        missing = [q for q in asked if not rows_complete(folder.rows(q.name, relation, trial))]
+        missing = [
+            q for q in asked
+            if not rows_complete(folder.rows(q.name, relation, trial))
+            and (not q.costly or config.costly_relations is None or relation in config.costly_relations)
+        ]  # fmt: skip
         if not missing:
             continue
         bar.set_postfix_str(f"{relation}, trial {trial}")

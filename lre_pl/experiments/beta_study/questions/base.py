@@ -93,6 +93,9 @@ class Question:
     column of the hypotheses table that opens ``docs/explaining_beta.md``); ``None`` for the others."""
     prediction: ClassVar[str] = ""
     """What the hypothesis predicts, if it holds, in terms of what the question measures."""
+    costly: ClassVar[bool] = False
+    """Whether it computes new Jacobians or Jacobian–vector products (minutes per bundle on a CPU, not
+    seconds): a study may ask it on a chosen subset of relations only (``costly_relations``)."""
 
     def summarize(self, rows: list[dict], rule: SelectionRule) -> Numbers:
         """The numbers of one model's rows of this question (``rule``: the sweep's, for ties)."""

@@ -260,6 +260,7 @@ class InContext(ScanQuestion):
     name = "in_context"
     number = 16
     title = "The in-context examples"
+    costly = True
     hypothesis = (
         "β compensates for the in-context examples: the prompt's examples pull the β = 1 readout toward "
         "their objects (and the bias b carries them)"
