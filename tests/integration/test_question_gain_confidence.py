@@ -133,6 +133,12 @@ def test_the_secant_gain_question_reads_each_bundle_at_the_sweeps_dev_chosen_lay
         assert gain_rows(mine)["beta_ls"] == pytest.approx(
             by_hand_gains(sweep.context(relation, trial))[0], rel=1e-6
         )
+    # The β is the sweep's (here every β ties on the tiny model, so the rule's first, 1.0): read from its points.
+    other = {key: (layer, 0.5 + index) for index, (key, (layer, _)) in enumerate(sorted(points.items()))}
+    relabelled = question.rows(dataclasses.replace(sweep, points=other))
+    assert {
+        (r["relation"], r["trial"], r["value"]) for r in relabelled if r["metric"] == "dev_chosen_beta"
+    } == {(*key, beta) for key, (_, beta) in other.items()}
     assert question.covers(rows, sweep)
     assert not question.covers([row for row in rows if row["relation"] != "country capital city"], sweep)
     numbers = question.summarize(rows, grid.selection_rule)
