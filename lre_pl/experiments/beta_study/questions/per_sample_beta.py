@@ -50,9 +50,20 @@ def smallest_beta(
     return found
 
 
-def figure_name(model: str) -> str:
-    """The per-sample β figure's file name for a model spec (a name, hub id or local folder)."""
-    return "per_sample_beta_" + re.sub(r"[^\w.-]+", "_", Path(model).name) + ".png"
+def top1_answers(lm) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The LM's top-1 token ids [n] of residual vectors [n, d], through its final norm and unembedding:
+    the ``answers`` that :func:`smallest_beta` compares with the LM's own answer."""
+
+    def answers(hidden: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return lm.decode(hidden.to(lm.device)).argmax(-1).cpu()
+
+    return answers
+
+
+def figure_name(model: str, question: str = "per_sample_beta") -> str:
+    """A question's figure file name for a model spec (a name, hub id or local folder)."""
+    return f"{question}_" + re.sub(r"[^\w.-]+", "_", Path(model).name) + ".png"
 
 
 def plot_per_sample_beta(model: str, rows: list[dict]):
@@ -96,12 +107,8 @@ class PerSampleBeta(PerBundleQuestion):
     title = "Per-sample β: the smallest β that gives the LM's own answer"
 
     def rows(self, context: StudyContext) -> list[dict]:
-        b, lm, i = context.bundle, context.decoder.lm, context.bundle.layer_index(context.layer)
-
-        def answers(hidden: torch.Tensor) -> torch.Tensor:  # [n, d] -> top-1 token ids [n]
-            with torch.no_grad():
-                return lm.decode(hidden.to(lm.device)).argmax(-1).cpu()
-
+        b, i = context.bundle, context.bundle.layer_index(context.layer)
+        answers = top1_answers(context.decoder.lm)
         # Training samples with their own J_i s_i and b_i (β = 1 gives o_i itself, so at most 1).
         train = smallest_beta(
             answers, b.train_jacobian_states[:, i], b.train_biases[:, i], answers(b.train_output_states)
