@@ -59,3 +59,64 @@ def tiny_gpt2(hidden: int = 32, blocks: int = 2, seed: int = 0) -> LanguageModel
         attn_implementation="eager",
     )
     return LanguageModel(GPT2LMHeadModel(config), tokenizer, "tiny-gpt2")
+
+
+def _family_configs(vocab: int, hidden: int, blocks: int) -> dict:
+    """model_type -> (model class, config) of a tiny random model of each family beyond Llama and GPT-2."""
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        GPTJConfig,
+        GPTJForCausalLM,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    common = {"vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": blocks, "num_attention_heads": 4,
+              "intermediate_size": 2 * hidden, "max_position_embeddings": 512, "attn_implementation": "eager"}  # fmt: skip
+    return {
+        "gptj": (
+            GPTJForCausalLM,
+            GPTJConfig(
+                vocab_size=vocab,
+                n_embd=hidden,
+                n_layer=blocks,
+                n_head=4,
+                rotary_dim=4,
+                n_positions=512,
+                bos_token_id=0,
+                eos_token_id=0,
+                attn_implementation="eager",
+            ),
+        ),  # fmt: skip
+        "gpt_neox": (GPTNeoXForCausalLM, GPTNeoXConfig(**common)),
+        "mistral": (MistralForCausalLM, MistralConfig(**common, num_key_value_heads=2)),
+        "qwen2": (Qwen2ForCausalLM, Qwen2Config(**common, num_key_value_heads=2)),
+        # A sliding window shorter than the few-shot prompts, on the first of the two layers.
+        "gemma3_text": (
+            Gemma3ForCausalLM,
+            Gemma3TextConfig(
+                **common,
+                num_key_value_heads=1,
+                head_dim=16,
+                sliding_window=6,
+                layer_types=["sliding_attention", "full_attention"][:blocks],
+            ),
+        ),  # fmt: skip
+    }
+
+
+def tiny_family(model_type: str, hidden: int = 32, blocks: int = 2, seed: int = 0) -> LanguageModel:
+    """A tiny random model of family ``model_type`` (a key of ``lre_pl.lm.models.ADAPTERS``)."""
+    if model_type == "llama":
+        return tiny_llama(hidden, blocks, seed)
+    if model_type == "gpt2":
+        return tiny_gpt2(hidden, blocks, seed)
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    cls, config = _family_configs(len(tokenizer), hidden, blocks)[model_type]
+    return LanguageModel(cls(config), tokenizer, f"tiny-{model_type}")

@@ -10,7 +10,8 @@ context managers, so a hook can never outlive its use, whatever raises inside th
 
 Hooks on one module run in the order they were registered: a ``capture`` entered inside a
 ``patched`` on the same module sees the rewritten output. ``bypassed`` goes further than a hook: the
-modules do not run at all (a forward resumed after a layer whose output is already known).
+modules do not run at all (a forward resumed after a layer whose output is already known), and
+``replaced_forwards`` runs another computation in their place (norms with their scale held fixed).
 """
 
 from __future__ import annotations
@@ -87,18 +88,19 @@ def patched(
 
 
 @contextlib.contextmanager
-def bypassed(modules: Iterable[nn.Module], output: torch.Tensor) -> Iterator[None]:
-    """Forwards run in the block skip ``modules``: each returns ``output`` without computing anything.
+def replaced_forwards(
+    modules: Iterable[nn.Module], forward_of: Callable[[nn.Module], Callable]
+) -> Iterator[None]:
+    """Forwards run in the block call ``forward_of(module)`` in place of each of ``modules``' own forward.
 
-    For modules whose output is one tensor (blocks and embeddings of transformers >= 5; a test runs
-    every supported family). Forward hooks on them still run. A ``forward`` set on the instance
-    before (accelerate's device hooks) is restored on exit, whatever raises inside the block.
+    Forward hooks on them still run. A ``forward`` set on the instance before (accelerate's device
+    hooks) is restored on exit, whatever raises inside the block.
     """
     modules = list(modules)
     previous = [module.__dict__.get("forward") for module in modules]
     try:
         for module in modules:
-            module.forward = lambda *args, **kwargs: output
+            module.forward = forward_of(module)
         yield
     finally:
         for module, forward in zip(modules, previous):
@@ -106,3 +108,12 @@ def bypassed(modules: Iterable[nn.Module], output: torch.Tensor) -> Iterator[Non
                 del module.forward
             else:
                 module.forward = forward
+
+
+def bypassed(modules: Iterable[nn.Module], output: torch.Tensor):
+    """Forwards run in the block skip ``modules``: each returns ``output`` without computing anything.
+
+    For modules whose output is one tensor (blocks and embeddings of transformers >= 5; a test runs
+    every supported family). See :func:`replaced_forwards`.
+    """
+    return replaced_forwards(modules, lambda module: lambda *args, **kwargs: output)

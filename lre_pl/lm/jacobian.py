@@ -13,18 +13,23 @@ products (one per row of ``o``) yields J for all requested layers at once.
 Running the suffix through the model's own forward keeps masks, RoPE variants,
 sliding windows and embedding scales the model's business: no hand-rolled
 layer loop.
+
+Parts of the model can be held fixed (``held_fixed``: the attention probabilities, the norms' scale
+factors; see :mod:`lre_pl.lm.held_fixed`): the same forward, with no gradient through those factors.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from lre_pl.dataset.prompts import EncodedPrompt
+from lre_pl.errors import InputError
+from lre_pl.lm.held_fixed import check_held_fixed, norms_held_fixed
 from lre_pl.lm.models import LanguageModel
 from lre_pl.lm.suffix import SuffixRun, add_at_subject
 
@@ -54,7 +59,16 @@ SPLIT_PREFIX_ATTENTION = "lre_pl_split_prefix"
 
 
 def split_prefix_attention(
-    module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    scaling=None,
+    dropout=0.0,
+    softcap=None,
+    hold_weights=False,
+    **kwargs,
 ):
     """Eager attention for the suffix pass, with two savings that change no number.
 
@@ -63,6 +77,9 @@ def split_prefix_attention(
       useful work, ~20x on few-shot prompts) only for the cache concatenation to drop them.
     - Grouped-query heads share their key/value heads through a reshape of the queries instead of
       ``repeat_kv`` copies (whose backward is a further sum).
+
+    ``hold_weights``: the attention probabilities are constants for autograd (attention held fixed,
+    :mod:`lre_pl.lm.held_fixed`); the values keep their gradients.
 
     Shapes: query [batch, heads, q_len, head_dim]; key, value [batch, kv_heads, k_len, head_dim].
     """
@@ -82,17 +99,40 @@ def split_prefix_attention(
     if attention_mask is not None:
         scores = scores + attention_mask[..., :k_len]
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if hold_weights:
+        weights = weights.detach()
     weights = weights.view(batch, kv_heads, groups * q_len, k_len)
     output = weights[..., :prefix] @ values[0] + weights[..., prefix:] @ values[1]
     return output.view(batch, heads, q_len, head_dim).transpose(1, 2), None
+
+
+class HeldWeightsAttention:
+    """:func:`split_prefix_attention` with the attention weights held fixed, keeping the attention
+    modules that ran through it: a family whose attention bypasses transformers' attention interface
+    would otherwise silently give the plain Jacobian."""
+
+    def __init__(self):
+        self.modules: set[int] = set()  # id() of every attention module run since the last clear()
+
+    def __call__(self, module, *args, **kwargs):
+        self.modules.add(id(module))
+        return split_prefix_attention(module, *args, hold_weights=True, **kwargs)
+
+
+HELD_WEIGHTS_ATTENTION = "lre_pl_split_prefix_held_weights"
+held_weights_attention = HeldWeightsAttention()
 
 
 def _register_split_prefix_attention() -> None:
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
-    AttentionInterface.register(SPLIT_PREFIX_ATTENTION, split_prefix_attention)
-    AttentionMaskInterface.register(SPLIT_PREFIX_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    for name, function in (
+        (SPLIT_PREFIX_ATTENTION, split_prefix_attention),
+        (HELD_WEIGHTS_ATTENTION, held_weights_attention),
+    ):
+        AttentionInterface.register(name, function)
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
 
 
 _register_split_prefix_attention()
@@ -132,6 +172,7 @@ def compute_jacobians(
     prompts: Sequence[EncodedPrompt],
     layers: Sequence[Layer],
     chunk_size: int | None = None,
+    held_fixed: Iterable[str] = frozenset(),
 ) -> JacobianResult:
     """J, s and o for every prompt of the batch and every layer in ``layers``.
 
@@ -141,8 +182,13 @@ def compute_jacobians(
         layers: ``"emb"`` and/or block indices.
         chunk_size: vector-Jacobian products per backward pass; ``None`` picks it from free memory
             and, on a CPU, the size that runs fastest (see ``auto_chunk_size``).
+        held_fixed: the parts of the model whose data-dependent factors get no gradient
+            (:mod:`lre_pl.lm.held_fixed`): ``attention`` (the attention probabilities), ``norms`` (every
+            block norm's scale factor), both, or none (the plain Jacobian). s and o do not change.
     """
     layers = [lm.check_layer(layer) for layer in layers]
+    held_fixed = check_held_fixed(held_fixed)
+    attention = HELD_WEIGHTS_ATTENTION if "attention" in held_fixed else SPLIT_PREFIX_ATTENTION
     d = lm.hidden_size
     run = SuffixRun.prepare(lm, prompts)
 
@@ -155,8 +201,17 @@ def compute_jacobians(
             states[layer] = hidden[:, 0]
             return add_at_subject(hidden, delta_of[layer])
 
-        with _attention_implementation(lm, SPLIT_PREFIX_ATTENTION):
-            return run.forward(perturb, layers), states
+        held_weights_attention.modules.clear()
+        norms = norms_held_fixed(lm) if "norms" in held_fixed else contextlib.nullcontext()
+        with _attention_implementation(lm, attention), norms:
+            output = run.forward(perturb, layers)
+        if attention == HELD_WEIGHTS_ATTENTION and len(held_weights_attention.modules) < lm.num_blocks:
+            raise InputError(
+                f"cannot hold attention fixed for {lm.model.config.model_type!r}: its attention ran through "
+                f"transformers' attention interface in {len(held_weights_attention.modules)} of "
+                f"{lm.num_blocks} blocks; hold only the norms fixed"
+            )
+        return output, states
 
     zeros = [torch.zeros(len(prompts), d, device=lm.device, dtype=lm.dtype) for _ in layers]
     # torch.func: one forward, then batches of vector-Jacobian products by vmap over the backward

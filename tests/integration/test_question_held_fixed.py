@@ -1,0 +1,131 @@
+"""Question 14 (held_fixed) on the tiny sweep: its rows against readouts made by hand from the engine's
+held-fixed Jacobians, and its verdict on hand-written numbers."""
+
+import pytest
+import test_beta_study
+import torch
+from test_beta_study import LAYER
+
+from lre_pl.experiments.beta_study.questions import REGISTRY
+from lre_pl.experiments.beta_study.questions.base import Findings
+from lre_pl.experiments.beta_study.questions.held_fixed import NORM_METRIC, WAYS
+from lre_pl.lm.jacobian import compute_jacobians
+from lre_pl.lre.operator import relation_readout
+
+# The tiny sweep and its study context at LAYER (test_beta_study's fixtures).
+swept, grid, study = test_beta_study.swept, test_beta_study.grid, test_beta_study.study
+
+
+@pytest.fixture(scope="module")
+def held_rows(study):
+    return REGISTRY["held_fixed"]().rows(study)
+
+
+def test_rows_are_the_readouts_of_the_held_fixed_jacobians(study, held_rows):
+    bundle, lm, i = study.bundle, study.decoder.lm, study.bundle.layer_index(LAYER)
+    prompts = [item.prompt for item in study.train_prompts]
+    s, o = bundle.train_subject_states[:, i], bundle.train_output_states  # [n, d]
+    states = bundle.test_states(LAYER)[study.known]  # [known, d]
+    betas = study.rule.scan_betas
+    norms = {}
+    for way, parts in WAYS.items():
+        jacobians = compute_jacobians(lm, prompts, [LAYER], held_fixed=parts).jacobians[LAYER].float()
+        weight = jacobians.mean(0)  # [d, d]
+        bias = torch.stack([o[n] - jacobians[n] @ s[n] for n in range(len(s))]).mean(0)  # [d]
+        if way == "plain":  # the sweep's own LRE
+            torch.testing.assert_close(weight, bundle.weights[i], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(bias, bundle.biases[i], atol=1e-4, rtol=1e-4)
+        rows = [row for row in held_rows if row["estimator"] == way]
+        assert all(row["kind"] == "held_fixed" and row["layer"] == str(LAYER) for row in rows)
+        norm = (states @ weight.T).norm(dim=-1)  # [known] ‖W s‖
+        norms[way] = norm
+        for split, positions in study.splits.items():
+            [row] = [r for r in rows if r["metric"] == NORM_METRIC and r["split"] == split]
+            assert row["value"] == pytest.approx(norm[positions].mean().item(), rel=1e-4)
+            assert row["n"] == len(positions) and row["beta"] is None
+        for beta in betas:
+            readout = relation_readout(states @ weight.T, bias, beta)
+            hits = study.decoder.hits(readout, study.objects)  # [known, 2]
+            for split, positions in study.splits.items():
+                for column, metric in enumerate(study.faithfulness_metrics):
+                    [row] = [
+                        r for r in rows if r["metric"] == metric and r["split"] == split and r["beta"] == beta
+                    ]
+                    assert row["value"] == hits[positions, column].float().mean().item(), (way, beta, split)
+        assert len(rows) == len(study.splits) * (1 + 2 * len(betas))
+    for way in ("attention", "norms", "attention+norms"):  # held fixed, J changes: the rows could differ
+        assert (norms[way] - norms["plain"]).abs().max() > 1e-3 * norms["plain"].max(), way
+
+
+def test_the_summary_gives_every_way_its_scan_and_norm(held_rows, study):
+    question = REGISTRY["held_fixed"]()
+    numbers = question.summarize(held_rows, study.rule)
+    assert set(numbers["variants"]) == set(WAYS)
+    for way, values in numbers["variants"].items():
+        [row] = [
+            r
+            for r in held_rows
+            if r["estimator"] == way and r["metric"] == NORM_METRIC and r["split"] == "all"
+        ]
+        assert values[NORM_METRIC] == row["value"] and values["n"] == 1
+    text = question.render(numbers, Findings("m", study.rule))
+    assert "Mean ‖W s‖ of the evaluated samples: plain " in text and "**Verdict.** " in text
+
+
+def numbers_of(**ways) -> dict:
+    """Numbers of the four ways from (β = 1, tuned, median β) triples."""
+    return {"variants": {
+        way: {"beta_1": one, "chosen": tuned, "median_beta": beta, "min_beta": beta, "max_beta": beta, "n": 3,
+              NORM_METRIC: 1.0}
+        for way, (one, tuned, beta) in ways.items()
+    }}  # fmt: skip
+
+
+PLAIN = (0.30, 0.60, 2.5)
+
+
+def test_the_verdict_names_the_part_that_removes_beta():
+    judge = REGISTRY["held_fixed"]().judge
+    removed_by_norms = numbers_of(
+        plain=PLAIN,
+        attention=(0.32, 0.6, 2.25),
+        norms=(0.57, 0.6, 1.25),
+        **{"attention+norms": (0.58, 0.6, 1.0)},
+    )
+    verdict = judge(removed_by_norms)
+    assert verdict.word == "confirmed" and verdict.why.startswith("holding norms fixed removes β")
+    only_both = numbers_of(
+        plain=PLAIN,
+        attention=(0.32, 0.6, 2.25),
+        norms=(0.40, 0.6, 1.75),
+        **{"attention+norms": (0.58, 0.6, 1.0)},
+    )
+    assert judge(only_both).why.startswith("holding attention and the norms together (neither alone) fixed")
+    unmoved = numbers_of(
+        plain=PLAIN,
+        attention=(0.31, 0.6, 2.5),
+        norms=(0.29, 0.6, 2.25),
+        **{"attention+norms": (0.33, 0.6, 2.25)},
+    )
+    assert judge(unmoved).word == "refuted"
+    a_little = numbers_of(
+        plain=PLAIN,
+        attention=(0.31, 0.6, 2.5),
+        norms=(0.40, 0.6, 2.0),
+        **{"attention+norms": (0.45, 0.6, 1.75)},
+    )
+    verdict = judge(a_little)
+    assert verdict.word == "inconclusive" and verdict.why.startswith("norms, attention+norms held fixed move")
+    no_beta_needed = numbers_of(
+        plain=(0.6, 0.62, 1.0), attention=PLAIN, norms=PLAIN, **{"attention+norms": PLAIN}
+    )
+    assert judge(no_beta_needed).word == "inconclusive"
+    assert judge(numbers_of(plain=PLAIN)).why == "rows of ['plain'] only: every way needs its rows"
+
+
+def test_measured_is_one_line_with_every_way():
+    numbers = numbers_of(plain=PLAIN, attention=PLAIN, norms=PLAIN, **{"attention+norms": (0.58, 0.6, 1.0)})
+    assert REGISTRY["held_fixed"]().measured(numbers) == (
+        "plain 0.30 at β = 1, β 2.50 (tuned 0.60); attention 0.30 at β = 1, β 2.50; norms 0.30 at β = 1, β 2.50; "
+        "attention+norms 0.58 at β = 1, β 1.00"
+    )
