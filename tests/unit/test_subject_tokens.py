@@ -114,3 +114,71 @@ def test_a_relation_of_one_token_subjects_is_one_line(llama, prompts):
         "relation 'adjective antonym': all 5 training subjects are one token, and the multi-token LRE "
         "(question subject_tokens) needs subjects of two or more tokens: study a relation with longer subjects"
     )
+
+
+def study_rows(multi_token_beta: float, one_token_betas: int = 10) -> list[dict]:
+    """Hand-written rows of two relations: the LRE's dev faithfulness peaks at β = 3, the multi-token
+    LRE's at ``multi_token_beta``; one-token subjects need β = 1, two-token ones β = 2 (10 each)."""
+    from lre_pl.protocol.rows import make_row
+
+    def row(relation, **fields):
+        return make_row(model="m", relation=relation, category="c", trial=0, kind="subject_tokens", **fields)
+
+    rows = []
+    for relation in ("r1", "r2"):
+        for estimator, peak in (("lre", 3.0), ("multi_token", multi_token_beta)):
+            rows += [
+                row(relation, estimator=estimator, beta=beta, split=split, metric="faithfulness@1",
+                    value=float(beta == peak) if split == "dev" else 0.5, n=4)
+                for beta in (0.5, 1.0, 2.0, 3.0) for split in ("dev", "test")
+            ]  # fmt: skip
+        rows += [
+            row(relation, estimator=f"tokens={group}", split=split, metric="samples", value=float(n), n=n)
+            for split in ("train", "all")
+            for group, n in (("1", 2), ("2", 3), ("3+", 0))
+        ]  # fmt: skip
+    rows += [
+        row("r1", estimator="lre:tokens=1", split="all", metric="smallest_beta", value=1.0, n=1)
+    ] * one_token_betas
+    rows += [row("r1", estimator="lre:tokens=2", split="all", metric="smallest_beta", value=2.0, n=1)] * 10
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("multi_token_beta", "one_token_betas", "word", "why"),
+    [
+        (1.0, 10, "confirmed", "multi-token subjects need a median smallest β +1.00 against one-token subjects (2.00 "
+         "vs 1.00), and the multi-token LRE's chosen β is +2.00 closer to 1 (median |β − 1| 0.00 vs 2.00, 2 relations); "
+         "margin 0.25"),
+        (3.0, 10, "refuted", "multi-token subjects need a median smallest β +1.00 against one-token subjects (2.00 "
+         "vs 1.00), and the multi-token LRE's chosen β is +0.00 closer to 1 (median |β − 1| 2.00 vs 2.00, 2 relations); "
+         "margin 0.25"),
+        (2.0, 10, "confirmed", "multi-token subjects need a median smallest β +1.00 against one-token subjects (2.00 "
+         "vs 1.00), and the multi-token LRE's chosen β is +1.00 closer to 1 (median |β − 1| 1.00 vs 2.00, 2 relations); "
+         "margin 0.25"),
+        (1.0, 9, "inconclusive", "too few to tell: 9 one-token and 10 multi-token samples with a smallest β (at least "
+         "10 each), 2 relations with both LREs (at least 2)"),
+    ],
+)  # fmt: skip
+def test_the_verdict_reads_its_margins(multi_token_beta, one_token_betas, word, why):
+    from lre_pl.experiments.beta_study.questions import REGISTRY
+    from lre_pl.experiments.beta_study.questions.base import Findings
+    from lre_pl.protocol.selection import SelectionRule
+
+    question, rule = REGISTRY["subject_tokens"](), SelectionRule([0.5, 1.0, 2.0, 3.0], 1.0)
+    numbers = question.summarize(study_rows(multi_token_beta, one_token_betas), rule)
+    assert question.judge(numbers) == (word, why)
+    assert numbers["one_token_relations"] == {} and numbers["samples"] == {"1": 4, "2": 6, "3+": 0}
+    assert numbers["smallest_beta"]["lre"]["2+"] == {"median": 2.0, "found": 10, "n": 10}
+    assert f"**Verdict.** {word}: {why}." in question.render(numbers, Findings("m", rule))
+    one_token = [  # r2's training subjects all one token
+        r | {"value": 0.0, "n": 0}
+        if (r["relation"], r["split"], r["estimator"]) == ("r2", "train", "tokens=2")
+        else r
+        for r in study_rows(1.0)
+    ]
+    numbers = question.summarize(one_token, rule)
+    assert numbers["one_token_relations"] == {"r2": 2}
+    assert "- relation 'r2': all 2 training subjects are one token" in question.render(
+        numbers, Findings("m", rule)
+    )

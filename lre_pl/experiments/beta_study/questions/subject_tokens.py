@@ -384,9 +384,10 @@ class SubjectTokens(ScanQuestion):
 
     def render(self, numbers: Numbers, findings: Findings) -> str:
         smallest = markdown_table(
-            ["estimator", *(f"{group} tokens: median [found/n]" for group in (*GROUPS, "2+"))],
+            ["estimator", *(f"{group} token{'s' * (group != '1')}: median [found/n]" for group in (*GROUPS, "2+"))],
             [
-                [estimator, *(f"{g['median']:.2f} [{g['found']}/{g['n']}]" for g in groups.values())]
+                [estimator, *(f"{g['median']:.2f} [{g['found']}/{g['n']}]" if g["found"] else f"– [0/{g['n']}]"
+                              for g in groups.values())]
                 for estimator, groups in numbers["smallest_beta"].items()
             ],
         )  # fmt: skip
