@@ -21,9 +21,23 @@ from lre_pl.lre.operator import relation_readout
 
 @pytest.fixture(scope="module")
 def timed_rows(study):  # noqa: F811
-    start = time.perf_counter()
-    rows = REGISTRY["subject_tokens"]().rows(study)
-    return rows, time.perf_counter() - start
+    """(rows, seconds, readouts): the question's rows on the tiny bundle, its wall seconds, and every
+    (projection [k, d], bias [d]) its scans read out (a random tiny LM's hits are nearly all 0, so the
+    readouts themselves are compared)."""
+    from lre_pl.experiments.beta_study.questions import subject_tokens
+
+    readouts = []
+
+    def recorded(projection, bias, beta):
+        readouts.append((projection, bias))
+        return relation_readout(projection, bias, beta)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subject_tokens, "relation_readout", recorded)
+        start = time.perf_counter()
+        rows = REGISTRY["subject_tokens"]().rows(study)
+        seconds = time.perf_counter() - start
+    return rows, seconds, readouts
 
 
 def by_key(rows, metric="faithfulness@1"):
@@ -31,7 +45,7 @@ def by_key(rows, metric="faithfulness@1"):
 
 
 def test_rows_equal_an_independent_recomputation(study, timed_rows):  # noqa: F811
-    rows, seconds = timed_rows
+    rows, seconds, readouts = timed_rows
     print(f"subject_tokens on the tiny bundle: {seconds:.1f} s")
     b, lm, i = study.bundle, study.decoder.lm, study.bundle.layer_index(LAYER)
     train = [item.prompt for item in study.train_prompts]
@@ -56,6 +70,9 @@ def test_rows_equal_an_independent_recomputation(study, timed_rows):  # noqa: F8
         sum(weights[t] @ delta_map(lm, p, LAYER, p.subject_index - t)[1] for t in range(min(p.subject_tokens, 3)))
         for p in test
     ])  # fmt: skip
+    close = [torch.allclose(p, projection, atol=1e-4, rtol=1e-3) and torch.allclose(o, bias, atol=1e-4, rtol=1e-3)
+             for p, o in readouts]  # fmt: skip
+    assert sum(close) == 2 * len(study.rule.scan_betas)  # the scans of every sample and of the 3+ group
     expected, actual = {}, by_key(rows)
     for beta in study.rule.scan_betas:
         hits = study.decoder.hits(relation_readout(projection, bias, beta), study.objects)[:, 0].float()
