@@ -6,7 +6,8 @@ query subject (its character span), and the subject token is the token covering 
 character, located on the real tokenization through the tokenizer's character offsets: leading
 spaces, BPE merges across the subject boundary and special prefix tokens (BOS, end-of-text) need no
 special cases, and the subject is never searched for in the text (where "cat" would be found inside
-"category").
+"category"). The subject's first token (the token covering the span's first character) is located the
+same way: a subject can span several tokens, and the β study reads each of them.
 """
 
 from __future__ import annotations
@@ -65,25 +66,41 @@ class EncodedPrompt:
     """Token ids, special tokens (BOS) included."""
     subject_index: int
     """Position in ``input_ids`` of the query subject's last token."""
+    subject_first_index: int | None = None
+    """Position in ``input_ids`` of the query subject's first token (``None``: a prompt built by hand,
+    which knows only the last)."""
+
+    @property
+    def subject_tokens(self) -> int:
+        """How many tokens the query subject spans (a token it shares with the text around counts)."""
+        if self.subject_first_index is None:
+            raise ValueError(
+                "this prompt does not know its subject's first token: build it with encode_prompt"
+            )
+        return self.subject_index - self.subject_first_index + 1
 
 
 def encode_prompt(tokenizer, prompt: PromptText) -> EncodedPrompt:
-    """Tokenize ``prompt.text`` and find the token that covers the query subject's last character."""
+    """Tokenize ``prompt.text`` and find the tokens that cover the query subject's first and last
+    characters (where several tokens cover one character, as the bytes of one character may: the
+    first of them, and the last)."""
     if prompt.subject_end <= prompt.subject_start:
         raise InputError(f"empty subject in the prompt {prompt.text!r}: give a non-empty subject")
     encoding = tokenizer(prompt.text, return_offsets_mapping=True)
-    last_char = prompt.subject_end - 1
-    subject_index = None
+    first_char, last_char = prompt.subject_start, prompt.subject_end - 1
+    subject_first_index = subject_index = None
     for index, (begin, end) in enumerate(encoding["offset_mapping"]):
+        if subject_first_index is None and begin <= first_char < end:
+            subject_first_index = index
         if begin <= last_char < end:
             subject_index = index
-    if subject_index is None:
+    if subject_index is None or subject_first_index is None:
         subject = prompt.text[prompt.subject_start : prompt.subject_end]
         raise InputError(
             f"no token covers the end of subject {subject!r} in {prompt.text!r}: the tokenizer gives no "
             "character offsets for it (use a fast tokenizer)"
         )
-    return EncodedPrompt(prompt.text, tuple(encoding["input_ids"]), subject_index)
+    return EncodedPrompt(prompt.text, tuple(encoding["input_ids"]), subject_index, subject_first_index)
 
 
 @dataclass

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from lre_pl.dataset.prompts import PromptText, encode_prompt, fill_subject, make_prompt, pad_left
+from lre_pl.dataset.prompts import (
+    EncodedPrompt,
+    PromptText,
+    encode_prompt,
+    fill_subject,
+    make_prompt,
+    pad_left,
+)
 from lre_pl.dataset.relations import Relation, RelationSample, load_relation
 from lre_pl.errors import InputError
 from lre_pl.lightning.datamodule import RelationPrompts
@@ -36,6 +43,43 @@ def _tokens_up_to(tokenizer, prompt: PromptText) -> int:
 def test_subject_index_matches_tokenizing_up_to_the_subject(llama, template, subject, examples):
     prompt = make_prompt(template, subject, examples)
     assert encode_prompt(llama.tokenizer, prompt).subject_index == _tokens_up_to(llama.tokenizer, prompt)
+
+
+def _first_token_by_decoding(tokenizer, encoded, prompt: PromptText) -> int:
+    """Independent first subject token: the first token whose decoded prefix of the prompt reaches past
+    the subject's first character (no offsets involved)."""
+    ids = encoded.input_ids
+    return next(i for i in range(len(ids)) if len(tokenizer.decode(ids[: i + 1])) > prompt.subject_start)
+
+
+@pytest.mark.parametrize(
+    ("template", "subject", "examples"),
+    [
+        ("The capital of {} is", "France", [RelationSample("France", "Paris")]),
+        ("The capital of {} is", "United States", []),
+        ("{} capital of France is", "United States", []),  # the subject opens the prompt
+        ("The opposite of {} is", "good", []),
+    ],
+)
+def test_subject_first_index_and_token_count_match_decoding(llama, template, subject, examples):
+    tokenizer = llama.tokenizer
+    prompt = make_prompt(template, subject, examples)
+    encoded = encode_prompt(tokenizer, prompt)
+    assert encoded.subject_first_index == _first_token_by_decoding(tokenizer, encoded, prompt)
+    spanned = tokenizer.decode(encoded.input_ids[encoded.subject_first_index : encoded.subject_index + 1])
+    assert spanned.strip() == subject
+    assert subject not in tokenizer.decode(
+        encoded.input_ids[encoded.subject_first_index + 1 : encoded.subject_index + 1]
+    )
+
+
+def test_united_states_spans_several_tokens_and_a_hand_built_prompt_has_no_count(llama):
+    encoded = encode_prompt(llama.tokenizer, fill_subject("The capital of {} is", "United States"))
+    assert encoded.subject_tokens == 8  # the tiny tokenizer: "U", "n", "ite", "d", "ĠS", "t", "at", "es"
+    with pytest.raises(
+        ValueError, match="does not know its subject's first token: build it with encode_prompt"
+    ):
+        _ = EncodedPrompt("x", (1, 2), 1).subject_tokens
 
 
 def test_subject_inside_a_later_word_is_placed_by_its_slot(llama):
