@@ -62,6 +62,7 @@ class HeldFixed(ScanQuestion):
 
     name = "held_fixed"
     number = 14
+    costly = True
     title = "Where the flatness sits: Jacobians with attention and the norms held fixed"
     hypothesis = (
         "the flatness (tangent < secant) sits in attention / in the norms: holding them fixed removes β"

@@ -228,6 +228,7 @@ class SubjectTokens(ScanQuestion):
 
     name = "subject_tokens"
     number = 15
+    costly = True
     title = "The subject spread over several tokens"
     hypothesis = "β compensates for the subject information spread over earlier subject tokens, which the last-token LRE ignores"
     prediction = "multi-token subjects need a larger β than one-token subjects, and the multi-token LRE needs a β closer to 1"
