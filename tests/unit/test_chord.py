@@ -26,7 +26,7 @@ def samples(llama):
 def test_gauss_legendre_is_exact_on_polynomials_up_to_degree_2k_minus_1():
     nodes, weights = gauss_legendre(3)
     assert weights.sum().item() == pytest.approx(1.0, abs=1e-15)
-    assert ((0 < nodes) & (nodes < 1)).all()
+    assert ((nodes > 0) & (nodes < 1)).all()
     for degree in range(6):
         assert (weights * nodes**degree).sum().item() == pytest.approx(1 / (degree + 1), abs=1e-14), degree
     assert (weights * nodes**6).sum().item() != pytest.approx(1 / 7, abs=1e-6)  # degree 2k is not exact
