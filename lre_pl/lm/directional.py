@@ -39,8 +39,8 @@ def with_subject(hidden: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
     return torch.cat([state[:, None], hidden[:, 1:]], dim=1)
 
 
-#: On a CPU, passes of about this many products (points x tangents) run fastest among those measured
-#: (benchmarks/chord_speed.py); larger ones gain nothing and hold more memory.
+#: On a CPU, passes of about this many products (points x tangents): wide matrix products at a bounded
+#: working set. Not tuned: 1024 was the only size timed on SmolLM2 (benchmarks/chord_speed.py).
 CPU_PRODUCTS_PER_PASS = 1024
 
 

@@ -65,6 +65,14 @@ def test_the_chord_scan_is_the_readout_of_a_formed_w_chord_and_the_lre_scan_the_
     expected = study.scan(lambda beta: relation_readout(projection, bias, beta), kind="secant", estimator="chord",
                           layer=str(LAYER))  # fmt: skip
     assert [row for row in rows if row["estimator"] == "chord" and row["beta"] is not None] == expected
+    # The tiny model's hits barely move with the readout: W_chord s and b against the LRE's, by number.
+    lre_projection, lre_bias = study.projection_and_bias()
+    [scale] = values(rows, "projection_norm_ratio")
+    assert scale == pytest.approx(
+        (projection.norm(dim=-1) / lre_projection.norm(dim=-1)).mean().item(), rel=1e-4
+    )
+    [moved] = values(rows, "bias_relative_difference")
+    assert moved == pytest.approx(((bias - lre_bias).norm() / lre_bias.norm()).item(), rel=1e-4)
     lre = {
         (r["beta"], r["split"]): r["value"]
         for r in rows

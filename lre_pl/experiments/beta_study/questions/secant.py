@@ -30,6 +30,8 @@ from lre_pl.protocol.selection import SelectionRule
 
 #: The per-pair metrics of the profile (one row per ordered training pair).
 PAIR_METRICS = ("secant_over_tangent", "secant_over_mean_W", "recovered_share", "mean_W_profile")
+#: The per-bundle metrics of W_chord against the LRE (medians over bundles in the summary).
+BUNDLE_METRICS = ("projection_norm_ratio", "bias_relative_difference")
 #: The prefix of a profile row's metric: ``profile@<α>`` holds uᵀ J(s(α)) Δs / ‖o(1) − o(0)‖.
 PROFILE = "profile@"
 #: The margins of the verdict: a secant/tangent ratio above this counts as "> 1" ...
@@ -148,6 +150,16 @@ class Secant(ScanQuestion):
         projection, bias = chord.readout_parts(b.test_states(context.layer)[context.known])
         product_seconds = time.perf_counter() - started
         products = n * (n - 1) * nodes * (n + len(context))  # points x vectors
+        lre_projection, lre_bias = context.projection_and_bias()
+        # How much longer W_chord s is than W s (the β W_chord builds in, were it W scaled), and how far b moved.
+        scale = (projection.norm(dim=-1) / lre_projection.norm(dim=-1)).mean().item()
+        moved = ((bias - lre_bias).norm() / lre_bias.norm()).item()
+        per_bundle = [
+            ("seconds_products", product_seconds, products),
+            ("seconds_profile", profile_seconds, n * (n - 1) * (nodes + 2)),
+            ("projection_norm_ratio", scale, len(context)),
+            ("bias_relative_difference", moved, 1),
+        ]
         rows += [
             context.row(
                 kind=self.name,
@@ -158,10 +170,7 @@ class Secant(ScanQuestion):
                 value=value,
                 n=count,
             )
-            for metric, value, count in (
-                ("seconds_products", product_seconds, products),
-                ("seconds_profile", profile_seconds, n * (n - 1) * (nodes + 2)),
-            )
+            for metric, value, count in per_bundle
         ]
         rows += context.scan(
             lambda beta: relation_readout(projection, bias, beta),
@@ -169,7 +178,6 @@ class Secant(ScanQuestion):
             estimator="chord",
             layer=layer,
         )
-        lre_projection, lre_bias = context.projection_and_bias()
         return rows + context.scan(
             lambda beta: relation_readout(lre_projection, lre_bias, beta),
             kind=self.name,
@@ -185,7 +193,7 @@ class Secant(ScanQuestion):
         pairs, per_relation, seconds = defaultdict(list), defaultdict(list), defaultdict(list)
         for row in rows:
             metric = row["metric"]
-            if metric in PAIR_METRICS:
+            if metric in PAIR_METRICS + BUNDLE_METRICS:
                 pairs[metric].append(row["value"])
             if metric == "secant_over_tangent":
                 per_relation[row["relation"], row["trial"]].append(row["value"])
@@ -242,9 +250,11 @@ class Secant(ScanQuestion):
     def render(self, numbers: Numbers, findings: Findings) -> str:
         pairs = markdown_table(
             ["secant / tangent (median)", "secant / ‖W Δs‖ (median)", "share recovered by the quadrature (mean [min])",
-             "seconds of W_chord products per bundle", "seconds of the profile per bundle"],
+             "‖W_chord s‖ / ‖W s‖ (median)", "seconds of W_chord products per bundle",
+             "seconds of the profile per bundle"],
             [[f"{numbers['secant_over_tangent']:.2f}", f"{numbers['secant_over_mean_W']:.2f}",
               f"{numbers['recovered_share']:.4f} [{numbers['recovered_share_min']:.4f}]",
+              f"{numbers['projection_norm_ratio']:.2f}",
               f"{numbers['seconds'].get('seconds_products', NAN):.1f}",
               f"{numbers['seconds'].get('seconds_profile', NAN):.1f}"]],
         )  # fmt: skip
