@@ -102,6 +102,7 @@ class Secant(ScanQuestion):
 
     name = "secant"
     number = 11
+    costly = True
     title = "Secant versus tangent: the chord Jacobian"
     hypothesis = "The local Jacobian (the tangent) underestimates the slope between subjects (the secant): β ≈ secant / tangent"
     prediction = (
