@@ -548,6 +548,22 @@ def test_the_registry_orders_the_questions_and_every_question_has_a_config():
     order), the per-bundle ones, and configs/beta/ follow the registry."""
     assert QUESTIONS[:10] == ("bias_variants", "where_beta", "unit_s", "per_sample_beta", "per_sample_w",
                               "after_norm", "residual", "fixed_beta", "global_beta", "across_trials")  # fmt: skip
+    assert EXPLANATIONS == (
+        "secant",
+        "secant_gain",
+        "held_fixed",
+        "subject_tokens",
+        "in_context",
+        "confidence",
+    )
+    # The questions that compute new Jacobians or products, which costly_relations restricts.
+    assert [name for name in QUESTIONS if REGISTRY[name].costly] == [
+        "secant",
+        "held_fixed",
+        "subject_tokens",
+        "in_context",
+    ]
+    assert all(REGISTRY[name].hypothesis and REGISTRY[name].prediction for name in EXPLANATIONS)
     numbers = [question.number for question in REGISTRY.values()]
     assert numbers[:10] == list(range(1, 11)) and numbers == sorted(set(numbers))
     assert PER_BUNDLE[:8] == ("bias_variants", "where_beta", "unit_s", "per_sample_beta", "per_sample_w",
