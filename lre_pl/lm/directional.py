@@ -40,7 +40,7 @@ def with_subject(hidden: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
 
 
 #: On a CPU, passes of about this many products (points x tangents): wide matrix products at a bounded
-#: working set. Not tuned: 1024 was the only size timed on SmolLM2 (benchmarks/chord_speed.py).
+#: working set. Not tuned.
 CPU_PRODUCTS_PER_PASS = 1024
 
 
