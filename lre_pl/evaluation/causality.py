@@ -22,7 +22,7 @@ from typing import TypeVar
 import torch
 
 from lre_pl.dataset.matching import is_prefix_match
-from lre_pl.dataset.prompts import EncodedPrompt
+from lre_pl.dataset.prompts import EncodedPrompt, encode_prompt, fill_subject
 from lre_pl.lm.models import LanguageModel
 from lre_pl.lm.suffix import SharedPrefix, SuffixRun, add_at_subject
 from lre_pl.lre.operator import WeightSpectrum
@@ -43,6 +43,22 @@ class EditSet:
     objects: Sequence[str]
     subject_states: torch.Tensor  # [n, layer, d] s at every layer (lm.layer_names() order)
     output_states: torch.Tensor  # [n, d] o at the last token of each sample's own prompt
+
+
+def known_edit_set(lm: LanguageModel, bundle, known: torch.Tensor, objects: Sequence[str]) -> EditSet:
+    """The edit set of a bundle's evaluated test samples (``known`` [k] indices into its test samples,
+    ``objects`` theirs): their test prompts, rebuilt from the bundle's template, and their states."""
+    prompts = [
+        encode_prompt(lm.tokenizer, fill_subject(bundle.test_prompt_template, bundle.test_subjects[i]))
+        for i in known.tolist()
+    ]
+    return EditSet(
+        prompts,
+        [bundle.test_subjects[i] for i in known.tolist()],
+        list(objects),
+        bundle.test_subject_states[known].to(lm.device),
+        bundle.test_output_states[known].to(lm.device),
+    )
 
 
 def random_targets(subjects: Sequence[str], objects: Sequence[str], seed: int) -> list[tuple[int, int]]:

@@ -31,8 +31,13 @@ from dataclasses import dataclass
 
 import torch
 
-from lre_pl.dataset.prompts import encode_prompt, fill_subject
-from lre_pl.evaluation.causality import EditSet, comparison_edits, edit_hits, pinv_edits, random_targets
+from lre_pl.evaluation.causality import (
+    comparison_edits,
+    edit_hits,
+    known_edit_set,
+    pinv_edits,
+    random_targets,
+)
 from lre_pl.evaluation.context import BundleContext, Decoder
 from lre_pl.lm.models import LanguageModel
 from lre_pl.lre.bundle import Bundle
@@ -162,18 +167,7 @@ class BundleEvaluation:
     # --------------------------------------------------------------------------------- causality
     def _causality(self, lm: LanguageModel, chosen: dict[str, tuple[Layer, float]]) -> None:
         b, grid, context = self.bundle, self.grid, self.context
-        known = context.known
-        prompts = [
-            encode_prompt(lm.tokenizer, fill_subject(b.test_prompt_template, b.test_subjects[i]))
-            for i in known.tolist()
-        ]
-        edits = EditSet(
-            prompts,
-            [b.test_subjects[i] for i in known.tolist()],
-            context.objects,
-            b.test_subject_states[known].to(lm.device),
-            b.test_output_states[known].to(lm.device),
-        )
+        edits = known_edit_set(lm, b, context.known, context.objects)
         pairs = random_targets(edits.subjects, edits.objects, b.seed)
         if not pairs:
             return
