@@ -550,6 +550,7 @@ def test_the_registry_orders_the_questions_and_every_question_has_a_config():
                               "after_norm", "residual", "fixed_beta", "global_beta", "across_trials")  # fmt: skip
     assert EXPLANATIONS == (
         "secant",
+        "chord_causality",
         "secant_gain",
         "held_fixed",
         "subject_tokens",
@@ -559,6 +560,7 @@ def test_the_registry_orders_the_questions_and_every_question_has_a_config():
     # The questions that compute new Jacobians or products, which costly_relations restricts.
     assert [name for name in QUESTIONS if REGISTRY[name].costly] == [
         "secant",
+        "chord_causality",
         "held_fixed",
         "subject_tokens",
         "in_context",
