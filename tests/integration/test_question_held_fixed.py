@@ -120,6 +120,16 @@ def test_the_verdict_names_the_part_that_removes_beta():
         plain=(0.6, 0.62, 1.0), attention=PLAIN, norms=PLAIN, **{"attention+norms": PLAIN}
     )
     assert judge(no_beta_needed).word == "inconclusive"
+    # β chosen above 1 on dev, yet tuning it buys nothing on test (SmolLM2's two relations): nothing to remove.
+    tuning_buys_nothing = numbers_of(
+        plain=(0.92, 0.87, 1.38),
+        attention=(0.90, 0.90, 1.25),
+        norms=PLAIN,
+        **{"attention+norms": (0.94, 0.94, 1.0)},
+    )
+    assert judge(tuning_buys_nothing).why.startswith(
+        "the plain LRE needs no β here (β ≈ 1.38, tuning gains -0.050)"
+    )
     assert judge(numbers_of(plain=PLAIN)).why == "rows of ['plain'] only: every way needs its rows"
 
 

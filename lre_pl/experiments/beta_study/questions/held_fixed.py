@@ -121,7 +121,7 @@ class HeldFixed(ScanQuestion):
             return Verdict("inconclusive", f"rows of {sorted(variants)} only: every way needs its rows")
         plain = variants["plain"]
         gain = plain["chosen"] - plain["beta_1"]  # what tuning β buys the plain LRE
-        if gain < MARGIN and abs(plain["median_beta"] - 1) <= NEAR_ONE:
+        if gain < MARGIN or abs(plain["median_beta"] - 1) <= NEAR_ONE:  # tuning buys nothing, or β ≈ 1
             return Verdict("inconclusive", f"the plain LRE needs no β here (β ≈ {plain['median_beta']:.2f}, "
                            f"tuning gains {gain:+.3f}): nothing to remove")  # fmt: skip
         held = {way: values for way, values in variants.items() if way != "plain"}
