@@ -249,12 +249,13 @@ def write_study_report(
     report: str | None = None,
     made_by: Sequence[str] = (),
     conclusion: str | None = None,
+    notes: Sequence[str] = (),
 ) -> None:
     """``<out>/beta_study.md`` and ``<out>/results.csv`` (every row) for each study folder (its model
     alone) and, if given, ``report`` over all of them, each with its figures beside it (and, per
     folder, in its TensorBoard log), from the folders' rows alone. Each folder's ``sweep_command.txt``
     (the sweep's commands) opens the list of what made the report; ``conclusion`` (markdown) closes a
-    report of hypotheses."""
+    report of hypotheses; ``notes`` are lines beside the grids' (what the study covered)."""
     studies, commands, folders, grids = {}, {}, {}, {}
     for out in outs:
         folder = StudyFolder(out)
@@ -283,7 +284,7 @@ def write_study_report(
         text, _ = study_markdown(
             {model: studies[model] for model in models},
             [commands[model] for model in models] + list(made_by),
-            [grids[model] for model in models],
+            [grids[model] for model in models] + list(notes),
             conclusion,
         )
         write_text_atomically(target, text)

@@ -199,7 +199,13 @@ def run_beta_study(config: BetaStudyConfig, command: str | None = None) -> list[
         study_sweep(root, out, config)
     made_by = [f"the study: `{command}`" if command else f"the study: questions {config.questions}"]
     conclusion = Path(config.conclusion).read_text(encoding="utf-8") if config.conclusion else None
-    write_study_report(list(folders.values()), config.report, made_by, conclusion)
+    costly = [name for name in config.questions if REGISTRY[name].costly]
+    notes = (
+        [f"The costly questions ({', '.join(costly)}) on {', '.join(config.costly_relations)} only "
+         "(`costly_relations`); the others on every studied relation."]
+        if costly and config.costly_relations is not None else []
+    )  # fmt: skip
+    write_study_report(list(folders.values()), config.report, made_by, conclusion, notes)
     if config.results_dir is not None:
         for out in folders.values():
             copy_results(out, Path(config.results_dir))
