@@ -214,7 +214,7 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
     rows = read_rows(sorted((out / "rows").rglob("*.jsonl")))
     rule = SelectionRule(grid.betas, grid.layer_search_beta, grid.ranks)
     two = {
-        name: ModelStudy([r | {"model": name} for r in rows], {}, QUESTIONS, rule)
+        name: ModelStudy([r | {"model": name} for r in rows], {}, QUESTIONS, rule)  # the explanations: no rows
         for name in ("model-a", "model-b")
     }
     text, numbers = study_markdown(two, ["(two)"])

@@ -105,3 +105,17 @@ def test_copy_results_writes_the_gzipped_rows_report_and_sweep_files(tmp_path):
     assert gzip.decompress((target / "results.csv.gz").read_bytes()) == b"kind,value\ngain,1.0\n"
     assert copy_results(tmp_path / "empty", tmp_path / "results") is None
     assert not Path(tmp_path / "results" / "empty").exists()
+
+
+def test_every_hypothesis_question_renders_and_judges_no_rows_as_inconclusive():
+    """A question can be answered with no rows (every bundle too small, a sweep without ranks): its
+    section, its table cell and its verdict still come out, and the verdict is inconclusive."""
+    from lre_pl.experiments.beta_study.questions import EXPLANATIONS, REGISTRY
+    from lre_pl.experiments.beta_study.questions.base import Findings
+
+    for name in EXPLANATIONS:
+        question = REGISTRY[name]()
+        numbers = question.summarize([], RULE)
+        assert question.render(numbers, Findings("m", RULE, {name: numbers})), name
+        assert question.measured(numbers), name
+        assert question.judge(numbers).word == "inconclusive", name

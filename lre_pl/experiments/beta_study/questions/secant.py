@@ -202,9 +202,9 @@ class Secant(ScanQuestion):
                 seconds[metric].append(row["value"])
         chosen = selected_beta(rows, self.name, rule)
         numbers |= {
-            **{
-                metric: statistics.median(values)
-                for metric, values in pairs.items()
+            **{  # NaN where no bundle has rows (every bundle too small): the section still renders
+                metric: statistics.median(pairs[metric]) if pairs[metric] else NAN
+                for metric in PAIR_METRICS + BUNDLE_METRICS
                 if metric != "recovered_share"
             },
             "recovered_share": nanmean(pairs["recovered_share"]),
