@@ -113,7 +113,7 @@ class HeldFixed(ScanQuestion):
             + (f" (tuned {values['chosen']:.2f})" if way == "plain" else "")
             for way, values in variants.items()
         ]
-        return "; ".join(cells)
+        return "; ".join(cells) or "no rows"
 
     def judge(self, numbers: Numbers) -> Verdict:
         variants = numbers["variants"]
