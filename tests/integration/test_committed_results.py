@@ -65,3 +65,27 @@ def test_the_two_model_report_in_docs_is_remade_from_the_rows():
         [grid for _, _, grid in studies.values()],
     )
     assert without_sample_tables(text) == without_sample_tables(committed)
+
+
+def test_the_explanation_report_in_docs_is_remade_from_its_committed_rows():
+    """docs/explaining_beta.md from results/explaining_beta/ and the conclusion file: every table, cell
+    and verdict of the committed report is what today's questions make of the committed rows."""
+    committed = (ROOT / "docs" / "explaining_beta.md").read_text()
+    studies, made_by, grids = {}, [], []
+    for model in MODELS:
+        folder = ROOT / "results" / "explaining_beta" / model
+        with gzip.open(folder / "results.csv.gz", "rt", encoding="utf-8") as file:
+            rows = [typed(row) for row in csv.DictReader(io.StringIO(file.read()))]
+        sweep = json.loads((folder / "sweep_config.json").read_text())
+        studies[model] = ModelStudy(
+            rows, {}, sorted({row["kind"] for row in rows}), SelectionRule.of_sweep(sweep)
+        )
+        commands = (folder / "sweep_command.txt").read_text().splitlines()
+        made_by.append(f"{model}'s sweep: " + ", then ".join(f"`{line}`" for line in commands))
+        grids.append(_grid_line(model, rows, sweep))
+    study_command = committed.split("Made by ", 1)[1].split(".\n", 1)[0].split("; ")[len(MODELS) :]
+    notes = [line[2:] for line in committed.splitlines() if line.startswith("- The costly questions")]
+    conclusion = (ROOT / "docs" / "explaining_beta_conclusion.md").read_text()
+    text, _ = study_markdown(studies, made_by + study_command, grids + notes, conclusion)
+    assert notes and text.startswith("# Explaining β: smollm2-135m, gemma3-270m")
+    assert text == committed
