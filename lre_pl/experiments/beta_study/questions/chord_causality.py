@@ -132,7 +132,8 @@ class ChordCausality(PerBundleQuestion):
               *(f"{v['per_rank'].get(rank, NAN):.3f}" for rank in ranks)] for editor, v in editors.items()],
         )  # fmt: skip
         note = f"\nForming W_chord took {numbers['forming_seconds']:.0f} s per bundle (median).\n"
-        return section(table, note + verdict(self.judge(numbers).why))
+        judged = self.judge(numbers)
+        return section(table, note + verdict(f"{judged.word}: {judged.why}"))
 
     def measured(self, numbers: Numbers) -> str:
         editors = numbers["editors"]
