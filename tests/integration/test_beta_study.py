@@ -13,8 +13,9 @@ from lre_pl.evaluation.context import Decoder
 from lre_pl.experiments.beta_study.context import StudyContext, StudySettings
 from lre_pl.experiments.beta_study.questions import EXPLANATIONS, PER_BUNDLE, QUESTIONS, REGISTRY, STUDY
 from lre_pl.experiments.beta_study.questions.after_norm import after_norm_operator
+from lre_pl.experiments.beta_study.questions.base import figure_name
 from lre_pl.experiments.beta_study.questions.bias_variants import BIAS_VARIANTS, bias_variant
-from lre_pl.experiments.beta_study.questions.per_sample_beta import FINE_BETAS, figure_name, smallest_beta
+from lre_pl.experiments.beta_study.questions.per_sample_beta import FINE_BETAS, smallest_beta
 from lre_pl.experiments.beta_study.report import ModelStudy, study_markdown
 from lre_pl.experiments.beta_study.study import BetaStudyConfig, chosen_points, run_beta_study
 from lre_pl.experiments.sweep.runner import Sweep
@@ -165,7 +166,7 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
     model = json.loads((swept / "sweep_config.json").read_text())["model"]
     assert f"Made by {model}'s sweep: `lre-pl sweep (test)`; the study: `(test)`." in text
     assert "No relation has two or more evaluated trials" in text  # one trial in this sweep
-    assert (report.parent / figure_name(model)).stat().st_size > 0
+    assert (report.parent / figure_name(model, "per_sample_beta")).stat().st_size > 0
     assert (out / "beta_study.md").read_text() == text
     with open(out / "results.csv") as table:
         assert sum(1 for _ in table) == 1 + len(read_rows(sorted((out / "rows").rglob("*.jsonl"))))
@@ -214,7 +215,9 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
     rows = read_rows(sorted((out / "rows").rglob("*.jsonl")))
     rule = SelectionRule(grid.betas, grid.layer_search_beta, grid.ranks)
     two = {
-        name: ModelStudy([r | {"model": name} for r in rows], {}, QUESTIONS, rule)  # the explanations: no rows
+        name: ModelStudy(
+            [r | {"model": name} for r in rows], {}, QUESTIONS, rule
+        )  # the explanations: no rows
         for name in ("model-a", "model-b")
     }
     text, numbers = study_markdown(two, ["(two)"])

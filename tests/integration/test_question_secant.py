@@ -8,8 +8,8 @@ from reference import full_forward_map
 from test_beta_study import LAYER, grid, study, swept  # noqa: F401  (the tiny sweep's fixtures)
 
 from lre_pl.experiments.beta_study.questions import REGISTRY
-from lre_pl.experiments.beta_study.questions.base import VERDICTS, Findings
-from lre_pl.experiments.beta_study.questions.secant import PROFILE, figure_name
+from lre_pl.experiments.beta_study.questions.base import VERDICTS, Findings, figure_name
+from lre_pl.experiments.beta_study.questions.secant import PROFILE
 from lre_pl.lre.chord import ChordJacobian
 from lre_pl.lre.operator import relation_readout
 
@@ -93,5 +93,7 @@ def test_the_secant_numbers_verdict_and_figure(study, rows):  # noqa: F811
     assert word in VERDICTS and f"{numbers['secant_over_tangent']:.2f}×" in why
     findings = Findings(model=study.bundle.model, rule=study.rule, numbers={"secant": numbers})
     text = question.render(numbers, findings)
-    assert f"**Verdict.** {word}: " in text and figure_name(study.bundle.model) in text
-    assert list(question.figures(rows, study.bundle.model)) == [figure_name(study.bundle.model)]
+    assert f"**Verdict.** {word}: " in text and figure_name(study.bundle.model, "secant_profile") in text
+    assert list(question.figures(rows, study.bundle.model)) == [
+        figure_name(study.bundle.model, "secant_profile")
+    ]

@@ -13,8 +13,8 @@ from token_reference import autograd_jacobian, delta_map
 from lre_pl.dataset.prompts import encode_prompt, fill_subject
 from lre_pl.experiments.beta_study.context import StudyContext
 from lre_pl.experiments.beta_study.questions import REGISTRY
+from lre_pl.experiments.beta_study.questions.base import figure_name
 from lre_pl.experiments.beta_study.questions.per_sample_beta import FINE_BETAS
-from lre_pl.experiments.beta_study.questions.subject_tokens import figure_name
 from lre_pl.experiments.beta_study.study import BetaStudyConfig, run_beta_study
 from lre_pl.lre.operator import relation_readout
 
@@ -145,4 +145,4 @@ def test_the_study_answers_and_reports_the_question(swept, tmp_path):  # noqa: F
     )  # a random LM's answer: b alone
     assert "**Verdict.** inconclusive: too few to tell: 0 one-token and " in text
     model = json.loads((swept / "sweep_config.json").read_text())["model"]
-    assert (report.parent / figure_name(model)).stat().st_size > 0
+    assert (report.parent / figure_name(model, "subject_tokens")).stat().st_size > 0

@@ -11,10 +11,12 @@ decorated with :func:`register`; its config is ``configs/beta/<name>.yaml``. The
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from lre_pl.experiments.beta_study.context import StudyContext, SweepStudy
@@ -155,6 +157,12 @@ def register(question: type[Question]) -> type[Question]:
 def registered() -> list[type[Question]]:
     """Every registered question class, in the order of their ``number``."""
     return sorted(_registered, key=lambda question: question.number)
+
+
+def figure_name(model: str, stem: str) -> str:
+    """``<stem>_<model>.png``: a question's figure file name for a model spec (a name, hub id or local
+    folder: only its last part, with anything but word characters, dots and dashes made ``_``)."""
+    return f"{stem}_" + re.sub(r"[^\w.-]+", "_", Path(model).name) + ".png"
 
 
 def bundles_of(rows: list[dict], estimator: str) -> set[tuple[str, int]]:

@@ -21,11 +21,12 @@ from lre_pl.experiments.beta_study.questions.base import (
     Numbers,
     PerBundleQuestion,
     Verdict,
+    figure_name,
     register,
     section,
     verdict,
 )
-from lre_pl.experiments.beta_study.questions.per_sample_beta import figure_name, smallest_beta, top1_answers
+from lre_pl.experiments.beta_study.questions.per_sample_beta import smallest_beta, top1_answers
 from lre_pl.protocol.correlation import spearman
 from lre_pl.protocol.markdown import markdown_table
 from lre_pl.protocol.selection import SelectionRule

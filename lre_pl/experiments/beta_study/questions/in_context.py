@@ -29,13 +29,11 @@ would give.
 from __future__ import annotations
 
 import random
-import re
 import statistics
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -50,6 +48,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     Numbers,
     ScanQuestion,
     Verdict,
+    figure_name,
     register,
     section,
     selected_beta,
@@ -187,11 +186,6 @@ def prompted_variant(
     lm_hits = prefix_hits(answers, [sample.object for sample in evaluated])[:, 0]
     in_context = tuple(sample.object for sample in prompts.examples)
     return Variant(subject_states @ weight.T, bias, lm_hits, in_context, time.perf_counter() - start)
-
-
-def figure_name(model: str) -> str:
-    """The in-context figure's file name for a model spec (a name, hub id or local folder)."""
-    return "in_context_" + re.sub(r"[^\w.-]+", "_", Path(model).name) + ".png"
 
 
 def shot_count(variant: str) -> int | None:
@@ -455,7 +449,7 @@ class InContext(ScanQuestion):
             "too few such samples for n has no row). The evaluated samples are those the LM answers on the paper's "
             "prompt, so `few_shot`'s LM accuracy is 1 by selection where the sweep kept known samples only. Chance: "
             "the share of in-context objects among the relation's other objects. "
-            f"Figure: `{figure_name(findings.model)}`."
+            f"Figure: `{figure_name(findings.model, self.name)}`."
             + (f" No rows for {', '.join(absent)}." if absent else "")
             + "\n"
         )  # fmt: skip
@@ -465,4 +459,4 @@ class InContext(ScanQuestion):
         )
 
     def figures(self, rows: list[dict], model: str) -> dict:
-        return {figure_name(model): plot_in_context(model, rows)} if rows else {}
+        return {figure_name(model, self.name): plot_in_context(model, rows)} if rows else {}

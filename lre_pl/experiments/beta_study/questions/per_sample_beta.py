@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 
@@ -16,6 +14,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     Findings,
     Numbers,
     PerBundleQuestion,
+    figure_name,
     register,
     section,
     verdict,
@@ -59,11 +58,6 @@ def top1_answers(lm) -> Callable[[torch.Tensor], torch.Tensor]:
             return lm.decode(hidden.to(lm.device)).argmax(-1).cpu()
 
     return answers
-
-
-def figure_name(model: str, question: str = "per_sample_beta") -> str:
-    """A question's figure file name for a model spec (a name, hub id or local folder)."""
-    return f"{question}_" + re.sub(r"[^\w.-]+", "_", Path(model).name) + ".png"
 
 
 def plot_per_sample_beta(model: str, rows: list[dict]):
@@ -146,7 +140,7 @@ class PerSampleBeta(PerBundleQuestion):
         text = section(markdown_table(headings, table),
                        "\n`train_own_J_b`: each training sample with its own J_i s_i and b_i (β = 1 gives o_i "
                        "exactly, so its β is at most 1). `test_mean_W_b`: known test samples with the LRE's mean W "
-                       f"and b. Histograms, pooled and per relation: `{figure_name(findings.model)}`.\n")  # fmt: skip
+                       f"and b. Histograms, pooled and per relation: `{figure_name(findings.model, self.name)}`.\n")  # fmt: skip
         test = sorted(b for b in numbers.get("test_mean_W_b", []) if not math.isnan(b))
         train = numbers.get("train_own_J_b", [])
         if test and train:
@@ -158,4 +152,4 @@ class PerSampleBeta(PerBundleQuestion):
         return text
 
     def figures(self, rows: list[dict], model: str) -> dict:
-        return {figure_name(model): plot_per_sample_beta(model, rows)} if rows else {}
+        return {figure_name(model, self.name): plot_per_sample_beta(model, rows)} if rows else {}

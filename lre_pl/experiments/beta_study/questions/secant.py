@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
@@ -18,6 +16,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     Numbers,
     ScanQuestion,
     Verdict,
+    figure_name,
     register,
     section,
     selected_beta,
@@ -32,6 +31,8 @@ from lre_pl.protocol.selection import SelectionRule
 PAIR_METRICS = ("secant_over_tangent", "secant_over_mean_W", "recovered_share", "mean_W_profile")
 #: The per-bundle metrics of W_chord against the LRE (medians over bundles in the summary).
 BUNDLE_METRICS = ("projection_norm_ratio", "bias_relative_difference")
+#: The stem of the profile figure's file name (:func:`~lre_pl.experiments.beta_study.questions.base.figure_name`).
+FIGURE = "secant_profile"
 #: The prefix of a profile row's metric: ``profile@<α>`` holds uᵀ J(s(α)) Δs / ‖o(1) − o(0)‖.
 PROFILE = "profile@"
 #: The margins of the verdict: a secant/tangent ratio above this counts as "> 1" ...
@@ -40,11 +41,6 @@ RATIO_MARGIN = 1.2
 #: LRE's dev-tuned faithfulness within :data:`FAITHFULNESS_MARGIN`.
 BETA_MARGIN = 1.5
 FAITHFULNESS_MARGIN = 0.1
-
-
-def figure_name(model: str) -> str:
-    """The profile figure's file name for a model spec (a name, hub id or local folder)."""
-    return "secant_profile_" + re.sub(r"[^\w.-]+", "_", Path(model).name) + ".png"
 
 
 def profile_means(rows: list[dict]) -> dict[str, dict]:
@@ -266,7 +262,7 @@ class Secant(ScanQuestion):
         )  # fmt: skip
         word, why = self.judge(numbers)
         note = (
-            f"\n{relations}\nProfiles per category beside the mean-W line: `{figure_name(findings.model)}`. "
+            f"\n{relations}\nProfiles per category beside the mean-W line: `{figure_name(findings.model, FIGURE)}`. "
             "The share recovered is a check of the numerics (the fundamental theorem makes it 1).\n"
         )
         return section(f"{self.table(numbers['variants'])}\n{pairs}", note + verdict(f"{word}: {why}."))
@@ -274,4 +270,4 @@ class Secant(ScanQuestion):
     def figures(self, rows: list[dict], model: str) -> dict:
         if not any(row["metric"].startswith(PROFILE) for row in rows):
             return {}
-        return {figure_name(model): plot_profiles(model, profile_means(rows))}
+        return {figure_name(model, FIGURE): plot_profiles(model, profile_means(rows))}

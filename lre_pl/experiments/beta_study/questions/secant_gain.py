@@ -23,11 +23,11 @@ from lre_pl.experiments.beta_study.questions.base import (
     Numbers,
     Verdict,
     bundles_of,
+    figure_name,
     register,
     section,
     verdict,
 )
-from lre_pl.experiments.beta_study.questions.per_sample_beta import figure_name
 from lre_pl.protocol.correlation import pearson, spearman
 from lre_pl.protocol.markdown import markdown_table
 from lre_pl.protocol.selection import SelectionRule

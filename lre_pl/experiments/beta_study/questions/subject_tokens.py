@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -34,6 +32,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     Numbers,
     ScanQuestion,
     Verdict,
+    figure_name,
     register,
     section,
     selected_beta,
@@ -183,11 +182,6 @@ def restricted(context: StudyContext, positions: torch.Tensor) -> StudyContext:
         for split, kept in context.splits.items()
     }
     return dataclasses.replace(context, samples=KnownSamples(context.known[positions], splits))
-
-
-def figure_name(model: str) -> str:
-    """The figure's file name for a model spec (a name, hub id or local folder)."""
-    return "subject_tokens_" + re.sub(r"[^\w.-]+", "_", Path(model).name) + ".png"
 
 
 def plot_smallest_beta(model: str, rows: list[dict]):
@@ -396,7 +390,7 @@ class SubjectTokens(ScanQuestion):
             "\nEvaluated samples by subject tokens: "
             + ", ".join(f"{group}: {n}" for group, n in numbers["samples"].items())
             + f". `lre:tokens=2` etc.: the estimator on the samples of one token group. The smallest β per "
-            f"sample (β ≤ 10):\n\n{smallest}\nPer sample, pooled: `{figure_name(findings.model)}`.\n"
+            f"sample (β ≤ 10):\n\n{smallest}\nPer sample, pooled: `{figure_name(findings.model, self.name)}`.\n"
         )
         skipped = numbers["one_token_relations"]
         if skipped:
@@ -405,4 +399,4 @@ class SubjectTokens(ScanQuestion):
         return section(self.table(numbers["variants"]), text + verdict(f"{word}: {why}."))
 
     def figures(self, rows: list[dict], model: str) -> dict:
-        return {figure_name(model): plot_smallest_beta(model, rows)} if rows else {}
+        return {figure_name(model, self.name): plot_smallest_beta(model, rows)} if rows else {}
