@@ -25,6 +25,7 @@ from lre_pl.files import write_torch_atomically
 from lre_pl.lm.activations import PromptStates
 from lre_pl.lre.accumulation import TrainingSamples
 from lre_pl.lre.estimators import TrainingStatistics
+from lre_pl.lre.operator import LinearRelationOperator
 
 Layer = int | str
 
@@ -129,6 +130,22 @@ class Bundle:
         i = self.layer_index(layer)
         return TrainingStatistics(
             self.train_subject_states[:, i], self.train_output_states, self.weights[i], self.biases[i]
+        )
+
+    def operator(self, layer: Layer, beta: float) -> LinearRelationOperator:
+        """The LRE of ``layer`` at ``beta`` as an operator (what ``lre-pl predict`` and the attribute lens
+        apply); its test prompt is the bundle's, its training prompts are not kept in a bundle."""
+        i = self.layer_index(layer)
+        return LinearRelationOperator(
+            weight=self.weights[i],
+            bias=self.biases[i],
+            beta=float(beta),
+            layer=layer,
+            relation=self.relation,
+            model=self.model,
+            n_train=self.n_train,
+            seed=self.seed,
+            test_prompt_template=self.test_prompt_template,
         )
 
     def save(self, path: str | Path) -> Path:

@@ -195,6 +195,16 @@ class LinearRelationOperator:
             )
         return cls(**{key: payload[key] for key in cls.__dataclass_fields__ if key in payload})
 
+    def top_objects(
+        self, subject_states: torch.Tensor, lm: LanguageModel, k: int = 5
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids [N, k] and probabilities [N, k] of the top k of decode(LRE(s)) for s [N, d]: what
+        :meth:`predict` and the attribute lens show (one readout, one decode)."""
+        with torch.no_grad():
+            logits = lm.decode(self(subject_states.to(lm.device, lm.dtype)))  # [N, vocab]
+            top = logits.float().softmax(-1).topk(k)
+        return top.indices.cpu(), top.values.cpu()
+
     def predict(self, subject: str, lm: LanguageModel | None = None, k: int = 5) -> list[tuple[str, float]]:
         """Top-k (token, probability) of decode(LRE(s)) for ``subject`` on the test prompt."""
         lm = lm or load_language_model(self.model)
@@ -202,6 +212,5 @@ class LinearRelationOperator:
         module = {self.layer: lm.layer_module(self.layer)}
         with torch.no_grad(), capture(module, lambda layer, hidden: hidden[0, prompt.subject_index]) as state:
             lm.base_model(input_ids=torch.tensor([prompt.input_ids], device=lm.device))
-            probabilities = lm.decode(self(state[self.layer])).softmax(-1)  # [vocab]
-        top = probabilities.topk(k)
-        return list(zip(lm.token_strings(top.indices), top.values.tolist()))
+        ids, probabilities = self.top_objects(state[self.layer][None], lm, k)
+        return list(zip(lm.token_strings(ids[0]), probabilities[0].tolist()))

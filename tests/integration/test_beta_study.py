@@ -17,7 +17,8 @@ from lre_pl.experiments.beta_study.questions.base import figure_name
 from lre_pl.experiments.beta_study.questions.bias_variants import BIAS_VARIANTS, bias_variant
 from lre_pl.experiments.beta_study.questions.per_sample_beta import FINE_BETAS, smallest_beta
 from lre_pl.experiments.beta_study.report import ModelStudy, study_markdown
-from lre_pl.experiments.beta_study.study import BetaStudyConfig, chosen_points, run_beta_study
+from lre_pl.experiments.beta_study.study import BetaStudyConfig, run_beta_study
+from lre_pl.experiments.sweep.finished import chosen_points
 from lre_pl.experiments.sweep.runner import Sweep
 from lre_pl.lm.models import load_language_model
 from lre_pl.lre.bundle import Bundle
@@ -455,7 +456,7 @@ def test_two_ddp_processes_learn_the_beta_one_process_learns(study, tiny_model_d
 
 
 def test_hyper_parameters_held_fixed_across_trials(tiny_model_dir, tmp_path):
-    from lre_pl.experiments.beta_study.study import chosen_points
+    from lre_pl.experiments.sweep.finished import chosen_points
     from lre_pl.protocol.rows import read_rows
 
     config = tiny_config(

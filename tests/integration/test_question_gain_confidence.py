@@ -13,7 +13,7 @@ from lre_pl.experiments.beta_study.questions.base import Findings
 from lre_pl.experiments.beta_study.questions.confidence import MEASURES, Confidence
 from lre_pl.experiments.beta_study.questions.per_sample_beta import PerSampleBeta
 from lre_pl.experiments.beta_study.questions.secant_gain import SecantGain, secant_gain_rows
-from lre_pl.experiments.beta_study.study import chosen_points
+from lre_pl.experiments.sweep.finished import chosen_points
 from lre_pl.experiments.sweep.runner import Sweep
 from lre_pl.lm.models import load_language_model
 from lre_pl.lre.bundle import Bundle

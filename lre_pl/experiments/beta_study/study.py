@@ -23,8 +23,9 @@ from lre_pl.errors import InputError
 from lre_pl.evaluation.context import Decoder
 from lre_pl.experiments.beta_study.context import StudySettings, SweepStudy
 from lre_pl.experiments.beta_study.questions import QUESTIONS, REGISTRY, STUDY
+from lre_pl.experiments.sweep.finished import chosen_points, nothing_evaluated
 from lre_pl.files import check_writable_folder, write_bytes_atomically, write_text_atomically
-from lre_pl.lm.models import load_language_model, parse_layer
+from lre_pl.lm.models import load_language_model
 from lre_pl.protocol.folder import StudyFolder, SweepFolder, read_json
 from lre_pl.protocol.rows import read_rows, rows_complete, write_rows
 
@@ -173,20 +174,6 @@ def unfinished_line(root: Path, missing: Sequence[tuple[str, int]], sweep: dict)
     named = ", ".join(f"{relation} trial {trial}" for relation, trial in missing[:5])
     more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
     return f"the sweep in {root} is unfinished: {len(missing)} of its {total} (relation, trial) pairs have no rows ({named}{more})"
-
-
-def nothing_evaluated(root: Path) -> InputError:
-    return InputError(f"{root} has no evaluated relation (rows/*.jsonl): finish the sweep first")
-
-
-def chosen_points(rows: list[dict]) -> dict[tuple[str, int], tuple[Layer, float]]:
-    """{(relation, trial): the LRE's (layer, beta) chosen on the dev split} from a sweep's rows."""
-    return {
-        (row["relation"], row["trial"]): (parse_layer(row["layer"]), row["beta"])
-        for row in rows
-        if row["kind"] == "selected" and row["selection"] == "dev" and row["estimator"] == "lre"
-        and row["metric"] == "faithfulness@1"
-    }  # fmt: skip
 
 
 def run_beta_study(config: BetaStudyConfig, command: str | None = None) -> list[Path]:
