@@ -22,6 +22,7 @@ __version__ = "0.2.0"
 #: (no torch, no Lightning) for the CLI's --help and the data tools.
 _EXPORTS = {
     "estimate": "lre_pl.api",
+    "attribute_lens": "lre_pl.api",
     "LinearRelationOperator": "lre_pl.lre.operator",
     "LinearRelationModule": "lre_pl.lightning.module",
     "RelationDataModule": "lre_pl.lightning.datamodule",

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -11,9 +12,13 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from lre_pl.evaluation.lens import LensView
+from lre_pl.evaluation.lens import attribute_lens as lens_of_text
+from lre_pl.experiments.attribute_lens.operators import lens_operators
 from lre_pl.lightning.callbacks import SampleProgressBar
 from lre_pl.lightning.datamodule import RelationDataModule
 from lre_pl.lightning.module import Layer, LinearRelationModule
+from lre_pl.lm.models import LanguageModel, load_language_model
 from lre_pl.lre.operator import LinearRelationOperator
 
 #: Estimation is one pass with no optimizer step: one epoch, no sanity check, no ModelCheckpoint
@@ -110,3 +115,32 @@ def lightning_cli(args: list[str]) -> LRECLI:
         parser_kwargs={"prog": "lre-pl", "exit_on_error": False},
         args=args,
     )
+
+
+def attribute_lens(
+    operators: str | Path | Mapping[Layer, LinearRelationOperator],
+    text: str,
+    lm: LanguageModel | None = None,
+    *,
+    relation: str | None = None,
+    trial: int = 0,
+    k: int = 3,
+    positions: str = "all",
+    subject: str | None = None,
+    layers: Sequence[Layer] | None = None,
+) -> LensView:
+    """The attribute lens of ``text`` (Hernandez et al., §5): at every layer that has an operator and
+    every token, the top-``k`` objects of decode(β W h + b), with the logit lens beside it.
+
+    ``operators``: a fit's run folder (``lightning_logs/version_N``), an ``operator.pt``, a sweep folder
+    with ``relation`` (every layer at the sweep's dev-chosen β), or ``{layer: operator}``. ``lm``: the
+    model they were estimated on (``None``: loaded from their model spec).
+
+    >>> view = attribute_lens("lightning_logs/version_0", "Rome is lovely. The capital city of France is")
+    >>> print(view.table()); view.figure().savefig("lens.png")
+    """
+    if isinstance(operators, (str, Path)):
+        operators = lens_operators(operators, relation, trial)
+    if lm is None:
+        lm = load_language_model(next(iter(operators.values())).model)
+    return lens_of_text(operators, text, lm, k=k, positions=positions, subject=subject, layers=layers)

@@ -6,9 +6,11 @@ lre-pl fit --config configs/quickstart.yaml [-v | --verbose]
 lre-pl fit --config configs/quickstart.yaml --print_config
 lre-pl validate --config configs/quickstart.yaml --model.operator_path RUN/operator.pt
 lre-pl predict --operator RUN/operator.pt France Japan [--subjects_file FILE] [--top_k 3]
+lre-pl lens --operators RUN_DIR --prompt "The capital city of France is" [--positions subject --subject France]
 lre-pl relations [--category factual]
 lre-pl sweep --config configs/sweep/smollm2.yaml [--relations "[factual]"] [--trials "[0, 1]"]
 lre-pl beta-study --config configs/beta/all.yaml [--sweep_dirs "[DIR]"] [--questions "[residual]"]
+lre-pl distracted-lens --config configs/lens/distracted.yaml
 
 Bad input ends in one line ``lre-pl: error: ...`` and exit code 2, and leaves no run folder: what
 needs no model is checked before the model is loaded, and a run that fails later removes the folder
@@ -37,9 +39,11 @@ COMMANDS = {
     "fit": "estimate a relation's LRE at the given layers, evaluate it, save operator.pt",
     "validate": "evaluate a saved operator.pt (--model.operator_path) on a relation's test samples",
     "predict": "apply a saved operator.pt to subjects: their top-k objects and probabilities",
+    "lens": "the attribute lens of prompts: an LRE's top objects at every token and layer",
     "relations": "list the shipped relations and their sizes",
     "sweep": "the paper's protocol over many relations, trials, layers and betas; rerun to resume",
     "beta-study": "the beta study's questions on finished sweeps; rerun to resume",
+    "distracted-lens": "the attribute lens on distracted prompts over finished sweeps",
 }
 
 USAGE = "\n".join(
@@ -49,11 +53,11 @@ USAGE = "\n".join(
         "Linear Relational Embeddings (Hernandez et al., ICLR 2024) of a language model.",
         "",
         "commands:",
-        *(f"  {name:<11} {summary}" for name, summary in COMMANDS.items()),
+        *(f"  {name:<16} {summary}" for name, summary in COMMANDS.items()),
         "",
         "options:",
-        "  -h, --help     show this help and exit",
-        "  -v, --verbose  also show the libraries' INFO lines and warnings",
+        "  -h, --help        show this help and exit",
+        "  -v, --verbose     also show the libraries' INFO lines and warnings",
         "",
         "A command's options: lre-pl <command> --help (e.g. lre-pl fit --help).",
     ]
@@ -114,19 +118,19 @@ def run_lightning(subcommand: str, argv: list[str]) -> None:
     lightning_cli([subcommand, *argv])
 
 
-def read_subjects(path: str) -> list[str]:
-    """The subjects of a text file, one per line (blank lines skipped)."""
+def read_lines(path: str, option: str = "subjects_file", what: str = "subject") -> list[str]:
+    """The non-blank lines of a text file (the subjects, or the prompts, one per line)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
         raise InputError(
-            f"subjects_file {path!r} cannot be read ({reason}): give a UTF-8 text file, one subject per line"
+            f"{option} {path!r} cannot be read ({reason}): give a UTF-8 text file, one {what} per line"
         ) from None
-    subjects = [line.strip() for line in text.splitlines() if line.strip()]
-    if not subjects:
-        raise InputError(f"subjects_file {path!r} holds no subjects: write one subject per line")
-    return subjects
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise InputError(f"{option} {path!r} holds no {what}s: write one {what} per line")
+    return lines
 
 
 def format_predictions(predictions: dict[str, list[tuple[str, float]]]) -> list[str]:
@@ -160,7 +164,7 @@ def run_predict(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     subjects = [*args.subject, *args.subjects]
     if args.subjects_file:
-        subjects += read_subjects(args.subjects_file)
+        subjects += read_lines(args.subjects_file)
     if not args.operator:
         raise InputError(
             "no operator file: give --operator lightning_logs/version_N/operator.pt (of lre-pl fit)"
@@ -232,12 +236,110 @@ def run_beta_study(argv: list[str]) -> None:
     print(f"lre_pl beta-study: {', '.join(reports)}")
 
 
+def run_lens(argv: list[str]) -> None:
+    """``lre-pl lens``: the attribute lens of prompts: a table on the terminal, a PNG and TensorBoard."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(
+        prog="lre-pl lens",
+        description="The attribute lens (Hernandez et al., section 5): at every token and every layer that "
+        "has an operator, the top objects of decode(beta W h + b), with the logit lens beside it.",
+        exit_on_error=False,
+    )
+    parser.add_argument(
+        "--operators",
+        type=str,
+        help="a fit's run folder (lightning_logs/version_N), an operator.pt, or a sweep folder with --relation",
+    )
+    parser.add_argument("--relation", type=str, help="the relation, where --operators is a sweep folder")
+    parser.add_argument(
+        "--trial", type=int, default=0, help="the sweep's trial, where --operators is a sweep folder"
+    )
+    parser.add_argument(
+        "--prompt", type=list[str] | str, default=[], help='a prompt, or several: ["...", "..."]'
+    )
+    parser.add_argument("--prompts_file", type=str, help="a text file of prompts, one per line")
+    parser.add_argument(
+        "--positions", type=str, default="all", help="all tokens, or subject: only --subject's"
+    )
+    parser.add_argument("--subject", type=str, help="the subject whose tokens --positions subject shows")
+    parser.add_argument(
+        "--layers", type=list[int | str], help="a subset of the operators' layers, e.g. [4, 8, 12]"
+    )
+    parser.add_argument("--top_k", type=int, default=3, help="objects kept per cell")
+    parser.add_argument(
+        "--output_dir", type=str, default="lightning_logs/lens", help="where the PNGs and TensorBoard go"
+    )
+    args = parser.parse_args(argv)
+    prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
+    if args.prompts_file:
+        prompts += read_lines(args.prompts_file, "prompts_file", "prompt")
+    if not args.operators:
+        raise InputError("no operators: give --operators lightning_logs/version_N (a run of lre-pl fit)")
+    if not prompts:
+        raise InputError('no prompt: give --prompt "..." or --prompts_file')
+    empty = [index for index, prompt in enumerate(prompts, 1) if not prompt.strip()]
+    if empty:
+        raise InputError(f"prompt {empty[0]} of {len(prompts)} is empty: give a text for the lens to read")
+    if args.positions == "subject" and not args.subject:
+        raise InputError("--positions subject needs --subject: the subject whose tokens to show")
+
+    from lre_pl.api import attribute_lens
+    from lre_pl.experiments.attribute_lens.operators import lens_operators
+    from lre_pl.lightning.outputs import write_figure
+    from lre_pl.lm.models import load_language_model
+
+    operators = lens_operators(args.operators, args.relation, args.trial)
+    lm = load_language_model(next(iter(operators.values())).model)
+    views = [
+        attribute_lens(
+            operators,
+            prompt,
+            lm,
+            k=args.top_k,
+            positions=args.positions,
+            subject=args.subject,
+            layers=args.layers,
+        )
+        for prompt in prompts
+    ]  # every prompt read before anything is written
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(str(out / "tensorboard"))
+    for index, view in enumerate(views):
+        print(view.table() + "\n")
+        path = write_figure(
+            view.figure(), out / f"lens_{index}.png", writer, step=index
+        )  # PNG and TensorBoard
+        writer.add_text("lens", "    " + view.table().replace("\n", "\n    "), index)
+        print(f"lre_pl lens: {path}")
+    writer.close()
+    print(f"lre_pl lens: tensorboard --logdir {out / 'tensorboard'}")
+
+
+def run_distracted_lens(argv: list[str]) -> None:
+    """``lre-pl distracted-lens``: a :class:`~lre_pl.experiments.attribute_lens.run.DistractedLensConfig`, run."""
+    from lre_pl.experiments.attribute_lens.run import DistractedLensConfig, run_distracted_lens
+
+    description = (
+        "The attribute lens on distracted prompts over finished sweeps (one per model); rerun to resume."
+    )
+    config = parse_dataclass(DistractedLensConfig, "lre-pl distracted-lens", description, argv)
+    folders = run_distracted_lens(config, command=shlex.join(["lre-pl", "distracted-lens", *argv]))
+    reports = [str(out / "attribute_lens.md") for out in folders] + ([config.report] if config.report else [])
+    print(f"lre_pl distracted-lens: {', '.join(reports)}")
+
+
 #: The commands that make a run folder or an experiment's files, and their runners.
 RUNS = {
     "fit": functools.partial(run_lightning, "fit"),
     "validate": functools.partial(run_lightning, "validate"),
     "sweep": run_sweep,
     "beta-study": run_beta_study,
+    "lens": run_lens,
+    "distracted-lens": run_distracted_lens,
 }
 
 
@@ -251,10 +353,10 @@ def run_until_sigterm(command: str, argv: list[str], verbose: bool) -> None:
     try:
         RUNS[command](argv)
     except RunTerminated:
-        kept = "the study's rows so far are kept, and rerunning the same command resumes it"
+        kept = "the rows so far are kept, and rerunning the same command resumes it"
         print(
             "lre-pl: error: terminated by SIGTERM; "
-            + (kept if command == "beta-study" else "the run folder was removed"),
+            + (kept if command in ("beta-study", "distracted-lens") else "the run folder was removed"),
             file=sys.stderr,
         )
         raise

@@ -17,6 +17,12 @@ A β study folder (``<sweep>/beta_study`` or ``<output_dir>/<sweep folder name>`
     rows/<question>.jsonl                  a cross-bundle question's rows
     tables/<question>/<relation>__trial_<seed>.md    what rows cannot hold (token strings)
     beta_study.md, results.csv, *.png, tensorboard/
+
+An attribute-lens folder (``lre-pl distracted-lens``, ``<sweep>/attribute_lens`` by default)::
+
+    rows/<relation>__trial_<seed>.jsonl      the distracted prompts' rows of that bundle
+    tables/<relation>__trial_<seed>.md       its first samples' top-1 tokens (what rows cannot hold)
+    attribute_lens.md, results.csv, *.png, tensorboard/
 """
 
 from __future__ import annotations
@@ -135,3 +141,23 @@ class StudyFolder:
             folder.name: [path.read_text() for path in sorted(folder.glob("*.md"))]
             for folder in sorted((self.root / "tables").glob("*"))
         }
+
+
+@dataclass(frozen=True)
+class LensFolder:
+    """The files of one attribute-lens (distracted prompts) folder."""
+
+    root: Path
+
+    def rows(self, relation: str, trial: int) -> Path:
+        return self.root / "rows" / f"{trial_name(relation, trial)}.jsonl"
+
+    def table(self, relation: str, trial: int) -> Path:
+        return self.root / "tables" / f"{trial_name(relation, trial)}.md"
+
+    def row_files(self) -> list[Path]:
+        return sorted((self.root / "rows").glob("*.jsonl"))
+
+    @property
+    def report(self) -> Path:
+        return self.root / "attribute_lens.md"

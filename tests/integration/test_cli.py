@@ -193,7 +193,7 @@ def test_help_lists_every_command_without_loading_torch():
     assert lines[0] == "usage: lre-pl <command> [options]"
     commands = lines[lines.index("commands:") + 1 : lines.index("options:") - 1]
     assert [line.split()[0] for line in commands] == [
-        "fit", "validate", "predict", "relations", "sweep", "beta-study",
+        "fit", "validate", "predict", "lens", "relations", "sweep", "beta-study", "distracted-lens",
     ]  # fmt: skip
     assert all(len(line.split()) > 4 for line in commands)  # each with its one line
     assert "A command's options: lre-pl <command> --help (e.g. lre-pl fit --help)." in lines

@@ -68,6 +68,14 @@ class FinishedSweep:
     def model(self) -> str:
         return self.config["model"]
 
+    @property
+    def sweep_config(self):
+        """The config as the sweep's :class:`~lre_pl.experiments.sweep.runner.SweepConfig` (its grid,
+        its selection rule)."""
+        from lre_pl.experiments.sweep.runner import SweepConfig
+
+        return SweepConfig(**self.config)
+
     def keys(
         self, relations: Sequence[str] | None = None, trials: Sequence[int] | None = None
     ) -> list[BundleKey]:
