@@ -115,8 +115,9 @@ class LensView:
 
 
 def short(token: str, width: int = 7) -> str:
-    """A token as a cell shows it: its spaces and newlines visible, at most ``width`` characters."""
-    shown = token.replace("\n", "\\n").replace(" ", "·")
+    """A token as a cell shows it: spaces as ``·``, other invisible characters escaped (``\\n``), at most
+    ``width`` characters."""
+    shown = "".join(c if c.isprintable() and c != " " else "·" if c == " " else repr(c)[1:-1] for c in token)
     return shown if len(shown) <= width else shown[: width - 1] + "…"
 
 

@@ -55,7 +55,9 @@ def test_every_cell_reads_the_hidden_state_of_its_layer_and_position(llama):
     text = "Paris is lovely. The capital city of France is"
     operators = {layer: operator(llama, layer, seed=i) for i, layer in enumerate(["emb", 0, 1])}
     view = attribute_lens(operators, text, llama, k=2)
-    states, logits = hidden_states(llama, text)  # [layer, pos, d]: emb, 0, 1, then the last block's after the final norm
+    states, logits = hidden_states(
+        llama, text
+    )  # [layer, pos, d]: emb, 0, 1, then the last block's after the final norm
     assert view.layers == ["emb", 0, 1]
     for i, layer in enumerate(view.layers):
         h = states[llama.state_index(layer)]  # [pos, d]
@@ -91,7 +93,9 @@ def test_a_planted_linear_relation_reads_its_objects_at_its_subjects(llama):
     subject_view = attribute_lens({layer: planted}, text, llama, k=1, positions="subject", subject="Japan")
     assert subject_view.positions[-1] == last_token["Japan"]
     assert all(position > last_token["France"] for position in subject_view.positions)
-    assert subject_view.cell("attribute", layer, last_token["Japan"])[0] == llama.token_strings([objects[1]])[0]
+    assert (
+        subject_view.cell("attribute", layer, last_token["Japan"])[0] == llama.token_strings([objects[1]])[0]
+    )
 
 
 def test_the_figure_and_the_table_hold_every_cell(llama):
@@ -119,11 +123,15 @@ def test_bad_input_gets_one_line(llama):
     with pytest.raises(InputError, match="longer than .* context of 512"):
         attribute_lens(operators, "France " * 600, llama)
     with pytest.raises(InputError, match="subject 'Spain' is not in the prompt"):
-        attribute_lens(operators, "The capital city of France is", llama, positions="subject", subject="Spain")
+        attribute_lens(
+            operators, "The capital city of France is", llama, positions="subject", subject="Spain"
+        )
     with pytest.raises(InputError, match="layer 1 has no operator"):
         attribute_lens(operators, "France", llama, layers=[1])
     other = tiny_gpt2()  # d = 32, another model
-    with pytest.raises(InputError, match=r"48-dimensional, but .* has d=32 .*give operators estimated on this model"):
+    with pytest.raises(
+        InputError, match=r"48-dimensional, but .* has d=32 .*give operators estimated on this model"
+    ):
         attribute_lens(operators, "France", other)
     mixed = {0: operator(llama, 0), 1: operator(llama, 1, relation="country language")}
     with pytest.raises(InputError, match="several relations"):
