@@ -1,5 +1,5 @@
 """The ``lre-pl`` command: ``fit`` and ``validate`` (LightningCLI), ``predict``, ``relations``,
-``sweep`` and ``beta-study``.
+``sweep``, ``beta-study`` and ``cross-relation``.
 
 lre-pl --help
 lre-pl fit --config configs/quickstart.yaml [-v | --verbose]
@@ -9,6 +9,7 @@ lre-pl predict --operator RUN/operator.pt France Japan [--subjects_file FILE] [-
 lre-pl relations [--category factual]
 lre-pl sweep --config configs/sweep/smollm2.yaml [--relations "[factual]"] [--trials "[0, 1]"]
 lre-pl beta-study --config configs/beta/all.yaml [--sweep_dirs "[DIR]"] [--questions "[residual]"]
+lre-pl cross-relation --sweep_dir DIR [--relations "[factual]"] [--output_dir DIR] [--results_dir DIR]
 
 Bad input ends in one line ``lre-pl: error: ...`` and exit code 2, and leaves no run folder: what
 needs no model is checked before the model is loaded, and a run that fails later removes the folder
@@ -40,6 +41,7 @@ COMMANDS = {
     "relations": "list the shipped relations and their sizes",
     "sweep": "the paper's protocol over many relations, trials, layers and betas; rerun to resume",
     "beta-study": "the beta study's questions on finished sweeps; rerun to resume",
+    "cross-relation": "every relation's LRE applied to every other relation's subjects, on a finished sweep",
 }
 
 USAGE = "\n".join(
@@ -49,7 +51,7 @@ USAGE = "\n".join(
         "Linear Relational Embeddings (Hernandez et al., ICLR 2024) of a language model.",
         "",
         "commands:",
-        *(f"  {name:<11} {summary}" for name, summary in COMMANDS.items()),
+        *(f"  {name:<14} {summary}" for name, summary in COMMANDS.items()),
         "",
         "options:",
         "  -h, --help     show this help and exit",
@@ -232,12 +234,29 @@ def run_beta_study(argv: list[str]) -> None:
     print(f"lre_pl beta-study: {', '.join(reports)}")
 
 
+def run_cross_relation(argv: list[str]) -> None:
+    """``lre-pl cross-relation``: a :class:`~lre_pl.experiments.cross_relation.study.CrossRelationConfig`
+    (YAML and flags), run."""
+    from lre_pl.experiments.cross_relation.study import CrossRelationConfig, run_cross_relation
+
+    description = (
+        "Relation r's LRE (at its sweep's dev-chosen layer and beta) applied to relation r′'s subject states, "
+        "for every ordered pair of a finished sweep's relations: type share and shared-subject recall."
+    )
+    config = parse_dataclass(CrossRelationConfig, "lre-pl cross-relation", description, argv)
+    out = run_cross_relation(config, command=shlex.join(["lre-pl", "cross-relation", *argv]))
+    print(
+        f"lre_pl cross-relation: {out}/cross_relation.md, results.csv, figures *.png (tensorboard --logdir {out})"
+    )
+
+
 #: The commands that make a run folder or an experiment's files, and their runners.
 RUNS = {
     "fit": functools.partial(run_lightning, "fit"),
     "validate": functools.partial(run_lightning, "validate"),
     "sweep": run_sweep,
     "beta-study": run_beta_study,
+    "cross-relation": run_cross_relation,
 }
 
 
@@ -251,10 +270,12 @@ def run_until_sigterm(command: str, argv: list[str], verbose: bool) -> None:
     try:
         RUNS[command](argv)
     except RunTerminated:
-        kept = "the study's rows so far are kept, and rerunning the same command resumes it"
+        left = {
+            "beta-study": "the study's rows so far are kept, and rerunning the same command resumes it",
+            "cross-relation": "its files are written at its end, so none was; rerun the same command",
+        }
         print(
-            "lre-pl: error: terminated by SIGTERM; "
-            + (kept if command == "beta-study" else "the run folder was removed"),
+            "lre-pl: error: terminated by SIGTERM; " + left.get(command, "the run folder was removed"),
             file=sys.stderr,
         )
         raise

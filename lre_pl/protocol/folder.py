@@ -17,6 +17,12 @@ A β study folder (``<sweep>/beta_study`` or ``<output_dir>/<sweep folder name>`
     rows/<question>.jsonl                  a cross-bundle question's rows
     tables/<question>/<relation>__trial_<seed>.md    what rows cannot hold (token strings)
     beta_study.md, results.csv, *.png, tensorboard/
+
+A cross-relation folder (``<sweep>/cross_relation`` or ``lre-pl cross-relation --output_dir``)::
+
+    sweep_config.json, sweep_command.txt   copies of the sweep's, for the report
+    rows.jsonl                             one row per (r, r′, trial, metric)
+    results.csv, cross_relation.md, type_share.png, shared_subject_recall.png, tensorboard/
 """
 
 from __future__ import annotations
@@ -135,3 +141,33 @@ class StudyFolder:
             folder.name: [path.read_text() for path in sorted(folder.glob("*.md"))]
             for folder in sorted((self.root / "tables").glob("*"))
         }
+
+
+@dataclass(frozen=True)
+class CrossRelationFolder:
+    """The files of one cross-relation folder."""
+
+    root: Path
+
+    @property
+    def sweep_config(self) -> Path:
+        return self.root / "sweep_config.json"
+
+    @property
+    def sweep_commands(self) -> Path:
+        return self.root / "sweep_command.txt"
+
+    @property
+    def rows(self) -> Path:
+        return self.root / "rows.jsonl"
+
+    @property
+    def table(self) -> Path:
+        return self.root / "results.csv"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "cross_relation.md"
+
+    def figure(self, stem: str) -> Path:
+        return self.root / f"{stem}.png"
