@@ -124,8 +124,7 @@ def heatmap(matrices: CrossMatrices, metric: str):
     values, relations = matrices.values[metric], matrices.relations
     size = max(4.0, 0.22 * len(relations) + 3)
     figure, axes = plt.subplots(figsize=(size + 1.5, size))
-    colours = plt.get_cmap("viridis").copy()
-    colours.set_bad("lightgrey")
+    colours = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     image = axes.imshow(np.ma.masked_invalid(values), cmap=colours, vmin=0, vmax=1)
     figure.colorbar(image, ax=axes, label=label, shrink=0.8)
     positions = list(range(len(relations)))
