@@ -100,6 +100,7 @@ def test_the_diagonal_is_the_sweeps_faithfulness_and_a_readout_decodes_as_by_han
     [
         (["--sweep_dir", "no_such_folder"], "sweep_dir 'no_such_folder' is not a folder"),
         (["--relations", '["country capital city"]'], "has 1 evaluated relation(s)"),
+        (["--relations", "[factual]"], "has 1 evaluated relation(s)"),  # the sweep's one factual relation
         (["--relations", '["country capital city", "country language"]'], "'country language' has no evaluated bundle"),
     ],
 )  # fmt: skip

@@ -33,7 +33,7 @@ class CrossRelationConfig:
     """A finished ``lre-pl sweep`` folder (bundles, rows, sweep_config.json)."""
     relations: list[str] | None = None
     """Only these relations (names), or ``[<category>]`` for the sweep's evaluated relations of one
-    category; ``None``: every relation the sweep evaluated. At least two."""
+    category; ``None`` or ``[all]``: every relation the sweep evaluated. At least two."""
     trials: list[int] = field(default_factory=lambda: [0])
     """The trials (seeds) whose bundles are read: a pair is read within one trial, then averaged."""
     output_dir: str | None = None
@@ -55,7 +55,7 @@ class CrossRelationConfig:
             raise InputError("trials is empty: give the sweep's trials (seeds) to read, e.g. [0]")
         sweep = FinishedSweep.read(self.sweep_dir)
         evaluated = {relation for relation, _ in sweep.points}
-        relations = self.relations
+        relations = None if self.relations == ["all"] else self.relations
         if relations is not None and len(relations) == 1 and relations[0] in CATEGORIES:
             relations = [r for r in sorted(evaluated) if load_relation(r).category == relations[0]]
         keys = sweep.keys(relations, self.trials)  # a relation the sweep did not evaluate: one line
