@@ -140,9 +140,10 @@ def heatmap(matrices: CrossMatrices, metric: str):
     if len(relations) <= ANNOTATE_UP_TO:
         for (i, j), value in np.ndenumerate(values):
             if not math.isnan(value):
-                axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white")
-    axes.set_xlabel("r′: whose subject states are read (its known test samples)")
-    axes.set_ylabel("r: whose LRE reads (its dev-chosen layer and β)")
+                colour = "black" if value > 0.6 else "white"  # readable on viridis's yellow end
+                axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color=colour)
+    axes.set_xlabel("r′: whose subjects' states are read", fontsize=8)
+    axes.set_ylabel("r: whose LRE reads", fontsize=8)
     axes.set_title(f"{title}\n{matrices.model}", fontsize=9)
     figure.tight_layout()
     return figure
