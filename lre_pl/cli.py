@@ -1,5 +1,5 @@
 """The ``lre-pl`` command: ``fit`` and ``validate`` (LightningCLI), ``predict``, ``relations``,
-``sweep`` and ``beta-study``.
+``sweep``, ``beta-study`` and ``cross-relation``.
 
 lre-pl --help
 lre-pl fit --config configs/quickstart.yaml [-v | --verbose]
@@ -11,6 +11,7 @@ lre-pl relations [--category factual]
 lre-pl sweep --config configs/sweep/smollm2.yaml [--relations "[factual]"] [--trials "[0, 1]"]
 lre-pl beta-study --config configs/beta/all.yaml [--sweep_dirs "[DIR]"] [--questions "[residual]"]
 lre-pl distracted-lens --config configs/lens/distracted.yaml
+lre-pl cross-relation --sweep_dir DIR [--relations "[factual]"] [--output_dir DIR] [--results_dir DIR]
 
 Bad input ends in one line ``lre-pl: error: ...`` and exit code 2, and leaves no run folder: what
 needs no model is checked before the model is loaded, and a run that fails later removes the folder
@@ -44,6 +45,7 @@ COMMANDS = {
     "sweep": "the paper's protocol over many relations, trials, layers and betas; rerun to resume",
     "beta-study": "the beta study's questions on finished sweeps; rerun to resume",
     "distracted-lens": "the attribute lens on distracted prompts over finished sweeps",
+    "cross-relation": "every relation's LRE applied to every other relation's subjects, on a finished sweep",
 }
 
 USAGE = "\n".join(
@@ -332,6 +334,22 @@ def run_distracted_lens(argv: list[str]) -> None:
     print(f"lre_pl distracted-lens: {', '.join(reports)}")
 
 
+def run_cross_relation(argv: list[str]) -> None:
+    """``lre-pl cross-relation``: a :class:`~lre_pl.experiments.cross_relation.study.CrossRelationConfig`
+    (YAML and flags), run."""
+    from lre_pl.experiments.cross_relation.study import CrossRelationConfig, run_cross_relation
+
+    description = (
+        "Relation r's LRE (at its sweep's dev-chosen layer and beta) applied to relation r′'s subject states, "
+        "for every ordered pair of a finished sweep's relations: type share and shared-subject recall."
+    )
+    config = parse_dataclass(CrossRelationConfig, "lre-pl cross-relation", description, argv)
+    out = run_cross_relation(config, command=shlex.join(["lre-pl", "cross-relation", *argv]))
+    print(
+        f"lre_pl cross-relation: {out}/cross_relation.md, results.csv, figures *.png (tensorboard --logdir {out})"
+    )
+
+
 #: The commands that make a run folder or an experiment's files, and their runners.
 RUNS = {
     "fit": functools.partial(run_lightning, "fit"),
@@ -340,6 +358,7 @@ RUNS = {
     "beta-study": run_beta_study,
     "lens": run_lens,
     "distracted-lens": run_distracted_lens,
+    "cross-relation": run_cross_relation,
 }
 
 
@@ -353,10 +372,14 @@ def run_until_sigterm(command: str, argv: list[str], verbose: bool) -> None:
     try:
         RUNS[command](argv)
     except RunTerminated:
-        kept = "the rows so far are kept, and rerunning the same command resumes it"
+        left = {
+            "beta-study": "the study's rows so far are kept, and rerunning the same command resumes it",
+            "distracted-lens": "the rows so far are kept, and rerunning the same command resumes it",
+            "lens": "the pictures of the prompts so far are kept",
+            "cross-relation": "its files are written at its end, so none was; rerun the same command",
+        }
         print(
-            "lre-pl: error: terminated by SIGTERM; "
-            + (kept if command in ("beta-study", "distracted-lens") else "the run folder was removed"),
+            "lre-pl: error: terminated by SIGTERM; " + left.get(command, "the run folder was removed"),
             file=sys.stderr,
         )
         raise

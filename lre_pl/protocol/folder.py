@@ -23,6 +23,12 @@ An attribute-lens folder (``lre-pl distracted-lens``, ``<sweep>/attribute_lens``
     rows/<relation>__trial_<seed>.jsonl      the distracted prompts' rows of that bundle
     tables/<relation>__trial_<seed>.md       its first samples' top-1 tokens (what rows cannot hold)
     attribute_lens.md, results.csv, *.png, tensorboard/
+
+A cross-relation folder (``<sweep>/cross_relation`` or ``lre-pl cross-relation --output_dir``)::
+
+    sweep_config.json, sweep_command.txt   copies of the sweep's, for the report
+    rows.jsonl                             one row per (r, r′, trial, metric)
+    results.csv, cross_relation.md, type_share.png, shared_subject_recall.png, tensorboard/
 """
 
 from __future__ import annotations
@@ -161,3 +167,33 @@ class LensFolder:
     @property
     def report(self) -> Path:
         return self.root / "attribute_lens.md"
+
+
+@dataclass(frozen=True)
+class CrossRelationFolder:
+    """The files of one cross-relation folder."""
+
+    root: Path
+
+    @property
+    def sweep_config(self) -> Path:
+        return self.root / "sweep_config.json"
+
+    @property
+    def sweep_commands(self) -> Path:
+        return self.root / "sweep_command.txt"
+
+    @property
+    def rows(self) -> Path:
+        return self.root / "rows.jsonl"
+
+    @property
+    def table(self) -> Path:
+        return self.root / "results.csv"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "cross_relation.md"
+
+    def figure(self, stem: str) -> Path:
+        return self.root / f"{stem}.png"

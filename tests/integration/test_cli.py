@@ -194,6 +194,7 @@ def test_help_lists_every_command_without_loading_torch():
     commands = lines[lines.index("commands:") + 1 : lines.index("options:") - 1]
     assert [line.split()[0] for line in commands] == [
         "fit", "validate", "predict", "lens", "relations", "sweep", "beta-study", "distracted-lens",
+        "cross-relation",
     ]  # fmt: skip
     assert all(len(line.split()) > 4 for line in commands)  # each with its one line
     assert "A command's options: lre-pl <command> --help (e.g. lre-pl fit --help)." in lines
@@ -210,7 +211,20 @@ def undescribed_options(help_text: str, prefix: str = "--") -> list[str]:
     return undescribed
 
 
-@pytest.mark.parametrize("command", ["fit", "validate", "predict", "relations", "sweep", "beta-study"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "fit",
+        "validate",
+        "predict",
+        "lens",
+        "relations",
+        "sweep",
+        "beta-study",
+        "distracted-lens",
+        "cross-relation",
+    ],
+)
 def test_every_command_describes_every_option(command, capsys):
     from lre_pl.cli import main
 
@@ -227,6 +241,9 @@ def test_every_command_describes_every_option(command, capsys):
         "relations": "--category {",
         "sweep": "--top_k TOP_K         faithfulness@1 and @top_k. (type: int, default: 3)",
         "beta-study": "--fit_epochs FIT_EPOCHS\n                        Epochs of each learned-β fit",
+        "cross-relation": "--sweep_dir SWEEP_DIR\n                        A finished ``lre-pl sweep`` folder",
+        "lens": "--positions POSITIONS",
+        "distracted-lens": "--templates TEMPLATES",
     }
     assert expected[command] in help_text
 

@@ -168,7 +168,7 @@ def test_sigterm_stops_the_run_at_once_and_leaves_nothing(tmp_path, tiny_args):
         (
             ["fitt"],
             "invalid choice: 'fitt' (choose from 'fit', 'validate', 'predict', 'relations', 'sweep', "
-            "'beta-study') (options: lre-pl --help)",
+            "'beta-study', 'cross-relation') (options: lre-pl --help)",
         ),
         (
             ["test"],
