@@ -163,7 +163,7 @@ def test_distracted_rows_match_whole_prompt_forwards(distracted, swept, tiny_mod
             expected = sum(is_prefix_match(t[2 + index], t[column]) for t in tokens) / len(tokens)
             row = mine[reader, f"recall@1 {target}"]
             assert row["value"] == pytest.approx(expected), (reader, target)
-            assert row["n"] == len(tokens) and row["layer"] == layer and row["beta"] == beta
+            assert row["n"] == len(tokens) and row["layer"] == str(layer) and row["beta"] == beta
 
 
 def test_distracted_report_tables_figures_and_results(distracted):

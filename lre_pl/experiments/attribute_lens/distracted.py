@@ -159,7 +159,7 @@ class DistractedLens:
                         make_row(
                             model=b.model, relation=b.relation, category=b.category, trial=b.seed,
                             kind=f"attribute_lens:{readout.kind}", selection="dev", estimator=reader,
-                            layer=self.layer, beta=self.beta, split="all", metric=f"recall@1 {target}",
+                            layer=str(self.layer), beta=self.beta, split="all", metric=f"recall@1 {target}",
                             value=hits.mean().item(), n=len(hits),
                         )
                     )  # fmt: skip
