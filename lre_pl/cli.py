@@ -255,6 +255,9 @@ def run_lens(argv: list[str]) -> None:
     )
     parser.add_argument("--relation", type=str, help="the relation, where --operators is a sweep folder")
     parser.add_argument(
+        "--model", type=str, help="the model spec to read (default: the operators' own); it must be theirs"
+    )
+    parser.add_argument(
         "--trial", type=int, default=0, help="the sweep's trial, where --operators is a sweep folder"
     )
     parser.add_argument(
@@ -292,7 +295,13 @@ def run_lens(argv: list[str]) -> None:
     from lre_pl.lm.models import load_language_model
 
     operators = lens_operators(args.operators, args.relation, args.trial)
-    lm = load_language_model(next(iter(operators.values())).model)
+    estimated_on = next(iter(operators.values())).model
+    if args.model and args.model != estimated_on:
+        raise InputError(
+            f"the operators in {args.operators!r} were estimated on {estimated_on}, not on --model {args.model}: "
+            "drop --model, or give operators estimated on that model"
+        )
+    lm = load_language_model(estimated_on)
     views = [
         attribute_lens(
             operators,

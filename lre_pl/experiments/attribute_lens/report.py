@@ -165,7 +165,7 @@ def write_lens_report(
             f"sample{f' (at most {cap}, seeded, as the sweep evaluated them)' if cap else ''}, each relation "
             f"read at the layer and β its sweep chose on dev"
             + (
-                f"; not evaluated by the sweep (too few known samples), left out: {', '.join(left_out)}"
+                f"; left out, with no evaluated bundle in the sweep (not swept, or too few known samples): {', '.join(left_out)}"
                 if left_out
                 else ""
             )
