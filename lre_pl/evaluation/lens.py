@@ -77,32 +77,29 @@ class LensView:
         return "\n".join([title, *lines])
 
     def figure(self):
-        """Two heatmaps side by side, tokens (x) by layers (y): the attribute lens and the logit lens.
-        Each cell holds its top-1 token, coloured by that token's probability."""
+        """The attribute lens and the logit lens as two heatmaps, tokens (x) by layers (y), side by side
+        (stacked for more than 12 tokens). Each cell holds its top-1 token, coloured by its probability."""
         from matplotlib import pyplot as plt
 
         columns, rows = len(self.positions), len(self.layers)
-        width = max(4.0, 0.75 * columns + 1.5)
+        stacked = columns > 12
+        width, height = max(4.0, 0.75 * columns + 1.5), max(2.5, 0.32 * rows + 1.6)
         figure, axes = plt.subplots(
-            1, 2, figsize=(2 * width, max(2.5, 0.32 * rows + 1.6)), squeeze=False, layout="constrained"
+            2 if stacked else 1,
+            1 if stacked else 2,
+            figsize=(width + 1, 2 * height) if stacked else (2 * width, height),
+            squeeze=False,
+            layout="constrained",
         )
-        for axis, (title, readout) in zip(
-            axes[0], (("attribute lens", self.attribute), ("logit lens", self.logit))
-        ):
+        panels = (("attribute lens", self.attribute), ("logit lens", self.logit))
+        for axis, (title, readout) in zip(axes.flat, panels):
             top = readout.probabilities[..., 0].numpy()  # [layer, pos]
             image = axis.imshow(top, aspect="auto", cmap="Blues", vmin=0.0, vmax=1.0, origin="lower")
             for i in range(rows):
                 for j in range(columns):
                     colour = "white" if top[i, j] > 0.6 else "black"
-                    axis.text(
-                        j,
-                        i,
-                        short(readout.strings[i][j][0]),
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color=colour,
-                    )
+                    text = short(readout.strings[i][j][0].strip() or readout.strings[i][j][0])
+                    axis.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
             axis.set_xticks(
                 range(columns), [short(token, 10) for token in self.tokens], rotation=60, fontsize=7
             )
@@ -110,7 +107,7 @@ class LensView:
             axis.set_xlabel("token")
             axis.set_ylabel("layer")
             axis.set_title(f"{title}: {self.relation}" if title == "attribute lens" else title, fontsize=9)
-        figure.colorbar(image, ax=axes[0].tolist(), label="top-1 probability", shrink=0.8)
+        figure.colorbar(image, ax=axes.ravel().tolist(), label="top-1 probability", shrink=0.6)
         return figure
 
 
