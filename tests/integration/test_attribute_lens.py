@@ -116,9 +116,11 @@ def test_lens_bad_input_is_one_line(arguments, message, fit_run, swept, run_cli,
 @pytest.fixture(scope="module")
 def distracted(swept, tmp_path_factory):
     out = tmp_path_factory.mktemp("lens")
+    conclusion = out / "conclusion.md"
+    conclusion.write_text("The lens reads what the LM was told to forget.\n")
     config = DistractedLensConfig(
         sweep_dirs=[str(swept)], relations=RELATIONS, output_dir=str(out), report=str(out / "docs" / "lens.md"),
-        results_dir=str(out / "results"), examples=2,
+        results_dir=str(out / "results"), examples=2, conclusion=str(conclusion),
     )  # fmt: skip
     (folder,) = run_distracted_lens(config, command="lre-pl distracted-lens (test)")
     return config, folder
@@ -180,6 +182,8 @@ def test_distracted_report_tables_figures_and_results(distracted):
     assert report.count("| undistracted |") == 1 + 2 + 2 + 2 * 2
     model_report = (folder.parent / "docs" / "lens.md").read_text()
     assert model_report.startswith("# The attribute lens on distracted prompts")
+    assert model_report.endswith("## In plain words\n\nThe lens reads what the LM was told to forget.\n")
+    assert "In plain words" not in report  # the per-model report has no conclusion
     results = list((folder.parent / "results").glob("*/results.csv.gz"))
     assert len(results) == 1 and (results[0].parent / "attribute_lens.md").exists()
     assert list(results[0].parent.glob("attribute_lens_*.png"))
@@ -195,6 +199,7 @@ def test_distracted_report_tables_figures_and_results(distracted):
         ({"relations": ["no such relation"]}, "no such relation"),
         ({"sweep_dirs": ["{out}"]}, "holds no sweep_config.json"),
         ({"templates": {"undistracted": "{query}"}}, "the reference prompt's name"),
+        ({"conclusion": "missing.md"}, "conclusion='missing.md' is not a file"),
     ],
 )
 def test_distracted_bad_config_is_one_line(override, message, swept, tmp_path):

@@ -184,9 +184,13 @@ def write_lens_report(
             write_figure(lens_figure(rows, model), Path(config.report).parent / figure_name(model))
     if config.report and sections:
         header = report_header([*commands, *made_by], covered, config)
-        write_text_atomically(
-            Path(config.report), "\n".join([*header, *(line for s in sections for line in s)])
+        closing = (
+            ["## In plain words", "", Path(config.conclusion).read_text(encoding="utf-8")]
+            if config.conclusion
+            else []
         )
+        text = "\n".join([*header, *(line for s in sections for line in s), *closing])
+        write_text_atomically(Path(config.report), text)
 
 
 def report_header(commands: Sequence[str], covered: Sequence[str], config) -> list[str]:

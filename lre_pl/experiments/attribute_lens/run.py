@@ -58,6 +58,9 @@ class DistractedLensConfig:
     """``None``: ``<sweep_dir>/attribute_lens`` for each sweep; a folder: ``<output_dir>/<sweep folder name>``."""
     report: str | None = None
     """Also write the report over every model here (e.g. ``docs/attribute_lens.md``), figures beside it."""
+    conclusion: str | None = None
+    """A markdown file whose text closes the report over the models (what the numbers say, written by
+    hand), e.g. ``docs/attribute_lens_conclusion.md``; ``None``: none."""
     results_dir: str | None = None
     """Also copy each model's rows (``results.csv.gz``), report and figures to ``<results_dir>/<model>/``."""
 
@@ -74,6 +77,8 @@ class DistractedLensConfig:
             )
         for name, template in self.templates.items():
             check_template(name, template)
+        if self.conclusion is not None and not Path(self.conclusion).is_file():
+            raise InputError(f"conclusion={self.conclusion!r} is not a file: give a markdown file or null")
         if self.examples < 0:
             raise InputError(f"examples={self.examples} must be 0 or more")
         folders = {}
