@@ -10,7 +10,7 @@ import torch
 from test_sweep import RELATIONS, tiny_config
 
 from lre_pl.dataset.relations import load_relation
-from lre_pl.experiments.cross_relation.matrix import SHARED_RECALL, TYPE_SHARE, object_vocabulary
+from lre_pl.experiments.cross_relation.matrix import BIAS_KIND, SHARED_RECALL, TYPE_SHARE, object_vocabulary
 from lre_pl.experiments.sweep.finished import FinishedSweep
 from lre_pl.experiments.sweep.runner import Sweep
 from lre_pl.lightning.datamodule import object_token_id
@@ -41,16 +41,20 @@ def applied(swept, tmp_path_factory):
 def test_the_command_writes_rows_report_and_figures(applied, tiny_model_dir):
     out, results = applied
     rows = read_rows([out / "rows.jsonl"])
-    assert len(rows) == 2 * 2 * 2  # (r, r′) ordered pairs x metrics, one trial
+    assert len(rows) == 2 * 2 * 2 + 2  # (r, r′) ordered pairs x metrics, and each r's control; one trial
+    controls = [row for row in rows if row["kind"] == BIAS_KIND]
+    assert sorted(row["relation"] for row in controls) == sorted(RELATIONS)
+    rows = [row for row in rows if row["kind"] != BIAS_KIND]
     assert {(row["relation"], row["split"], row["metric"]) for row in rows} == {
         (r, other, metric) for r in RELATIONS for other in RELATIONS for metric in (TYPE_SHARE, SHARED_RECALL)
     }
-    assert len((out / "results.csv").read_text().splitlines()) == 1 + len(rows)
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + len(rows) + len(controls)
     for name in ("cross_relation.md", "type_share.png", "shared_subject_recall.png", "sweep_config.json"):
         assert (out / name).stat().st_size > 0, name
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     report = (out / "cross_relation.md").read_text()
     assert "## Summary" in report and "**Type.**" in report and "**Families**" in report
+    assert "**Bias alone.**" in report and "| b alone |" in report
     copied = results / Path(tiny_model_dir).name
     assert gzip.decompress((copied / "results.csv.gz").read_bytes()) == (out / "results.csv").read_bytes()
     assert (copied / "type_share.png").read_bytes() == (out / "type_share.png").read_bytes()
@@ -148,3 +152,20 @@ def test_a_planted_operator_reads_its_one_object_from_every_subject(swept, tiny_
     }
     assert found[r, r, TYPE_SHARE]["value"] == found[r, other, TYPE_SHARE]["value"] == 1.0
     assert found[r, r, SHARED_RECALL]["value"] == pytest.approx(starts(token) / len(bundle.test_objects))
+
+
+def test_the_bias_alone_control_decodes_b_as_by_hand(applied, swept, tiny_model_dir):
+    out, _ = applied
+    controls = {row["relation"]: row for row in read_rows([out / "rows.jsonl"]) if row["kind"] == BIAS_KIND}
+    sweep = FinishedSweep.read(swept)
+    lm = load_language_model(tiny_model_dir)
+    for relation in RELATIONS:
+        layer, _ = sweep.points[relation, 0]
+        bundle = sweep.bundle(relation, 0)
+        b = bundle.biases[bundle.layer_index(layer)]  # decode(β W 0 + b) is decode(b)
+        top = lm.decode(b).argmax().item()
+        vocabulary = object_vocabulary(
+            lm.tokenizer, bundle.test_prompt_template, load_relation(relation).samples
+        )
+        assert controls[relation]["value"] == float(top in vocabulary), relation
+        assert controls[relation]["n"] == 1 and controls[relation]["split"] is None

@@ -202,3 +202,32 @@ def test_a_heatmap_has_a_cell_per_pair_and_the_relations_as_labels(rows, metric)
     assert separators == [((0, 1), (0.5, 0.5)), ((0.5, 0.5), (0, 1))]  # one line between the 2 categories
     written = [text.get_text() for text in axes.texts]
     assert len(written) == int((~np.isnan(matrices.values[metric])).sum())
+
+
+def test_the_bias_alone_control_by_hand(rows):
+    import dataclasses
+
+    from lre_pl.experiments.cross_relation.matrix import BIAS_KIND, bias_only_row
+
+    decoder = Decoder(IdentityLM(), top_k=1)
+    readers = {}
+    for relation, bias in ((COLOR, None), (LANGUAGE, torch.eye(D)[0])):  # colour: 0.7 red; language: Paris
+        layer, beta, _, _ = READERS[relation]
+        b = bundle(relation)
+        if bias is not None:
+            b = dataclasses.replace(b, biases=bias[None])
+        samples = [RelationSample(s, o) for s, o in DATA[relation]]
+        readers[relation] = Reader.of(b, layer, beta, WordTokenizer(), samples)
+    controls = {relation: bias_only_row(reader, decoder, "stub") for relation, reader in readers.items()}
+    assert (
+        controls[COLOR]["value"] == 1.0 and controls[LANGUAGE]["value"] == 0.0
+    )  # red is a colour; Paris no language
+    assert all(row["kind"] == BIAS_KIND and row["n"] == 1 for row in controls.values())
+    matrices = CrossMatrices.of([*rows, *controls.values()])
+    assert matrices.bias_only == {COLOR: 1.0, LANGUAGE: 0.0}
+    line = next(line for line in summary_lines(matrices, 0.5) if line.startswith("**Bias alone.**"))
+    # colour's type share off its diagonal: (1 + 1) / 2; language's: (1 + 0) / 2
+    assert (
+        "for 1 of 2 relations; their LREs' type share on other relations' subjects is 1.00, against 0.50"
+        in line
+    )

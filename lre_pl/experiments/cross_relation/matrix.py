@@ -14,6 +14,10 @@ pair (r, r′) and trial, over the test samples of r′ that the sweep evaluated
   (:func:`~lre_pl.evaluation.metrics.prefix_hits`; a subject with several objects in r: any of them);
   NaN with ``n`` 0 where r and r′ share no subject.
 
+The control (``kind`` ``cross_relation:bias_only``, one row per r and trial, ``metric`` ``type_share``,
+``n`` 1): whether decode(β W 0 + b) = decode(b), r's readout with no subject at all, is already one of r's
+object tokens. Where it is, a high type share needs nothing from the subject's state.
+
 The diagonal (r′ = r) is the reference: r on its own subjects, where the second metric is the
 sweep's faithfulness@1 of r's LRE over all its evaluated samples.
 
@@ -43,6 +47,8 @@ Layer = int | str
 
 #: The rows' ``kind``, and their two metrics.
 KIND = "cross_relation"
+#: The control's rows: r's readout of no subject at all (s = 0), one per reader and trial.
+BIAS_KIND = "cross_relation:bias_only"
 TYPE_SHARE = "type_share"
 SHARED_RECALL = "shared_subject_recall@1"
 METRICS = (TYPE_SHARE, SHARED_RECALL)
@@ -158,3 +164,16 @@ def cross_rows(reader: Reader, others: Sequence[Subjects], decoder: Decoder, mod
                 )
             )  # fmt: skip
     return rows
+
+
+def bias_only_row(reader: Reader, decoder: Decoder, model: str) -> dict:
+    """The control's row of r: 1.0 where the top-1 token of r's readout of s = 0 (decode(b)) is in r's
+    object vocabulary, else 0.0."""
+    operator = reader.operator
+    zero = torch.zeros(1, operator.weight.shape[-1])  # [1, d] no subject
+    top = decoder.top_tokens(operator(zero)).ids[0, 0].item()
+    return make_row(
+        model=model, relation=reader.relation, category=reader.category, trial=reader.trial, kind=BIAS_KIND,
+        selection="dev", estimator="lre", layer=str(operator.layer), beta=operator.beta, metric=TYPE_SHARE,
+        value=float(top in reader.vocabulary), n=1,
+    )  # fmt: skip

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from lre_pl.dataset.relations import CATEGORIES
-from lre_pl.experiments.cross_relation.matrix import KIND, METRICS, SHARED_RECALL, TYPE_SHARE
+from lre_pl.experiments.cross_relation.matrix import BIAS_KIND, KIND, METRICS, SHARED_RECALL, TYPE_SHARE
 from lre_pl.protocol.markdown import markdown_table, nanmean
 
 #: Each metric's heatmap: (file stem, title, colour bar label).
@@ -47,9 +47,15 @@ class CrossMatrices:
     categories: dict[str, str]
     values: dict[str, np.ndarray]  # metric -> [R, R] mean over trials (NaN: none)
     counts: dict[str, np.ndarray]  # metric -> [R, R] readouts summed over trials
+    bias_only: dict[str, float] = field(default_factory=dict)
+    """relation -> the share of its trials in which decode(b) alone (s = 0) is one of its object tokens."""
 
     @classmethod
     def of(cls, rows: Sequence[dict]) -> CrossMatrices:
+        controls: dict[str, list[float]] = {}
+        for row in rows:
+            if row["kind"] == BIAS_KIND:
+                controls.setdefault(row["relation"], []).append(row["value"])
         rows = [row for row in rows if row["kind"] == KIND]
         categories = {row["relation"]: row["category"] for row in rows}
         relations = category_order(categories)
@@ -63,7 +69,8 @@ class CrossMatrices:
         values = {metric: np.full((len(relations), len(relations)), np.nan) for metric in METRICS}
         for (metric, i, j), found in per_trial.items():
             values[metric][i, j] = nanmean(found)
-        return cls(rows[0]["model"], relations, categories, values, counts)
+        bias_only = {relation: nanmean(found) for relation, found in controls.items()}
+        return cls(rows[0]["model"], relations, categories, values, counts, bias_only)
 
     @property
     def same_category(self) -> np.ndarray:  # [R, R] bool
@@ -184,6 +191,18 @@ def summary_lines(matrices: CrossMatrices, threshold: float) -> list[str]:
             else ""
         )
     ]
+    if matrices.bias_only:
+        control = np.array([matrices.bias_only.get(r, np.nan) for r in matrices.relations])  # [R]
+        known, named = ~np.isnan(control), np.nan_to_num(control) >= 0.5
+        with_b, without_b = (
+            _mean(matrices.off_diagonal(TYPE_SHARE, (known & mask)[:, None])) for mask in (named, ~named)
+        )
+        lines.append(
+            f"**Bias alone.** With no subject at all (s = 0), decode(b) is already one of r's object tokens for "
+            f"{int((known & named).sum())} of {int(known.sum())} relations; their LREs' type share on other "
+            f"relations' subjects is {_cell(with_b)}, against {_cell(without_b)} for the others. Where b alone "
+            "names r's kind of object, a high type share needs nothing from the subject's state."
+        )
     found = families(matrices, threshold)
     lines.append(
         f"**Families** (type share at least {threshold:g} both ways, connected): "
@@ -272,7 +291,8 @@ def report_markdown(
     n = len(matrices.relations)
     diagonal = [
         [r, matrices.categories[r], _cell(matrices.values[TYPE_SHARE][i, i]),
-         _cell(matrices.values[SHARED_RECALL][i, i]), str(matrices.counts[TYPE_SHARE][i, i])]
+         _cell(matrices.values[SHARED_RECALL][i, i]), str(matrices.counts[TYPE_SHARE][i, i]),
+         _cell(matrices.bias_only.get(r, float("nan")))]
         for i, r in enumerate(matrices.relations)
     ]  # fmt: skip
     parts = [
@@ -293,6 +313,8 @@ def report_markdown(
         "*readouts*: r′'s shared subjects, over trials.\n",
         shared_subject_table(matrices, examples),
         "## The diagonal: each relation on its own subjects\n",
-        markdown_table(["relation", "category", "type share", "recall@1", "readouts"], diagonal),
+        "*b alone*: the share of trials in which decode(b), r's readout with no subject (s = 0), is one of r's "
+        "object tokens (the control of the type share).\n",
+        markdown_table(["relation", "category", "type share", "recall@1", "readouts", "b alone"], diagonal),
     ]
     return "\n".join(parts)

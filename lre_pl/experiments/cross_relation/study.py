@@ -16,7 +16,13 @@ from tqdm.auto import tqdm
 from lre_pl.dataset.relations import CATEGORIES, load_relation
 from lre_pl.errors import InputError
 from lre_pl.evaluation.context import Decoder
-from lre_pl.experiments.cross_relation.matrix import Reader, Subjects, cross_rows, shared_positions
+from lre_pl.experiments.cross_relation.matrix import (
+    Reader,
+    Subjects,
+    bias_only_row,
+    cross_rows,
+    shared_positions,
+)
 from lre_pl.experiments.cross_relation.report import FIGURES, CrossMatrices, heatmap, report_markdown
 from lre_pl.experiments.sweep.finished import BundleKey, FinishedSweep
 from lre_pl.files import check_writable_folder, write_bytes_atomically, write_text_atomically
@@ -95,7 +101,10 @@ def cross_relation_rows(
             subjects.append(Subjects.of(bundle, grid.known_samples(bundle).indices, layers))
             del bundle
         for reader in tqdm(readers, desc=f"cross-relation: readouts of trial {trial}", unit="relation"):
-            rows += cross_rows(reader, subjects, decoder, sweep.model)
+            rows += [
+                *cross_rows(reader, subjects, decoder, sweep.model),
+                bias_only_row(reader, decoder, sweep.model),
+            ]
             if trial == trials[0]:
                 for other in subjects:
                     shared = shared_positions(reader, other)
