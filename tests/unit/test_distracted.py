@@ -84,3 +84,26 @@ def test_the_summary_averages_relations_alike_and_the_figure_has_a_bar_per_relat
     assert len(bars) == 2 * 4  # relations x (LM o, LM o′, lens o, logit lens o)
     assert [bar.get_height() for bar in bars[:2]] == [1.0, 0.0]  # LM: o of a, then of b
     assert [t.get_text() for t in figure.axes[-1].get_xticklabels()] == ["a", "b"]
+
+
+def test_relations_read_at_emb_are_also_left_out_of_a_second_summary():
+    from lre_pl.experiments.attribute_lens.report import model_section
+
+    values = {
+        (relation, kind, reader, target): value
+        for relation, value in (("a", 1.0), ("b", 0.0))
+        for kind in ("undistracted", "repetition")
+        for reader in ("lm", "lre", "logit_lens")
+        for target in ("object", "distractor")
+    }
+    rows = rows_of(values)
+    for row in rows:
+        row["layer"] = "emb" if row["relation"] == "a" else "3"
+    text = "\n".join(model_section(rows, "m", [], 0))
+    heading = "### By prompt kind, the relations read at a block (not at emb)"
+    assert heading in text
+    block_table = text.split(heading)[1].split("###")[0]
+    assert "| undistracted | 1 | 10 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 |" in block_table  # b alone
+    assert "| undistracted | 2 | 20 | 0.50 |" in text.split(heading)[0]
+    rows = [row for row in rows if row["relation"] == "b"]
+    assert heading not in "\n".join(model_section(rows, "m", [], 0))  # nothing read at emb: no second table

@@ -130,6 +130,15 @@ def figure_name(model: str) -> str:
 
 def model_section(rows: Sequence[dict], model: str, tables: Sequence[str], examples: int) -> list[str]:
     lines = [f"## {model}", "", "### By prompt kind (mean over relations)", "", summary_table(rows)]
+    at_blocks = [row for row in rows if row["layer"] != "emb"]
+    if at_blocks and len(at_blocks) < len(
+        rows
+    ):  # a state at emb is the token's embedding: no prompt moves it
+        lines += [
+            "### By prompt kind, the relations read at a block (not at emb)",
+            "",
+            summary_table(at_blocks),
+        ]
     lines += ["### By category", "", summary_table(rows, "category")]
     lines += ["### By relation", "", relation_table(rows)]
     lines += [f"![attribute lens on distracted prompts, {model}]({figure_name(model)})", ""]
@@ -208,7 +217,11 @@ def report_header(commands: Sequence[str], covered: Sequence[str], config) -> li
         "about s; the query alone is the reference (`undistracted`). Recall@1: the top-1 token starts the "
         "object (the protocol's prefix match). The LM reads its own next token; the attribute lens reads "
         "decode(β W h + b) and the logit lens decode(h), both at the query's subject's last token, at the "
-        "relation's dev-chosen layer.",
+        "relation's dev-chosen layer. Where that layer is `emb`, the state is the subject token's embedding, "
+        "which no prompt changes: there the lens cannot be distracted, by construction, and the logit lens "
+        "reads the token itself; the tables without those relations are given too. The undistracted query "
+        "has no in-context examples, so the LM's recall there is below its recall on the sweep's few-shot "
+        "prompts, on which every sample was known.",
         "",
     ]
 
