@@ -10,7 +10,13 @@ import torch
 from test_sweep import RELATIONS, tiny_config
 
 from lre_pl.dataset.relations import load_relation
-from lre_pl.experiments.cross_relation.matrix import BIAS_KIND, SHARED_RECALL, TYPE_SHARE, object_vocabulary
+from lre_pl.experiments.cross_relation.matrix import (
+    BIAS_KIND,
+    METRICS,
+    SHARED_RECALL,
+    TYPE_SHARE,
+    object_vocabulary,
+)
 from lre_pl.experiments.sweep.finished import FinishedSweep
 from lre_pl.experiments.sweep.runner import Sweep
 from lre_pl.lightning.datamodule import object_token_id
@@ -41,12 +47,12 @@ def applied(swept, tmp_path_factory):
 def test_the_command_writes_rows_report_and_figures(applied, tiny_model_dir):
     out, results = applied
     rows = read_rows([out / "rows.jsonl"])
-    assert len(rows) == 2 * 2 * 2 + 2  # (r, r′) ordered pairs x metrics, and each r's control; one trial
+    assert len(rows) == 2 * 2 * 3 + 2  # (r, r′) ordered pairs x metrics, and each r's control; one trial
     controls = [row for row in rows if row["kind"] == BIAS_KIND]
     assert sorted(row["relation"] for row in controls) == sorted(RELATIONS)
     rows = [row for row in rows if row["kind"] != BIAS_KIND]
     assert {(row["relation"], row["split"], row["metric"]) for row in rows} == {
-        (r, other, metric) for r in RELATIONS for other in RELATIONS for metric in (TYPE_SHARE, SHARED_RECALL)
+        (r, other, metric) for r in RELATIONS for other in RELATIONS for metric in METRICS
     }
     assert len((out / "results.csv").read_text().splitlines()) == 1 + len(rows) + len(controls)
     for name in ("cross_relation.md", "type_share.png", "shared_subject_recall.png", "sweep_config.json"):

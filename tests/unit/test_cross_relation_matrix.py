@@ -14,6 +14,7 @@ from lre_pl.dataset.relations import RelationSample
 from lre_pl.evaluation.context import Decoder
 from lre_pl.experiments.cross_relation.matrix import (
     SHARED_RECALL,
+    TYPE_BEYOND_B,
     TYPE_SHARE,
     Reader,
     Subjects,
@@ -68,8 +69,8 @@ DATA = {
 #: towards red that outweighs 0.5 s (β 1 would let banana's yellow win).
 LANGUAGE_W = torch.eye(D)[:, [4, 5, 2, 6, 4, 5, 6, 7, 8]]  # column j: where e_j goes
 READERS = {
-    CAPITAL: (1, 1.0, torch.eye(D), torch.zeros(D)),
-    LANGUAGE: (0, 1.0, LANGUAGE_W, torch.zeros(D)),
+    CAPITAL: (1, 1.0, torch.eye(D), 0.1 * torch.eye(D)[0]),  # b alone: Paris (no readout changes)
+    LANGUAGE: (0, 1.0, LANGUAGE_W, 0.1 * torch.eye(D)[2]),  # b alone: Tokyo, no language
     COLOR: (1, 0.5, torch.eye(D), 0.7 * torch.eye(D)[7]),
 }
 # The readouts' top-1 tokens, by hand (reader on the known subjects of each relation):
@@ -82,9 +83,16 @@ ORDER = [CAPITAL, LANGUAGE, COLOR]
 NAN = float("nan")
 EXPECTED = {  # rows: the reader r; columns: r′ whose subjects, in ORDER
     TYPE_SHARE: [[1, 2 / 3, 1 / 3], [1, 1, 0], [1, 1, 1]],
+    # decode(b): capital's is Paris, language's Tokyo (no language), colour's red. Capital loses its Paris
+    # readouts, language loses none, colour answers only red.
+    TYPE_BEYOND_B: [[1 / 2, 1 / 3, 0], [1, 1, 0], [0, 0, 0]],
     SHARED_RECALL: [[1, 2 / 3, NAN], [1 / 2, 1, NAN], [NAN, NAN, 2 / 3]],
 }
-COUNTS = {TYPE_SHARE: [[2, 3, 3]] * 3, SHARED_RECALL: [[2, 3, 0], [2, 3, 0], [0, 0, 3]]}
+COUNTS = {
+    TYPE_SHARE: [[2, 3, 3]] * 3,
+    TYPE_BEYOND_B: [[2, 3, 3]] * 3,
+    SHARED_RECALL: [[2, 3, 0], [2, 3, 0], [0, 0, 3]],
+}
 
 
 class WordTokenizer:
@@ -146,7 +154,7 @@ def test_the_object_vocabulary_is_the_first_token_after_the_test_prompt():
 
 
 def test_every_pair_matches_the_matrix_computed_by_hand(rows):
-    assert len(rows) == 3 * 3 * 2
+    assert len(rows) == 3 * 3 * 3
     found = {(row["relation"], row["split"], row["metric"]): row for row in rows}
     for metric, expected in EXPECTED.items():
         for i, r in enumerate(ORDER):
@@ -169,16 +177,17 @@ def test_the_matrices_are_in_category_order_and_the_summary_states_their_means(r
     for metric, expected in EXPECTED.items():
         np.testing.assert_allclose(matrices.values[metric], np.array(expected)[order][:, order])
     assert category_boundaries(matrices) == [1]
-    assert families(matrices, 0.5) == [[CAPITAL, LANGUAGE]]  # 2/3 and 1 both ways; colour: 1/3 and 0
-    assert families(matrices, 0.7) == []
+    assert families(matrices, 0.3) == [[CAPITAL, LANGUAGE]]  # beyond b: 1/3 and 1 both ways; colour: 0
+    assert families(matrices, 0.5) == []
     assert subject_groups(matrices) == [[CAPITAL, LANGUAGE]]
-    lines = summary_lines(matrices, 0.5)
+    lines = summary_lines(matrices, 0.3)
     # type: diagonal 1; off-diagonal (2/3 + 1/3 + 1 + 0 + 1 + 1) / 6; within factual (2/3 + 1) / 2;
     # across (1/3 + 0 + 1 + 1) / 4; shared: (2/3 + 1/2) / 2 against the diagonal's 1 of the same readers
     assert "on 1.00 of its own subjects" in lines[0] and "on 0.67 of other relations' subjects" in lines[0]
     assert "0.83 within a category, 0.58 across" in lines[0]
     assert (
-        lines[1] == f"**Families** (type share at least 0.5 both ways, connected): {{{CAPITAL}, {LANGUAGE}}}."
+        lines[1]
+        == f"**Families** (type share beyond b at least 0.3 both ways, connected): {{{CAPITAL}, {LANGUAGE}}}."
     )
     assert "On the 2 ordered pairs of relations that share subjects (5 readouts)" in lines[2]
     assert "at 0.58 (mean over pairs), against 1.00 on its own subjects" in lines[2] and "partly" in lines[2]
@@ -187,7 +196,7 @@ def test_the_matrices_are_in_category_order_and_the_summary_states_their_means(r
     assert f"| 1 | {LANGUAGE} | {CAPITAL} | 2 |  | 0.50 | 1.00 |" in report
 
 
-@pytest.mark.parametrize("metric", [TYPE_SHARE, SHARED_RECALL])
+@pytest.mark.parametrize("metric", [TYPE_SHARE, TYPE_BEYOND_B, SHARED_RECALL])
 def test_a_heatmap_has_a_cell_per_pair_and_the_relations_as_labels(rows, metric):
     matrices = CrossMatrices.of(rows)
     figure = heatmap(matrices, metric)

@@ -9,6 +9,8 @@ pair (r, r′) and trial, over the test samples of r′ that the sweep evaluated
 
 - ``type_share``: the share of readouts whose top-1 token is in r's object vocabulary
   (:func:`object_vocabulary`): does r's LRE answer with r's kind of object, whatever the subject?
+- ``type_share_beyond_b``: the share whose top-1 token is in r's object vocabulary and is not the token of
+  decode(b), r's readout of no subject: r's kind of object that the subject's state chose, not the bias.
 - ``shared_subject_recall@1``: on r′'s subjects that are also subjects of r's relation (any sample of
   its data set), the share whose top-1 token starts r's true object of that subject
   (:func:`~lre_pl.evaluation.metrics.prefix_hits`; a subject with several objects in r: any of them);
@@ -50,8 +52,9 @@ KIND = "cross_relation"
 #: The control's rows: r's readout of no subject at all (s = 0), one per reader and trial.
 BIAS_KIND = "cross_relation:bias_only"
 TYPE_SHARE = "type_share"
+TYPE_BEYOND_B = "type_share_beyond_b"
 SHARED_RECALL = "shared_subject_recall@1"
-METRICS = (TYPE_SHARE, SHARED_RECALL)
+METRICS = (TYPE_SHARE, TYPE_BEYOND_B, SHARED_RECALL)
 
 
 def object_vocabulary(
@@ -139,10 +142,12 @@ def share(hits: torch.Tensor) -> float:
 
 def cross_rows(reader: Reader, others: Sequence[Subjects], decoder: Decoder, model: str) -> list[dict]:
     """The rows of r = ``reader`` on every r′ of ``others`` (its own subjects among them for the
-    diagonal): both metrics per r′, from one batched decode of every readout."""
+    diagonal): every metric per r′, from one batched decode of every readout."""
     operator, layer = reader.operator, reader.operator.layer
     readouts = [operator(other.at(layer)) for other in others]  # per r′ [k, d] β W s + b
     top = decoder.top_tokens(torch.cat(readouts)).ids[:, 0]  # [sum k] top-1 token ids
+    zero = torch.zeros(1, operator.weight.shape[-1])  # [1, d] no subject
+    bias_token = decoder.top_tokens(operator(zero)).ids[0, 0]  # decode(b)
     words = [word for [word] in decoder.token_strings(top[:, None])]
     rows, start = [], 0
     for other, readout in zip(others, readouts):
@@ -155,7 +160,8 @@ def cross_rows(reader: Reader, others: Sequence[Subjects], decoder: Decoder, mod
              for i in shared for objects in [sorted(reader.objects[other.subjects[i]])]],
             dtype=torch.bool,
         )  # fmt: skip
-        for metric, hits in ((TYPE_SHARE, in_type), (SHARED_RECALL, recalled)):
+        beyond_b = in_type & (ids != bias_token)
+        for metric, hits in ((TYPE_SHARE, in_type), (TYPE_BEYOND_B, beyond_b), (SHARED_RECALL, recalled)):
             rows.append(
                 make_row(
                     model=model, relation=reader.relation, category=reader.category, trial=reader.trial,

@@ -15,12 +15,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lre_pl.dataset.relations import CATEGORIES
-from lre_pl.experiments.cross_relation.matrix import BIAS_KIND, KIND, METRICS, SHARED_RECALL, TYPE_SHARE
+from lre_pl.experiments.cross_relation.matrix import (
+    BIAS_KIND,
+    KIND,
+    METRICS,
+    SHARED_RECALL,
+    TYPE_BEYOND_B,
+    TYPE_SHARE,
+)
 from lre_pl.protocol.markdown import markdown_table, nanmean
 
 #: Each metric's heatmap: (file stem, title, colour bar label).
 FIGURES = {
     TYPE_SHARE: ("type_share", "type share: top-1 is one of r's object tokens", "type share"),
+    TYPE_BEYOND_B: (
+        "type_share_beyond_b",
+        "type share beyond b: one of r's object tokens, not decode(b)'s",
+        "type share beyond b",
+    ),
     SHARED_RECALL: (
         "shared_subject_recall",
         "shared subjects: recall@1 of r's true object",
@@ -106,9 +118,11 @@ def components(relations: Sequence[str], linked: np.ndarray) -> list[list[str]]:
 
 
 def families(matrices: CrossMatrices, threshold: float) -> list[list[str]]:
-    """Groups of relations linked by a type share of at least ``threshold`` both ways (r's LRE answers
-    with r's kind of object on r′'s subjects, and r′'s with r′'s kind on r's): connected components."""
-    share = matrices.values[TYPE_SHARE]
+    """Groups of relations linked by a type share beyond b of at least ``threshold`` both ways (r's LRE
+    answers on r′'s subjects with r's kind of object, chosen by the subject's state rather than by b alone,
+    and r′'s on r's likewise): connected components. The type share itself would link nearly every pair
+    where decode(b) already names r's kind of object."""
+    share = matrices.values[TYPE_BEYOND_B]
     return components(matrices.relations, np.minimum(share, share.T) >= threshold)  # NaN: False
 
 
@@ -205,11 +219,11 @@ def summary_lines(matrices: CrossMatrices, threshold: float) -> list[str]:
         )
     found = families(matrices, threshold)
     lines.append(
-        f"**Families** (type share at least {threshold:g} both ways, connected): "
+        f"**Families** (type share beyond b at least {threshold:g} both ways, connected): "
         + "; ".join("{" + ", ".join(group) + "}" for group in found)
         + "."
         if found
-        else f"**Families**: no two relations reach a type share of {threshold:g} both ways."
+        else f"**Families**: no two relations reach a type share beyond b of {threshold:g} both ways."
     )
     recall = matrices.values[SHARED_RECALL]
     off = ~np.eye(n, dtype=bool) & (matrices.counts[SHARED_RECALL] > 0)
@@ -307,6 +321,7 @@ def report_markdown(
         "## Summary\n",
         "\n\n".join(summary_lines(matrices, threshold)) + "\n",
         f"![type share]({FIGURES[TYPE_SHARE][0]}.png)\n",
+        f"![type share beyond b]({FIGURES[TYPE_BEYOND_B][0]}.png)\n",
         f"![shared-subject recall]({FIGURES[SHARED_RECALL][0]}.png)\n",
         "## Shared subjects\n",
         "Groups: relations linked by shared subjects (r′ has an evaluated subject that r's data set holds). "

@@ -48,8 +48,9 @@ class CrossRelationConfig:
     """Also copy the rows (``results.csv.gz``), report, figures and the sweep's config and commands to
     ``<results_dir>/<model>/`` (e.g. ``results/cross_relation``) for committing."""
     family_threshold: float = 0.5
-    """Two relations are linked into a family when each one's LRE answers with its own kind of object
-    on the other's subjects at least this often (type share both ways)."""
+    """Two relations are linked into a family when each one's LRE answers with its own kind of object,
+    chosen by the subject's state and not by b alone, on the other's subjects at least this often (type
+    share beyond b, both ways)."""
 
     def check(self) -> tuple[FinishedSweep, list[BundleKey], Path]:
         """The sweep, the bundles to read and the output folder; one-line errors before any model is loaded."""
