@@ -167,8 +167,8 @@ def test_sigterm_stops_the_run_at_once_and_leaves_nothing(tmp_path, tiny_args):
         (["fit", "--config", "missing.yaml"], 'Parser key "config": File does not exist'),
         (
             ["fitt"],
-            "invalid choice: 'fitt' (choose from 'fit', 'validate', 'predict', 'relations', 'sweep', "
-            "'beta-study', 'cross-relation') (options: lre-pl --help)",
+            "invalid choice: 'fitt' (choose from 'fit', 'validate', 'predict', 'lens', 'relations', 'sweep', "
+            "'beta-study', 'distracted-lens', 'cross-relation') (options: lre-pl --help)",
         ),
         (
             ["test"],
