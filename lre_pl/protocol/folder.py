@@ -98,14 +98,10 @@ class SweepFolder:
 
 
 @dataclass(frozen=True)
-class StudyFolder:
-    """The files of one β study folder."""
+class SweepCopies:
+    """A folder beside a sweep that keeps copies of the sweep's config and commands for its report."""
 
     root: Path
-
-    @property
-    def settings(self) -> Path:
-        return self.root / "study_settings.json"
 
     @property
     def sweep_config(self) -> Path:
@@ -114,6 +110,15 @@ class StudyFolder:
     @property
     def sweep_commands(self) -> Path:
         return self.root / "sweep_command.txt"
+
+
+@dataclass(frozen=True)
+class StudyFolder(SweepCopies):
+    """The files of one β study folder."""
+
+    @property
+    def settings(self) -> Path:
+        return self.root / "study_settings.json"
 
     @property
     def report(self) -> Path:
@@ -170,18 +175,8 @@ class LensFolder:
 
 
 @dataclass(frozen=True)
-class CrossRelationFolder:
+class CrossRelationFolder(SweepCopies):
     """The files of one cross-relation folder."""
-
-    root: Path
-
-    @property
-    def sweep_config(self) -> Path:
-        return self.root / "sweep_config.json"
-
-    @property
-    def sweep_commands(self) -> Path:
-        return self.root / "sweep_command.txt"
 
     @property
     def rows(self) -> Path:
