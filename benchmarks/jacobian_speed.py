@@ -226,6 +226,32 @@ def _profile_fallbacks(compute) -> dict:
     }
 
 
+#: Rows of the engine's time profile in the report.
+HOTSPOTS = 8
+
+
+def _hotspots(compute, shapes: bool) -> list[dict]:
+    """Where ``compute``'s CPU time goes (torch.profiler): the ops with the most self CPU time, or with
+    ``shapes`` the (op, input shapes) pairs; each with its share of the total, calls and mean time."""
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=shapes
+    ) as prof:
+        compute()
+    events = prof.key_averages(group_by_input_shape=shapes)
+    total = sum(event.self_cpu_time_total for event in events) or 1.0
+    top = sorted(events, key=lambda event: -event.self_cpu_time_total)[:HOTSPOTS]
+    return [
+        {
+            "op": event.key,
+            "shapes": str(event.input_shapes) if shapes else "",
+            "share": event.self_cpu_time_total / total,
+            "calls": event.count,
+            "mean_ms": event.self_cpu_time_total / max(event.count, 1) / 1e3,
+        }
+        for event in top
+    ]
+
+
 def run_child(args) -> None:
     """One method family in this (sub)process; writes <workdir>/<method>.json and .pt."""
     torch.set_num_threads(args.threads)
@@ -332,6 +358,10 @@ def run_child(args) -> None:
         matmul_rates.append(matmul_rate())
         phases["matmul"] = {"flops_per_s": max(matmul_rates), "all": matmul_rates}
         phases["profile"] = _profile_fallbacks(lambda: engine_j(prompts[:1], [cheap]))
+        # The batched one-layer row (b2) under the profiler: its ops, then (one prompt: a profile of shapes
+        # holds every event's shapes in memory) the ops with their shapes, which say where each sits.
+        phases["hotspots"] = _hotspots(lambda: engine_j(prompts, [layer]), shapes=False)
+        phases["hotspot_shapes"] = _hotspots(lambda: engine_j(prompts[:1], [layer]), shapes=True)
 
     workdir = Path(args.workdir)
     torch.save(saved, workdir / f"{args.method}.pt")
@@ -576,6 +606,18 @@ def report(args) -> None:
         )
     else:
         print("- (a) skipped (--skip-paper-code).")
+    print(
+        f"- where the engine's time goes (torch.profiler, self CPU time; the batched one-layer row at layer "
+        f"{args.layer}, then one prompt by op and input shapes; a profile slows every op, so shares, not "
+        "seconds, carry over):"
+    )
+    for key in ("hotspots", "hotspot_shapes"):
+        for row in engine["phases"][key]:
+            print(
+                f"    {row['share']:6.1%}  {row['op']:<28} {row['calls']:6} calls, {row['mean_ms']:7.3f} ms each"
+                + (f"  {row['shapes']}" if row["shapes"] else "")
+            )
+        print("    --")
     walls = ", ".join(f"{m} {info['wall_s']:.0f} s" for m, (info, _) in results.items())
     print(
         f"- subprocess wall times (model load ~25 s each included): {walls}. The benchmark itself keeps the "
