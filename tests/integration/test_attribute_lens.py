@@ -70,6 +70,12 @@ def test_lens_on_a_fit_prints_the_table_and_writes_the_picture(fit_run, tmp_path
     assert sorted(operators) == [0, 1] and all(
         op.relation == "country capital city" for op in operators.values()
     )
+    (single,) = lens_operators(fit_run / "operator.pt").values()  # one operator file: its own layer
+    torch.testing.assert_close(single.weight, operators[single.layer].weight)
+    alone = tmp_path / "run_with_one_operator"
+    alone.mkdir()
+    (alone / "operator.pt").write_bytes((fit_run / "operator.pt").read_bytes())  # a fit of one layer
+    assert list(lens_operators(alone)) == [single.layer]
 
 
 def test_lens_reads_a_sweeps_bundle_at_its_dev_chosen_beta(swept):
