@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lre_pl.errors import InputError
+from lre_pl.files import write_text_atomically
 
 
 def slug(relation: str) -> str:
@@ -110,6 +111,13 @@ class SweepCopies:
     @property
     def sweep_commands(self) -> Path:
         return self.root / "sweep_command.txt"
+
+    def copy_from(self, sweep: SweepFolder) -> None:
+        """Copy the sweep's config and its commands here (a sweep run without a command on record is named
+        by its folder)."""
+        commands = sweep.read_commands() or [f"(the sweep in {sweep.root})"]
+        write_text_atomically(self.sweep_commands, "".join(f"{line}\n" for line in commands))
+        write_text_atomically(self.sweep_config, sweep.config.read_text())
 
 
 @dataclass(frozen=True)

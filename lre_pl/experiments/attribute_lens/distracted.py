@@ -16,8 +16,9 @@ W and b come from the bundles. Rows follow the protocol's schema (``kind`` ``att
 
 from __future__ import annotations
 
+import functools
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -117,14 +118,20 @@ class DistractedLens:
     def objects(self) -> list[str]:
         return [self.bundle.test_objects[i] for i in self.indices.tolist()]
 
-    def distractors(self, relation: Relation) -> list[str]:
-        return [choose_distractor(relation, s, o, self.seed) for s, o in zip(self.subjects, self.objects)]
+    @functools.cached_property
+    def relation(self) -> Relation:
+        return load_relation(self.bundle.relation)
+
+    @functools.cached_property
+    def distractors(self) -> list[str]:
+        """Each evaluated sample's wrong object o′ (:func:`choose_distractor`)."""
+        return [
+            choose_distractor(self.relation, s, o, self.seed) for s, o in zip(self.subjects, self.objects)
+        ]
 
     def run(self, lm: LanguageModel) -> list[dict]:
         """Every prompt kind's forwards and readouts; the rows."""
-        relation = load_relation(self.bundle.relation)
-        template, prefix = relation.prompt_templates[0], prompt_prefix(lm)
-        distractors = self.distractors(relation)
+        template, prefix = self.relation.prompt_templates[0], prompt_prefix(lm)
         operator = self.bundle.operator(self.layer, self.beta)
         decoder = Decoder(lm, top_k=1)
         kinds = {UNDISTRACTED: QUERY, **self.templates}
@@ -132,7 +139,7 @@ class DistractedLens:
         for kind, distraction in kinds.items():
             prompts = [
                 encode_prompt(lm.tokenizer, distracted_prompt(distraction, template, s, d, prefix))
-                for s, d in zip(self.subjects, distractors)
+                for s, d in zip(self.subjects, self.distractors)
             ]
             states = collect_states(lm, prompts, self.batch_size)
             s = states.subject_states[:, lm.state_index(self.layer)]  # [k, d] the query's subject token
@@ -145,7 +152,6 @@ class DistractedLens:
                     [row[0] for row in decoder.token_strings(decoder.top_tokens(s).ids)],
                 )
             )
-        self._distractors = distractors
         return self.rows()
 
     def rows(self) -> list[dict]:
@@ -153,7 +159,7 @@ class DistractedLens:
         for readout in self.readouts:
             for reader in READERS:
                 tokens = [[token] for token in getattr(readout, reader)]
-                for target, objects in zip(TARGETS, (self.objects, self._distractors)):
+                for target, objects in zip(TARGETS, (self.objects, self.distractors)):
                     hits = prefix_hits(tokens, objects)[:, 0].float()
                     rows.append(
                         make_row(
@@ -170,18 +176,9 @@ class DistractedLens:
         every prompt kind (what rows cannot hold: token strings)."""
         headings = ["prompt", "subject", "object", "distractor", "LM", "attribute lens", "logit lens"]
         cells = [
-            [readout.kind, self.subjects[i], self.objects[i], self._distractors[i],
+            [readout.kind, self.subjects[i], self.objects[i], self.distractors[i],
              *(repr(getattr(readout, reader)[i]) for reader in READERS)]
             for readout in self.readouts
             for i in range(min(count, len(self.subjects)))
         ]  # fmt: skip
         return markdown_table(headings, cells)
-
-
-def hit_means(rows: Sequence[dict]) -> dict[tuple[str, str, str], float]:
-    """{(prompt kind, reader, target): mean over the rows' relations} of distracted-lens rows."""
-    groups: dict[tuple[str, str, str], list[float]] = {}
-    for row in rows:
-        key = (row["kind"].split(":", 1)[1], row["estimator"], row["metric"].split()[-1])
-        groups.setdefault(key, []).append(row["value"])
-    return {key: sum(values) / len(values) for key, values in groups.items()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from lre_pl.experiments.attribute_lens.distracted import UNDISTRACTED
@@ -149,26 +149,26 @@ def model_section(rows: Sequence[dict], model: str, tables: Sequence[str], examp
 
 
 def write_lens_report(
-    folders: Mapping[Path, Path], skipped: Mapping[Path, list[str]], config, made_by: Sequence[str]
+    studied: Sequence[tuple[FinishedSweep, Path, list[str]]], config, made_by: Sequence[str]
 ) -> None:
     """Each lens folder's ``results.csv``, figure and ``attribute_lens.md``, and ``config.report`` over
-    every model (figures beside it), from the rows alone; TensorBoard gets the text and the figure."""
+    every model (figures beside it), from the rows alone; TensorBoard gets the text and the figure.
+    ``studied``: each sweep, its lens folder and the relations it did not evaluate."""
     from torch.utils.tensorboard import SummaryWriter
 
     sections, covered, commands = [], [], []
-    for root, out in folders.items():
+    for sweep, out, left_out in studied:
         folder = LensFolder(out)
         rows = read_rows(folder.row_files())
         if not rows:
             continue
         write_rows_csv(out / "results.csv", rows)
         model = rows[0]["model"]
-        sweep = FinishedSweep.read(root)
         cap = sweep.config.get("max_known")
         tables = [path.read_text() for path in sorted((out / "tables").glob("*.md"))]
         section = model_section(rows, model, tables, config.examples)
-        commands += [f"{model}'s sweep: `{line}`" for line in sweep.folder.read_commands()]
-        left_out = skipped.get(out, [])
+        sweep_commands = [f"{model}'s sweep: `{line}`" for line in sweep.folder.read_commands()]
+        commands += sweep_commands
         covered.append(
             f"- **{model}**: {len(by_relation(rows))} relations, trial {config.trial}, every known test "
             f"sample{f' (at most {cap}, seeded, as the sweep evaluated them)' if cap else ''}, each relation "
@@ -180,17 +180,15 @@ def write_lens_report(
             )
             + "."
         )
-        header = report_header(
-            [*commands[-len(sweep.folder.read_commands()) :], *made_by], [covered[-1]], config
-        )
+        header = report_header([*sweep_commands, *made_by], [covered[-1]], config)
         write_text_atomically(folder.report, "\n".join([*header, *section]))
-        write_figure(lens_figure(rows, model), out / figure_name(model))
+        figure = out / figure_name(model)
         with contextlib.closing(SummaryWriter(str(out / "tensorboard"))) as experiment:
             experiment.add_text("attribute_lens", folder.report.read_text())
-            experiment.add_figure("attribute_lens/distracted", lens_figure(rows, model))  # closes it
+            write_figure(lens_figure(rows, model), figure, experiment)  # the PNG and TensorBoard's image
         sections += [section]
         if config.report:
-            write_figure(lens_figure(rows, model), Path(config.report).parent / figure_name(model))
+            write_bytes_atomically(Path(config.report).parent / figure.name, figure.read_bytes())
     if config.report and sections:
         header = report_header([*commands, *made_by], covered, config)
         closing = (

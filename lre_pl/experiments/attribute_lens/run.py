@@ -64,8 +64,8 @@ class DistractedLensConfig:
     results_dir: str | None = None
     """Also copy each model's rows (``results.csv.gz``), report and figures to ``<results_dir>/<model>/``."""
 
-    def check(self) -> dict[Path, Path]:
-        """{sweep folder: its lens folder}, every setting checked before any model loads."""
+    def check(self) -> list[tuple[FinishedSweep, Path]]:
+        """Each sweep (read once) and its lens folder, every setting checked before any model loads."""
         from lre_pl.experiments.sweep.runner import resolve_relations
 
         if not self.sweep_dirs:
@@ -81,13 +81,13 @@ class DistractedLensConfig:
             raise InputError(f"conclusion={self.conclusion!r} is not a file: give a markdown file or null")
         if self.examples < 0:
             raise InputError(f"examples={self.examples} must be 0 or more")
-        folders = {}
+        folders = []
         for sweep_dir in self.sweep_dirs:
             sweep = FinishedSweep.read(sweep_dir)
             root = sweep.folder.root
             out = root / "attribute_lens" if self.output_dir is None else Path(self.output_dir) / root.name
             check_writable_folder(out, "output_dir")
-            folders[root] = out
+            folders.append((sweep, out))
         for option in ("report", "results_dir"):
             value = getattr(self, option)
             if value is not None:
@@ -95,12 +95,11 @@ class DistractedLensConfig:
         return folders
 
 
-def lens_sweep(root: Path, out: Path, config: DistractedLensConfig) -> list[str]:
-    """Rows of every evaluated bundle of ``config.relations`` in the sweep ``root``, into ``out``;
-    returns the relations the sweep did not evaluate. A bundle whose rows file is whole is done."""
+def lens_sweep(sweep: FinishedSweep, out: Path, config: DistractedLensConfig) -> list[str]:
+    """Rows of every evaluated bundle of ``config.relations`` in ``sweep``, into ``out``; returns the
+    relations the sweep did not evaluate. A bundle whose rows file is whole is done."""
     from lre_pl.experiments.sweep.runner import resolve_relations
 
-    sweep = FinishedSweep.read(root)
     grid: EvaluationGrid = sweep.sweep_config.grid()
     wanted = resolve_relations(config.relations)
     keys = [(relation, config.trial) for relation in wanted if (relation, config.trial) in sweep.points]
@@ -129,11 +128,10 @@ def run_distracted_lens(config: DistractedLensConfig, command: str | None = None
     """Every sweep's rows (:func:`lens_sweep`), then each folder's report and the report over models."""
     from lre_pl.experiments.attribute_lens.report import copy_results, write_lens_report
 
-    folders = config.check()
-    skipped = {out: lens_sweep(root, out, config) for root, out in folders.items()}
+    studied = [(sweep, out, lens_sweep(sweep, out, config)) for sweep, out in config.check()]
     made_by = [f"`{command}`" if command else "lre-pl distracted-lens"]
-    write_lens_report(folders, skipped, config, made_by)
+    write_lens_report(studied, config, made_by)
     if config.results_dir is not None:
-        for out in folders.values():
+        for _, out, _ in studied:
             copy_results(out, Path(config.results_dir))
-    return list(folders.values())
+    return [out for _, out, _ in studied]

@@ -16,16 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from lre_pl.errors import InputError
 from lre_pl.evaluation.context import Decoder
 from lre_pl.experiments.beta_study.context import StudySettings, SweepStudy
 from lre_pl.experiments.beta_study.questions import QUESTIONS, REGISTRY, STUDY
-from lre_pl.experiments.sweep.finished import chosen_points, nothing_evaluated
+from lre_pl.experiments.sweep.finished import FinishedSweep, nothing_evaluated
 from lre_pl.files import check_writable_folder, write_bytes_atomically, write_text_atomically
-from lre_pl.lm.models import load_language_model
 from lre_pl.protocol.folder import StudyFolder, SweepFolder, read_json
 from lre_pl.protocol.rows import read_rows, rows_complete, write_rows
 
@@ -227,15 +225,12 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
     and config are copied beside the rows (``sweep_command.txt``, ``sweep_config.json``) for the report,
     and so is what an unfinished sweep lacks (``sweep_unfinished.txt``, studied with ``allow_unfinished``).
     """
-    from lre_pl.experiments.sweep.runner import SweepConfig, unfinished_pairs, warn
+    from lre_pl.experiments.sweep.runner import unfinished_pairs, warn
 
-    sweep_folder, folder = SweepFolder(root), StudyFolder(out)
-    swept = sweep_folder.read_config()  # there, as check() found
-    sweep = SweepConfig(**swept)
+    finished, folder = FinishedSweep.read(root), StudyFolder(out)  # one line where nothing is evaluated
+    sweep_folder, swept, points = finished.folder, finished.config, finished.points
+    sweep = finished.sweep_config
     grid = sweep.grid()
-    points = chosen_points(read_rows(sweep_folder.row_files()))
-    if not points:
-        raise nothing_evaluated(root)
     if config.relations is not None:
         points = {key: point for key, point in points.items() if key[0] in config.relations}
         if not points:
@@ -248,11 +243,9 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
         write_text_atomically(unfinished, f"**Unfinished sweep**: {line}; studied without them.\n")
     else:
         unfinished.unlink(missing_ok=True)
-    commands = sweep_folder.read_commands() or [f"(the sweep in {root})"]
-    write_text_atomically(folder.sweep_commands, "".join(f"{line}\n" for line in commands))
-    write_text_atomically(folder.sweep_config, sweep_folder.config.read_text())
+    folder.copy_from(sweep_folder)
     write_text_atomically(folder.settings, json.dumps(config.settings.as_json()) + "\n")
-    lm = load_language_model(sweep.model, sweep.dtype, "cuda:0" if torch.cuda.is_available() else "cpu")
+    lm = finished.load_model()
     study = SweepStudy(
         sweep_folder, grid, Decoder(lm, grid.top_k), points, sweep.model, out / "tensorboard", config.settings
     )

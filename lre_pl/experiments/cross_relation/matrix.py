@@ -146,8 +146,7 @@ def cross_rows(reader: Reader, others: Sequence[Subjects], decoder: Decoder, mod
     operator, layer = reader.operator, reader.operator.layer
     readouts = [operator(other.at(layer)) for other in others]  # per r′ [k, d] β W s + b
     top = decoder.top_tokens(torch.cat(readouts)).ids[:, 0]  # [sum k] top-1 token ids
-    zero = torch.zeros(1, operator.weight.shape[-1])  # [1, d] no subject
-    bias_token = decoder.top_tokens(operator(zero)).ids[0, 0]  # decode(b)
+    bias_token = decoded_bias(operator, decoder)
     words = [word for [word] in decoder.token_strings(top[:, None])]
     rows, start = [], 0
     for other, readout in zip(others, readouts):
@@ -172,12 +171,17 @@ def cross_rows(reader: Reader, others: Sequence[Subjects], decoder: Decoder, mod
     return rows
 
 
+def decoded_bias(operator: LinearRelationOperator, decoder: Decoder) -> int:
+    """The top-1 token of r's readout of no subject: decode(β W 0 + b) = decode(b)."""
+    zero = torch.zeros(1, operator.weight.shape[-1])  # [1, d] no subject
+    return decoder.top_tokens(operator(zero)).ids[0, 0].item()
+
+
 def bias_only_row(reader: Reader, decoder: Decoder, model: str) -> dict:
     """The control's row of r: 1.0 where the top-1 token of r's readout of s = 0 (decode(b)) is in r's
     object vocabulary, else 0.0."""
     operator = reader.operator
-    zero = torch.zeros(1, operator.weight.shape[-1])  # [1, d] no subject
-    top = decoder.top_tokens(operator(zero)).ids[0, 0].item()
+    top = decoded_bias(operator, decoder)
     return make_row(
         model=model, relation=reader.relation, category=reader.category, trial=reader.trial, kind=BIAS_KIND,
         selection="dev", estimator="lre", layer=str(operator.layer), beta=operator.beta, metric=TYPE_SHARE,

@@ -85,9 +85,7 @@ def cross_relation_rows(
 ) -> tuple[list[dict], dict[tuple[str, str], list[str]]]:
     """Every row of every ordered pair of ``keys`` within a trial, and the shared subjects of each pair
     of the first trial ((r, r′) -> subjects). Each bundle is loaded once."""
-    from lre_pl.experiments.sweep.runner import SweepConfig
-
-    grid = SweepConfig(**sweep.config).grid()
+    grid = sweep.sweep_config.grid()
     rows, examples = [], {}
     trials = sorted({trial for _, trial in keys})
     for trial in trials:
@@ -157,9 +155,7 @@ def run_cross_relation(config: CrossRelationConfig, command: str | None = None) 
     folder = CrossRelationFolder(out)
     lm = sweep.load_model()
     rows, examples = cross_relation_rows(sweep, keys, lm.tokenizer, Decoder(lm, top_k=1))
-    write_text_atomically(folder.sweep_config, sweep.folder.config.read_text())
-    commands = sweep.folder.read_commands() or [f"(the sweep in {sweep.folder.root})"]
-    write_text_atomically(folder.sweep_commands, "".join(f"{line}\n" for line in commands))
+    folder.copy_from(sweep.folder)
     write_rows(folder.rows, rows)
     made_by = [f"`{command}`"] if command else []
     write_cross_report(

@@ -79,9 +79,9 @@ class FinishedSweep:
     def keys(
         self, relations: Sequence[str] | None = None, trials: Sequence[int] | None = None
     ) -> list[BundleKey]:
-        """The evaluated bundles, in the sweep config's relation order, then by trial; only ``relations``
-        and ``trials`` where given (a name the sweep did not evaluate is a one-line error)."""
-        keys = sorted(self.points, key=lambda key: (key[0], key[1]))
+        """The evaluated bundles, by relation name, then by trial; only ``relations`` and ``trials`` where
+        given (a name the sweep did not evaluate is a one-line error)."""
+        keys = sorted(self.points)
         if relations is not None:
             unknown = sorted(set(relations) - {relation for relation, _ in keys})
             if unknown:
