@@ -320,11 +320,12 @@ def run_lens(argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(str(out / "tensorboard"))
     for index, view in enumerate(views):
-        print(view.table() + "\n")
+        table = view.table()
+        print(table + "\n")
         path = write_figure(
             view.figure(), out / f"lens_{index}.png", writer, step=index
         )  # PNG and TensorBoard
-        writer.add_text("lens", "    " + view.table().replace("\n", "\n    "), index)
+        writer.add_text("lens", "    " + table.replace("\n", "\n    "), index)
         print(f"lre_pl lens: {path}")
     writer.close()
     print(f"lre_pl lens: tensorboard --logdir {out / 'tensorboard'}")
