@@ -58,6 +58,60 @@ CPU_ROWS_PER_PASS = 96
 SPLIT_PREFIX_ATTENTION = "lre_pl_split_prefix"
 
 
+class CacheParts:
+    """The prefix and suffix keys and values that the last key/value cache update joined.
+
+    A cache layer returns ``cat(prefix, suffix)``; slicing the suffix back out of it would cost, in every
+    vector-Jacobian product, a zero-filled gradient of the whole joined tensor (the gradient of a slice),
+    prefix / suffix times the useful size: that fill was the engine's largest cost after the matmuls. While
+    :meth:`recording`, the parts are kept beside the joined tensors, and :func:`split_prefix_attention`
+    takes them where the joined tensors it is given are exactly those (else it slices, with the same
+    numbers).
+    """
+
+    def __init__(self):
+        # (joined keys, joined values, prefix keys, suffix keys, prefix values, suffix values)
+        self.last: tuple[torch.Tensor, ...] | None = None
+
+    @contextlib.contextmanager
+    def recording(self):
+        from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+        classes = (DynamicLayer, DynamicSlidingWindowLayer)
+        originals = {cls: cls.__dict__["update"] for cls in classes}
+
+        def recorded(update):
+            def recording_update(layer, key_states, value_states, *args, **kwargs):
+                before = (layer.keys, layer.values) if layer.is_initialized else None
+                keys, values = update(layer, key_states, value_states, *args, **kwargs)
+                # Both layer kinds join by cat(before, new); a window that cut keys fails the length test.
+                if before is not None and keys.shape[-2] == before[0].shape[-2] + key_states.shape[-2]:
+                    self.last = (keys, values, before[0], key_states, before[1], value_states)
+                return keys, values
+
+            return recording_update
+
+        try:
+            for cls, update in originals.items():
+                cls.update = recorded(update)
+            yield
+        finally:
+            for cls, update in originals.items():
+                cls.update = update
+            self.last = None
+
+    def split(self, key: torch.Tensor, value: torch.Tensor):
+        """((prefix keys, suffix keys), (prefix values, suffix values)) of the joined ``key`` and ``value``
+        of the last update, or ``None`` where they are not those tensors."""
+        last, self.last = self.last, None  # the parts are read once: no tensor outlives its layer
+        if last is None or last[0] is not key or last[1] is not value:
+            return None
+        return (last[2], last[3]), (last[4], last[5])
+
+
+cache_parts = CacheParts()
+
+
 def split_prefix_attention(
     module,
     query,
@@ -88,10 +142,11 @@ def split_prefix_attention(
     groups, prefix = heads // kv_heads, k_len - q_len
     scaling = head_dim**-0.5 if scaling is None else scaling
     grouped = query.reshape(batch, kv_heads, groups * q_len, head_dim)
-    keys, values = (
-        (key[:, :, :prefix].detach(), key[:, :, prefix:]),
-        (value[:, :, :prefix].detach(), value[:, :, prefix:]),
-    )
+    parts = cache_parts.split(key, value)
+    if parts is None:
+        parts = ((key[:, :, :prefix], key[:, :, prefix:]), (value[:, :, :prefix], value[:, :, prefix:]))
+    (prefix_keys, suffix_keys), (prefix_values, suffix_values) = parts
+    keys, values = (prefix_keys.detach(), suffix_keys), (prefix_values.detach(), suffix_values)
     scores = torch.cat([grouped @ part.transpose(-1, -2) for part in keys], dim=-1) * scaling
     scores = scores.view(batch, heads, q_len, k_len)
     if softcap is not None:
@@ -203,7 +258,7 @@ def compute_jacobians(
 
         held_weights_attention.modules.clear()
         norms = norms_held_fixed(lm) if "norms" in held_fixed else contextlib.nullcontext()
-        with _attention_implementation(lm, attention), norms:
+        with _attention_implementation(lm, attention), norms, cache_parts.recording():
             output = run.forward(perturb, layers)
         if attention == HELD_WEIGHTS_ATTENTION and len(held_weights_attention.modules) < lm.num_blocks:
             raise InputError(

@@ -96,3 +96,29 @@ def test_jacobian_matches_finite_differences_in_float64(gpt2):
 def test_layer_out_of_range_is_a_clear_error(llama):
     with pytest.raises(ValueError, match=r"layer 7 is out of range .* 0\.\.2"):
         compute_jacobians(llama, _prompts(llama)[:1], [7])
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_attention_takes_the_cache_parts_not_slices_of_the_joined_keys(model, request, monkeypatch):
+    """The speed path (``CacheParts``): every block's attention gets the prefix and suffix keys and values
+    as the cache joined them, and J equals the slicing path's."""
+    from lre_pl.lm import jacobian
+
+    lm = request.getfixturevalue(model)
+    prompts = _prompts(lm)
+    taken = []
+    split = jacobian.CacheParts.split
+
+    def counted(self, key, value):
+        parts = split(self, key, value)
+        taken.append(parts is not None)
+        return parts
+
+    monkeypatch.setattr(jacobian.CacheParts, "split", counted)
+    fast = compute_jacobians(lm, prompts, ["emb", 1], chunk_size=13)
+    assert taken == [True] * lm.num_blocks  # one forward, each block's attention once
+    monkeypatch.setattr(jacobian.CacheParts, "split", lambda self, key, value: None)
+    sliced = compute_jacobians(lm, prompts, ["emb", 1], chunk_size=13)
+    for layer in ("emb", 1):
+        torch.testing.assert_close(fast.jacobians[layer], sliced.jacobians[layer], atol=1e-6, rtol=1e-5)
+    assert jacobian.cache_parts.last is None  # nothing kept after the pass
