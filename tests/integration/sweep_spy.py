@@ -16,7 +16,7 @@ estimate, evaluate = Sweep.estimate, Sweep.evaluate
 
 
 def record(self, stage: str, relation: str, seed: int) -> None:
-    rank = self.place.global_rank if self.place else 0
+    rank = self.place.global_rank if self.place else rank_zero_only.rank  # prompts: the DDP rank
     line = {"stage": stage, "rank": rank, "rank_zero_only": rank_zero_only.rank, "task": [relation, seed]}
     with open(os.environ["SWEEP_SPY_LOG"], "a") as log:
         log.write(json.dumps(line) + "\n")
