@@ -137,6 +137,28 @@ def paper_jacobian_seconds(lm, relation: str, seed: int, n_train: int, layer: in
     return statistics.mean(seconds)
 
 
+def sweep_work(rows: list[dict], n_jacobians: int) -> tuple[dict, dict]:
+    """What a sweep's rows say it did: its stage seconds summed (knowns, jacobians, grid, causality, from
+    the timing rows), and per (relation, trial) those seconds and its work: test and known samples,
+    decodes, edits, and ``n_jacobians`` (n_train x layers) where it was evaluated."""
+    stages = defaultdict(float)
+    per_relation = defaultdict(lambda: defaultdict(float))
+    for row in rows:
+        values = per_relation[row["relation"], row["trial"]]
+        if row["kind"] == "timing":
+            stage = row["metric"].removeprefix("seconds_")
+            stages[stage] += row["value"]
+            values[stage] = row["value"]
+        elif row["kind"] == "grid" and row["metric"] == "efficacy" and row["split"] == "all":
+            values["edits"] += row["n"]
+        elif row["kind"] == "grid" and row["metric"] == "faithfulness@1" and row["split"] == "all":
+            values["decodes"] += row["n"]
+            values["n_jacobians"] = n_jacobians  # estimated (and evaluated)
+        elif row["metric"] == "known_test_samples":
+            values["known"], values["test"] = row["value"], row["n"]
+    return stages, per_relation
+
+
 def report(args) -> None:
     from lre_pl.experiments.sweep.runner import Sweep, SweepConfig
     from lre_pl.lm.models import load_language_model
@@ -170,21 +192,7 @@ def report(args) -> None:
         }
 
     # What our run did, per (relation, trial): its stage seconds and the work the paper's code would redo.
-    stages = defaultdict(float)
-    per_relation = defaultdict(lambda: defaultdict(float))
-    for row in rows:
-        values = per_relation[row["relation"], row["trial"]]
-        if row["kind"] == "timing":
-            stage = row["metric"].removeprefix("seconds_")
-            stages[stage] += row["value"]
-            values[stage] = row["value"]
-        elif row["kind"] == "grid" and row["metric"] == "efficacy" and row["split"] == "all":
-            values["edits"] += row["n"]
-        elif row["kind"] == "grid" and row["metric"] == "faithfulness@1" and row["split"] == "all":
-            values["decodes"] += row["n"]
-            values["n_jacobians"] = config["n_train"] * n_layers  # estimated (and evaluated)
-        elif row["metric"] == "known_test_samples":
-            values["known"], values["test"] = row["value"], row["n"]
+    stages, per_relation = sweep_work(rows, config["n_train"] * n_layers)
 
     # The paper code's unit costs, measured now on each relation's own prompts (their lengths differ).
     per_decode = paper_decode_seconds(lm, next(iter(bundles.values())), args.decode_reps)

@@ -33,7 +33,7 @@ from argparse import ArgumentError
 from pathlib import Path
 
 from lre_pl.dataset.relations import CATEGORIES, list_relations
-from lre_pl.errors import InputError
+from lre_pl.errors import InputError, ProcessFailed
 
 #: Every command, in the order ``lre-pl --help`` lists them, with its one-line summary.
 COMMANDS = {
@@ -443,6 +443,9 @@ def main(args: list[str] | None = None) -> None:
     except InputError as error:  # bad input: one line, no traceback
         print(f"lre-pl: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except ProcessFailed as error:  # another process of this command: its own stderr is above
+        print(f"lre-pl: error: {error}", file=sys.stderr)
+        sys.exit(error.code if error.code > 0 else 1)
     except ArgumentError as error:  # the parser's own: unknown option, wrong type, missing config file
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         message = " ".join(line if line.endswith(":") else line + ";" for line in lines).rstrip(";")

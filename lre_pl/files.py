@@ -19,6 +19,22 @@ from pathlib import Path
 from lre_pl.errors import InputError
 
 
+def create_exclusively(path: str | Path, text: str = "") -> bool:
+    """Create ``path`` holding ``text`` unless it exists (``O_CREAT | O_EXCL``: of several processes that
+    try, exactly one succeeds, also on NFS 3+); returns whether this call created it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        os.write(descriptor, text.encode())
+    finally:
+        os.close(descriptor)
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = ".partial", size: int | None = None) -> Iterator[Path]:
     """Yield a partial file beside ``path`` to write to; on success it replaces ``path`` (one rename),

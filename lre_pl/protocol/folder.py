@@ -6,6 +6,7 @@ A sweep folder (``lre-pl sweep --output_dir``)::
     command.txt                 every distinct command that ran into the folder, in order
     bundles/<relation>/trial_<seed>.pt     estimation (W, b, states): the expensive stage
     rows/<relation>__trial_<seed>.jsonl    evaluation rows of that bundle: the cheap stage
+    claims/<relation>__trial_<seed>        while a ``spread: tasks`` sweep runs: the task a process took
     results.csv, summary.md, *.png, tensorboard/          made from the rows alone
 
 A β study folder (``<sweep>/beta_study`` or ``<output_dir>/<sweep folder name>``)::
@@ -84,6 +85,15 @@ class SweepFolder:
     def row_files(self) -> list[Path]:
         """Every rows file of the folder, sorted (the report covers them all: one grid per folder)."""
         return sorted((self.root / "rows").glob("*.jsonl"))
+
+    @property
+    def claims(self) -> Path:
+        """Where the processes of a ``spread: tasks`` sweep claim tasks (removed at its end)."""
+        return self.root / "claims"
+
+    def claim(self, relation: str, trial: int) -> Path:
+        """The file a process creates (exclusively) to take the task (relation, trial)."""
+        return self.claims / trial_name(relation, trial)
 
     def read_config(self) -> dict | None:
         """The folder's ``sweep_config.json`` (``None`` where there is none); one line where it is damaged."""

@@ -1,6 +1,7 @@
 """lre-pl sweep on a tiny model: bundles, evaluation rows, resume, DDP, report, bad input."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -178,40 +179,94 @@ def test_a_partial_bundle_is_not_taken_for_a_finished_one(swept, tiny_model_dir,
     assert len(rows_of(folder)) == 1
 
 
-def test_two_ddp_processes_sweep_what_one_process_does(swept, tiny_model_dir, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "lre_pl.cli", "sweep", "--model", tiny_model_dir, "--relations", json.dumps(RELATIONS),
-         "--trials", "[0]", "--betas", "[0.5, 1.0, 2.0]", "--ranks", "[4, 32]", "--known_only", "false",
-         "--batch_size", "4", "--chunk_size", "11", "--output_dir", str(tmp_path),
+def sweep_in_two_processes(
+    tiny_model_dir: str, folder: Path, spread: str, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """The CLI's sweep of the swept fixture's config with ``trainer: {strategy: ddp, devices: 2}`` (through
+    sweep_spy.py, which logs who did what to ``folder.spy``)."""
+    return subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("sweep_spy.py")), "sweep", "--model", tiny_model_dir,
+         "--relations", json.dumps(RELATIONS), "--trials", "[0]", "--betas", "[0.5, 1.0, 2.0]", "--ranks", "[4, 32]",
+         "--known_only", "false", "--batch_size", "4", "--chunk_size", "11", "--output_dir", str(folder),
+         "--spread", spread,
          "--trainer", json.dumps({"accelerator": "cpu", "strategy": "ddp", "devices": 2,
                                   "enable_progress_bar": False})],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "SWEEP_SPY_LOG": str(folder.with_suffix(".spy")), **(env or {})},
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def spied(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in folder.with_suffix(".spy").read_text().splitlines()]
+
+
+def assert_same_sweep(one: Path, two: Path) -> None:
+    """The bundles and the non-timing rows of two sweep folders are equal (to float tolerance)."""
     for relation in ("country_capital_city", "characteristic_gender"):
-        one = Bundle.load(swept / "bundles" / relation / "trial_0.pt")
-        two = Bundle.load(tmp_path / "bundles" / relation / "trial_0.pt")
+        first = Bundle.load(one / "bundles" / relation / "trial_0.pt")
+        second = Bundle.load(two / "bundles" / relation / "trial_0.pt")
         for name in ("weights", "biases", "train_subject_states", "train_biases", "test_subject_states",
                      "test_output_states"):  # fmt: skip
-            torch.testing.assert_close(getattr(two, name), getattr(one, name), atol=1e-6, rtol=1e-5)
-        assert two.test_objects == one.test_objects and two.test_lm_predictions == one.test_lm_predictions
-    one_rows, two_rows = rows_of(swept), rows_of(tmp_path)
+            torch.testing.assert_close(getattr(second, name), getattr(first, name), atol=1e-6, rtol=1e-5)
+        assert second.test_objects == first.test_objects
+        assert second.test_lm_predictions == first.test_lm_predictions
+    one_rows, two_rows = rows_of(one), rows_of(two)
     assert one_rows.keys() == two_rows.keys()
     for name in one_rows:
-        key = lambda r: (
-            r["kind"],
-            r["selection"],
-            r["estimator"],
-            r["layer"],
-            r["beta"],
-            r["rank"],
-            r["split"],
-            r["metric"],
-        )  # noqa: E731
+        key = lambda r: (r["kind"], r["selection"], r["estimator"], r["layer"], r["beta"], r["rank"], r["split"],
+                         r["metric"])  # fmt: skip  # noqa: E731
         one_values = {key(r): r["value"] for r in one_rows[name] if r["kind"] != "timing"}
         two_values = {key(r): r["value"] for r in two_rows[name] if r["kind"] != "timing"}
         assert one_values.keys() == two_values.keys()
         assert all(two_values[k] == pytest.approx(v, abs=1e-6) for k, v in one_values.items()), name
+
+
+def test_two_ddp_processes_sweep_what_one_process_does(swept, tiny_model_dir, tmp_path):
+    """spread: prompts: one DDP fit per task, its prompts sharded, evaluation on rank 0."""
+    result = sweep_in_two_processes(tiny_model_dir, tmp_path / "sweep", "prompts")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_sweep(swept, tmp_path / "sweep")
+    assert {line["rank"] for line in spied(tmp_path / "sweep") if line["stage"] == "evaluate"} == {0}
+
+
+def test_two_processes_taking_whole_tasks_sweep_what_one_process_does(swept, tiny_model_dir, tmp_path):
+    """spread: tasks: each process takes whole tasks (each task once, both processes busy: two tasks,
+    two processes), with Lightning's rank-zero rank its own after its one-device fit."""
+    folder = tmp_path / "sweep"
+    result = sweep_in_two_processes(tiny_model_dir, folder, "tasks")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_sweep(swept, folder)
+    lines = spied(folder)
+    for stage in ("estimate", "evaluate"):
+        done = sorted((line["task"][0], line["rank"]) for line in lines if line["stage"] == stage)
+        assert [relation for relation, _ in done] == sorted(RELATIONS), stage  # each task once
+        assert {rank for _, rank in done} == {0, 1}, stage
+    assert all(line["rank_zero_only"] == line["rank"] for line in lines)
+    assert not (folder / "claims").exists()
+    assert (folder / "summary.md").exists() and "| bias | 1/1 |" in (folder / "summary.md").read_text()
+
+
+def test_a_failing_process_fails_the_command_with_its_error(tiny_model_dir, tmp_path):
+    """Rank 1 fails in its evaluation: the command fails with rank 1's message; its task has no rows file,
+    no report is written, and a rerun (the claims of the dead run dropped) finishes the sweep."""
+    folder = tmp_path / "sweep"
+    result = sweep_in_two_processes(tiny_model_dir, folder, "tasks", env={"SWEEP_SPY_FAIL_RANK": "1"})
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("lre-pl: error: sweep process 1 (pid ") and last.endswith(
+        "failed with exit code 1: RuntimeError: injected failure in the evaluation of "
+        + next(line["task"][0] for line in spied(folder) if line["rank"] == 1)
+    ), last
+    failed = next(line["task"] for line in spied(folder) if line["rank"] == 1)
+    assert not (folder / "rows" / f"{failed[0].replace(' ', '_')}__trial_0.jsonl").exists()
+    assert not (folder / "summary.md").exists()
+    assert list((folder / "claims").iterdir())  # left by the dead run
+    result = sweep_in_two_processes(tiny_model_dir, folder, "tasks")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(rows_of(folder)) == [
+        "characteristic_gender__trial_0.jsonl",
+        "country_capital_city__trial_0.jsonl",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -226,6 +281,7 @@ def test_two_ddp_processes_sweep_what_one_process_does(swept, tiny_model_dir, tm
         (["--layers", "[emb, 7]"], "layer 7 is out of range"),
         (["--ranks", "[4, 33]"], "ranks=[4, 33] out of range"),
         (["--betas", "[]"], "betas=[] must be a non-empty list"),
+        (["--spread", "relations"], "spread='relations': give tasks (whole tasks per process) or prompts"),
     ],
 )
 def test_bad_sweep_input_fails_in_one_line_before_any_work(

@@ -3,28 +3,45 @@
 Two stages per (relation, trial), each skipped when its file exists and is whole:
 
 1. **Estimation** (expensive): one Lightning ``fit`` of :class:`~lre_pl.lightning.module.LinearRelationModule`
-   at every layer, writing a bundle (``bundles/<relation>/trial_<seed>.pt``). Under DDP
-   (``trainer: {strategy: ddp, devices: N}``) the training prompts and the test prompts are sharded
-   across the ranks and reduced, as in ``lre-pl fit``; the bundle equals a one-process bundle.
-2. **Evaluation** (cheap, global rank 0): :class:`~lre_pl.evaluation.grid.BundleEvaluation` of the bundle,
-   written atomically to ``rows/<relation>__trial_<seed>.jsonl``.
+   at every layer, writing a bundle (``bundles/<relation>/trial_<seed>.pt``).
+2. **Evaluation** (the grid and causality: expensive on a GPU too): :class:`~lre_pl.evaluation.grid.BundleEvaluation`
+   of the bundle, written atomically to ``rows/<relation>__trial_<seed>.jsonl``.
 
-A file under its final name is complete (written to a partial file, then renamed), so Ctrl-C, a
-crash or a full disk loses at most the relation in progress, and a rerun of the same command resumes.
+Several processes (``trainer: {strategy: ddp, devices: N, num_nodes: M}``, or torchrun / srun) share
+the work in one of two ways, ``spread``:
+
+- ``tasks`` (the default): each process takes whole (relation, trial) tasks, largest relation first,
+  until none is left: its estimation in a one-device fit on its own device, then its evaluation there.
+  A task is taken by creating its claim file exclusively (``claims/<relation>__trial_<seed>``), so no
+  two processes do one task and none idles while a task is left; the last ones end within about one
+  task of each other. The processes are started and found by :mod:`lre_pl.lightning.processes`
+  (several nodes need a shared file system: the claims are files).
+- ``prompts``: one DDP fit per task over all processes, the training and test prompts sharded across the
+  ranks and reduced, as in ``lre-pl fit``; evaluation on global rank 0 while the others wait. With
+  n_train = 5 prompts, more than 5 processes idle in the Jacobians, and every stage waits for its
+  slowest rank.
+
+Both write the bundles and rows of one process. A file under its final name is complete (written to a
+partial file, then renamed), so Ctrl-C, a crash or a full disk loses at most the tasks in progress, and
+a rerun of the same command resumes.
 A rerun also repairs (:meth:`Sweep.repair`): a rows file without its footer (cut short) is evaluated
-again, and a bundle that is missing or damaged is estimated again. A rerun may add relations or
-trials to a folder, never change its grid (:meth:`Sweep.check_folder`). Every setting is checked
-before anything is written, and one sweep at a time works in a folder (a lock; a second one is
-refused in one line). At the end the sweep folder gets ``results.csv`` (every row of the folder),
-``summary.md`` (by category, like the paper's tables) and figures (PNG and TensorBoard), made from
-the row files alone.
+again, a bundle that is missing or damaged is estimated again, and the claims of a dead run are
+dropped. A rerun may add relations or trials to a folder, or change how it runs (``spread``, the
+trainer, ``threads``), never its grid (:meth:`Sweep.check_folder`). Every setting is checked before
+anything is written, and one sweep at a time works in a folder (a lock, held by global rank 0; a
+second one is refused in one line). At the end the sweep folder gets ``results.csv`` (every row of the
+folder), ``summary.md`` (by category, like the paper's tables) and figures (PNG and TensorBoard), made
+from the row files alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,9 +54,10 @@ from lre_pl.dataset.relations import CATEGORIES, list_relations, load_relation
 from lre_pl.errors import InputError
 from lre_pl.evaluation.context import Decoder
 from lre_pl.evaluation.grid import BundleEvaluation, EvaluationGrid
-from lre_pl.files import check_writable_folder, folder_lock, write_text_atomically
+from lre_pl.files import check_writable_folder, create_exclusively, folder_lock, write_text_atomically
 from lre_pl.lightning.datamodule import RelationDataModule, check_trial
 from lre_pl.lightning.module import LinearRelationModule
+from lre_pl.lightning.processes import Place, Processes, find_place
 from lre_pl.lm.models import check_dtype, check_model_spec, load_language_model, parse_layer
 from lre_pl.lre.bundle import Bundle
 from lre_pl.lre.estimators import ESTIMATORS, estimator_named
@@ -51,7 +69,11 @@ PAPER_BETAS = [round(0.25 * i, 2) for i in range(21)]
 #: The seeds numpy (and so ``seed_everything``) accepts.
 MAX_SEED = 2**32 - 1
 #: Settings a rerun into an existing sweep folder may change: which work it does, and how fast.
-RESUMABLE_FIELDS = ("relations", "trials", "batch_size", "chunk_size", "output_dir", "trainer")
+RESUMABLE_FIELDS = (
+    "relations", "trials", "batch_size", "chunk_size", "output_dir", "trainer", "spread", "threads",
+)  # fmt: skip
+#: The ways several processes share a sweep (see the module's docstring).
+SPREADS = ("tasks", "prompts")
 
 
 @dataclass
@@ -99,12 +121,28 @@ class SweepConfig:
     output_dir: str = "lightning_logs/sweep"
     """The sweep folder: bundles, rows, results, summary, figures. Rerun to resume."""
     trainer: dict = field(default_factory=dict)
-    """Extra ``pl.Trainer`` arguments for estimation, e.g. ``{strategy: ddp, devices: 2}``."""
+    """Extra ``pl.Trainer`` arguments for estimation, e.g. ``{strategy: ddp, devices: 2}``: ``devices`` x
+    ``num_nodes`` processes (or those torchrun / srun started), which share the work as ``spread`` says."""
+    spread: str = "tasks"
+    """How several processes share the work: ``tasks``: each takes whole (relation, trial) tasks (its
+    estimation in a one-device fit on its own device, then its evaluation); ``prompts``: one DDP fit per
+    task, its prompts sharded across the processes, evaluation on global rank 0. One process: the same."""
+    threads: int | None = None
+    """CPU threads of each process (``torch.set_num_threads``); ``None``: torch's default for one process,
+    the node's cores shared among its processes for several."""
 
     def check(self) -> list[str]:
         """One-line errors for what needs no model; returns the relation names."""
         check_model_spec(self.model)
         check_dtype(self.dtype)
+        if self.spread not in SPREADS:
+            raise InputError(
+                f"spread={self.spread!r}: give tasks (whole tasks per process) or prompts (one DDP fit)"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise InputError(
+                f"threads={self.threads} must be at least 1 (or null: the cores shared among processes)"
+            )
         if isinstance(self.layers, str):
             if self.layers != "all":
                 raise InputError(f"layers={self.layers!r}: give all, or a list such as [emb, 4, 8]")
@@ -188,6 +226,23 @@ def unfinished_pairs(root: Path, config: dict) -> list[tuple[str, int]]:
     ]
 
 
+def largest_first(tasks: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """``tasks`` by the size of their relation (its samples), largest first, else in their order: the
+    longest first shortens the tail of a list schedule (no process is left alone with a large one)."""
+    sizes = {relation: len(load_relation(relation).samples) for relation, _ in tasks}
+    return sorted(tasks, key=lambda task: -sizes[task[0]])
+
+
+def claimed_tasks(folder: SweepFolder, tasks: list[tuple[str, int]], rank: int) -> Iterator[tuple[str, int]]:
+    """The tasks, in order, that this process takes, each claimed when the caller asks for the next one:
+    those not done (their rows and bundle exist) whose claim file this process creates first."""
+    for relation, seed in tasks:
+        if folder.rows(relation, seed).exists() and folder.bundle(relation, seed).exists():
+            continue
+        if create_exclusively(folder.claim(relation, seed), f"rank {rank}, pid {os.getpid()}\n"):
+            yield relation, seed
+
+
 def warn(message: str) -> None:
     """One line on the console about what a run does differently from what was asked (not an error)."""
     print(f"lre-pl: warning: {message}", file=sys.stderr)
@@ -206,6 +261,8 @@ class Sweep:
         self.check_folder()
         check_writable_folder(self.root, "output_dir")
         self.decoder: Decoder | None = None  # made at the first evaluation (the LM is loaded once)
+        #: This process among those of a ``spread: tasks`` sweep (``None``: one process, or prompts spread).
+        self.place: Place | None = None
 
     def check_folder(self) -> None:
         """A rerun into a folder may change which relations and trials it runs (and how), not what its
@@ -254,6 +311,7 @@ class Sweep:
         for partial in (*self.root.glob("*.partial*"), *self.root.glob("rows/*.partial*"),
                         *self.root.glob("bundles/*/*.partial*")):  # fmt: skip
             partial.unlink(missing_ok=True)
+        shutil.rmtree(self.folder.claims, ignore_errors=True)  # a dead run's claims (this one holds the lock)
         for relation, seed in self.work():
             rows, bundle = self.rows_path(relation, seed), self.bundle_path(relation, seed)
             if rows.exists() and not rows_complete(rows):
@@ -287,9 +345,31 @@ class Sweep:
             max_epochs=1, num_sanity_val_steps=0, limit_val_batches=0, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, logger=False, default_root_dir=str(self.root),
         )  # fmt: skip
-        trainer = pl.Trainer(**{**settings, **c.trainer})
+        trainer = pl.Trainer(**{**settings, **self._trainer_settings()})
         trainer.fit(module, datamodule=data)
         return trainer.global_rank
+
+    def _trainer_settings(self) -> dict:
+        """``trainer`` as given; in a ``spread: tasks`` process, a one-device fit on its own device."""
+        if self.place is None:
+            return self.config.trainer
+        settings = {
+            k: v for k, v in self.config.trainer.items() if k not in ("strategy", "devices", "num_nodes")
+        }
+        return {**settings, "devices": [self._cuda_index()] if self._on_gpu() else 1}
+
+    def _on_gpu(self) -> bool:
+        accelerator = self.config.trainer.get("accelerator", "auto")
+        return torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+
+    def _cuda_index(self) -> int:
+        """This process's GPU: its local rank (or the ``devices`` list's entry there); 0 for global rank 0's
+        root device under the prompts spread (its estimation trainer's, where the LM loaded there is reused)."""
+        if self.place is None:
+            return 0
+        devices = self.config.trainer.get("devices")
+        local = self.place.local_rank
+        return devices[local] if isinstance(devices, (list, tuple)) and local < len(devices) else local
 
     def evaluate(self, relation: str, seed: int) -> None:
         c = self.config
@@ -299,12 +379,65 @@ class Sweep:
         write_rows(self.rows_path(relation, seed), BundleEvaluation(bundle, self.grid, self.decoder).rows(lm))
 
     def _device(self) -> str:
-        accelerator = self.config.trainer.get("accelerator", "auto")
-        # cuda:0, the root device of rank 0's estimation trainer: the LM loaded there is reused.
-        return "cuda:0" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+        return f"cuda:{self._cuda_index()}" if self._on_gpu() else "cpu"
 
     def run(self) -> Path | None:
         """Every (relation, trial); returns the sweep folder on global rank 0 (``None`` on others)."""
+        threads = self.config.threads
+        if self.config.spread == "tasks":
+            place = find_place(self.config.trainer)
+            if place.world_size > 1:
+                # The node's cores shared among its processes, unless ``threads`` says otherwise.
+                torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // place.local_world_size))
+                return self._run_tasks(place)
+        if threads is not None:  # DDP children inherit it, and Lightning's launcher then leaves it be
+            torch.set_num_threads(threads)
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+        return self._run_prompts()
+
+    def _run_tasks(self, place: Place) -> Path | None:
+        """The ``tasks`` spread: every process takes whole tasks, largest first, until none is left."""
+        from lightning_fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero_only
+
+        rank = place.global_rank
+        self.place = place
+        # Lightning's rank for its rank-zero-only messages (a one-device Trainer leaves it as it is).
+        rank_zero_only.rank = fabric_rank_zero_only.rank = rank
+        if rank == 0:
+            self.check_against_model()
+        with folder_lock(self.root, "sweep") if rank == 0 else contextlib.nullcontext():
+            if rank == 0:
+                self.check_folder()  # again, under the lock: a sweep that ended meanwhile may have set the grid
+                self._write_command()
+                self.repair()  # before the other processes start (this node's) or pass the barrier
+            work = self.work()
+            bar = tqdm(total=len(work), desc="sweep", unit="trial", disable=rank != 0)
+
+            def progress() -> None:  # every process's finished tasks: whole rows files
+                bar.update(sum(self.rows_path(relation, seed).exists() for relation, seed in work) - bar.n)
+
+            with Processes(place) as processes, bar:
+                processes.barrier()
+                progress()
+                for relation, seed in claimed_tasks(self.folder, largest_first(work), rank):
+                    bar.set_postfix_str(f"{relation}, trial {seed}")
+                    if not self.bundle_path(relation, seed).exists():
+                        self.estimate(relation, seed)
+                    if not self.rows_path(relation, seed).exists():
+                        self.evaluate(relation, seed)
+                    progress()
+                    processes.check()  # a child that failed ends the command before this one claims more
+                processes.barrier(while_waiting=progress)
+                progress()
+                processes.join()
+            if rank != 0:
+                return None
+            shutil.rmtree(self.folder.claims, ignore_errors=True)
+            self._write_report()
+        return self.root
+
+    def _run_prompts(self) -> Path | None:
+        """The ``prompts`` spread (and one process): one fit per task over every process."""
         # The global rank as Lightning reads it from the environment (RANK, LOCAL_RANK, SLURM_PROCID, ...):
         # a DDP child re-runs this command; after a fit, the trainer's global rank.
         rank = rank_zero_only.rank
@@ -329,11 +462,14 @@ class Sweep:
             bar.close()
             if rank != 0:
                 return None
-            from lre_pl.experiments.sweep.report import write_report
-
-            # The folder's report: every row file in it (one grid, see check_folder), earlier commands' too.
-            write_report(self.root, self.folder.row_files(), self.config)
+            self._write_report()
         return self.root
+
+    def _write_report(self) -> None:
+        from lre_pl.experiments.sweep.report import write_report
+
+        # The folder's report: every row file in it (one grid, see check_folder), earlier commands' too.
+        write_report(self.root, self.folder.row_files(), self.config)
 
     def _write_command(self) -> None:
         """The exact commands (``command.txt``: every distinct command that ran into this folder, in
