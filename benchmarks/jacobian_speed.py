@@ -38,6 +38,7 @@ Run: ``PYTHONPATH=. .venv/bin/python benchmarks/jacobian_speed.py [--samples N] 
 place its numbers are kept; the READMEs quote none). The last line printed is machine-readable::
 
     ratios: one_layer=<(a')/(b)> all_layers=<31 layers of (a')/(c)> paper_code=<(a)/(b)> max_rel_diff=<x>
+        slices_over_parts=<the slicing attention / the engine's, batched one layer>
 """
 
 from __future__ import annotations
@@ -230,6 +231,28 @@ def _profile_fallbacks(compute) -> dict:
 HOTSPOTS = 8
 
 
+def _cache_parts_ab(compute, layer, rounds: int = 3) -> dict:
+    """The batched one-layer call with the attention taking the cache's parts (the engine) and with it
+    slicing the joined keys and values (the path before issue 17), alternated ``rounds`` times in this
+    process: the best of each, so that the machine's load hits both alike."""
+    from lre_pl.lm import jacobian
+
+    split, best, results = jacobian.CacheParts.split, {"parts": [], "slices": []}, {}
+    try:
+        for _ in range(rounds):
+            for path in best:
+                jacobian.CacheParts.split = split if path == "parts" else (lambda self, key, value: None)
+                results[path], seconds = _timed(compute)
+                best[path].append(seconds)
+    finally:
+        jacobian.CacheParts.split = split
+    return {
+        "parts_s": min(best["parts"]),
+        "slices_s": min(best["slices"]),
+        "rel_diff": _rel(results["slices"][layer], results["parts"][layer]),
+    }
+
+
 def _hotspots(compute, shapes: bool) -> list[dict]:
     """Where ``compute``'s CPU time goes (torch.profiler): the ops with the most self CPU time, or with
     ``shapes`` the (op, input shapes) pairs; each with its share of the total, calls and mean time."""
@@ -357,6 +380,7 @@ def run_child(args) -> None:
         phase("c2", batched(all_layers, "c2"))
         matmul_rates.append(matmul_rate())
         phases["matmul"] = {"flops_per_s": max(matmul_rates), "all": matmul_rates}
+        phases["cache_parts"] = _cache_parts_ab(lambda: engine_j(prompts, [layer]), layer)
         phases["profile"] = _profile_fallbacks(lambda: engine_j(prompts[:1], [cheap]))
         # The batched one-layer row (b2) under the profiler: its ops, then (one prompt: a profile of shapes
         # holds every event's shapes in memory) the ops with their shapes, which say where each sits.
@@ -611,6 +635,15 @@ def report(args) -> None:
         f"{args.layer}, then one prompt by op and input shapes; a profile slows every op, so shares, not "
         "seconds, carry over):"
     )
+    ab = engine["phases"]["cache_parts"]
+    print(
+        f"- the attention's keys and values, side by side (the batched one-layer call, best of 3 each, "
+        f"alternated): the cache's parts (the engine) {ab['parts_s']:.2f} s, slices of the joined tensors "
+        f"(before issue 17: zero-filled gradients of the whole prefix + suffix) {ab['slices_s']:.2f} s, "
+        f"ratio {ab['slices_s'] / ab['parts_s']:.2f}; relative difference {ab['rel_diff']:.1e}; best-of-3 "
+        f"useful rate of the parts path {engine['phases']['b2']['flops'] / ab['parts_s'] / 1e9:.1f} GFLOP/s, "
+        f"{engine['phases']['b2']['flops'] / ab['parts_s'] / matmul:.0%} of the matmul"
+    )
     for key in ("hotspots", "hotspot_shapes"):
         for row in engine["phases"][key]:
             print(
@@ -632,7 +665,7 @@ def report(args) -> None:
     paper = by_label["(a)"]["per_sample"] / b if "(a)" in by_label else float("nan")
     print(
         f"ratios: one_layer={a_prime / b:.3g} all_layers={a31 / c:.3g} paper_code={paper:.3g} "
-        f"max_rel_diff={max_rel_diff:.3g}"
+        f"max_rel_diff={max_rel_diff:.3g} slices_over_parts={ab['slices_s'] / ab['parts_s']:.3g}"
     )
 
 

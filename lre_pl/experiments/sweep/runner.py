@@ -403,13 +403,7 @@ class Sweep:
         self.place = place
         # Lightning's rank for its rank-zero-only messages (a one-device Trainer leaves it as it is).
         rank_zero_only.rank = fabric_rank_zero_only.rank = rank
-        if rank == 0:
-            self.check_against_model()
-        with folder_lock(self.root, "sweep") if rank == 0 else contextlib.nullcontext():
-            if rank == 0:
-                self.check_folder()  # again, under the lock: a sweep that ended meanwhile may have set the grid
-                self._write_command()
-                self.repair()  # before the other processes start (this node's) or pass the barrier
+        with self._folder_held(rank):  # its repair before the other processes start or pass the barrier
             work = self.work()
             bar = tqdm(total=len(work), desc="sweep", unit="trial", disable=rank != 0)
 
@@ -436,19 +430,27 @@ class Sweep:
             self._write_report()
         return self.root
 
+    @contextlib.contextmanager
+    def _folder_held(self, rank: int):
+        """Global rank 0, before any work: the checks against the model, then the folder's lock for the
+        whole sweep (the other processes work under it), the folder checked again under it (a sweep that
+        ended meanwhile may have set the grid), the command written and the folder repaired."""
+        if rank != 0:
+            yield
+            return
+        self.check_against_model()
+        with folder_lock(self.root, "sweep"):
+            self.check_folder()
+            self._write_command()
+            self.repair()
+            yield
+
     def _run_prompts(self) -> Path | None:
         """The ``prompts`` spread (and one process): one fit per task over every process."""
         # The global rank as Lightning reads it from the environment (RANK, LOCAL_RANK, SLURM_PROCID, ...):
         # a DDP child re-runs this command; after a fit, the trainer's global rank.
         rank = rank_zero_only.rank
-        if rank == 0:
-            self.check_against_model()
-        # Global rank 0 holds the folder's lock for the whole sweep (its DDP children work under it).
-        with folder_lock(self.root, "sweep") if rank == 0 else contextlib.nullcontext():
-            if rank == 0:
-                self.check_folder()  # again, under the lock: a sweep that ended meanwhile may have set the grid
-                self._write_command()
-                self.repair()
+        with self._folder_held(rank):
             bar = tqdm(self.work(), desc="sweep", unit="trial", disable=rank != 0)
             for relation, seed in bar:
                 rows, bundle = self.rows_path(relation, seed), self.bundle_path(relation, seed)
