@@ -154,16 +154,13 @@ def edit_batch_size(lm: LanguageModel, batch_size: int, pairs: int, sets: int, t
     """
     if lm.device.type != "cuda":
         return batch_size
-    config = lm.model.config
-    intermediate = getattr(config, "intermediate_size", None) or 4 * lm.hidden_size
     vocabulary = lm.unembedding.weight.shape[0]
     per_row = lm.dtype.itemsize * (
         2 * lm.num_blocks * lm.hidden_size * tokens
-        + 4 * tokens * (lm.hidden_size + intermediate)
+        + 4 * tokens * (lm.hidden_size + lm.intermediate_size)
         + 2 * vocabulary
     )
-    free = torch.cuda.mem_get_info(lm.device)[0]
-    return max(1, min(pairs, int(0.5 * free / (sets * per_row))))
+    return max(1, min(pairs, int(0.5 * lm.free_memory / (sets * per_row))))
 
 
 def edit_hits(

@@ -12,7 +12,6 @@ every point then resumes after ``layer`` (:meth:`SuffixRun.forward_from`), its s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,17 +47,12 @@ def points_per_pass(lm: LanguageModel, run: SuffixRun, tangents: int) -> int:
     """Points per forward-mode pass (each with all ``tangents``): what fits in a quarter of the free
     memory and, on a CPU, about :data:`CPU_PRODUCTS_PER_PASS` products."""
     d, itemsize = lm.hidden_size, lm.dtype.itemsize
-    if lm.device.type == "cuda":
-        free, fastest = torch.cuda.mem_get_info(lm.device)[0], None
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        fastest = max(1, CPU_PRODUCTS_PER_PASS // tangents)
-    intermediate = getattr(lm.model.config, "intermediate_size", None) or 4 * d
+    fastest = None if lm.device.type == "cuda" else max(1, CPU_PRODUCTS_PER_PASS // tangents)
     # A product holds a primal and a tangent copy of a block's activations at every suffix token; a
     # point also holds its own copy of the prefix's key/value cache (every layer's keys and values).
-    per_product = 4 * run.suffix_tokens * (8 * d + 2 * intermediate) * itemsize
+    per_product = 4 * run.suffix_tokens * (8 * d + 2 * lm.intermediate_size) * itemsize
     per_point = 2 * lm.num_blocks * d * run.prefix_width * itemsize + tangents * per_product
-    fits = max(1, int(0.25 * free / per_point))
+    fits = max(1, int(0.25 * lm.free_memory / per_point))
     return fits if fastest is None else min(fits, fastest)
 
 

@@ -21,7 +21,6 @@ factors; see :mod:`lre_pl.lm.held_fixed`): the same forward, with no gradient th
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -210,16 +209,12 @@ def _attention_implementation(lm: LanguageModel, name: str):
 def auto_chunk_size(lm: LanguageModel, batch_size: int, tokens: int, layers_in_graph: int) -> int:
     """Products per backward pass: what fits in half the free memory, and on a CPU what runs fastest."""
     d = lm.hidden_size
-    if lm.device.type == "cuda":
-        free = torch.cuda.mem_get_info(lm.device)[0]
-        fastest = d
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        fastest = max(8, CPU_ROWS_PER_PASS // batch_size)
-    intermediate = getattr(lm.model.config, "intermediate_size", None) or 4 * d
+    fastest = d if lm.device.type == "cuda" else max(8, CPU_ROWS_PER_PASS // batch_size)
     # A product keeps a few activations of every block in the graph alive at once.
-    per_product = 4 * batch_size * tokens * layers_in_graph * (8 * d + 2 * intermediate) * lm.dtype.itemsize
-    return max(1, min(fastest, d, int(0.5 * free / max(per_product, 1))))
+    per_product = (
+        4 * batch_size * tokens * layers_in_graph * (8 * d + 2 * lm.intermediate_size) * lm.dtype.itemsize
+    )
+    return max(1, min(fastest, d, int(0.5 * lm.free_memory / max(per_product, 1))))
 
 
 def compute_jacobians(

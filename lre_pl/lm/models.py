@@ -160,6 +160,18 @@ class LanguageModel:
         return self.final_norm.weight.shape[-1]
 
     @property
+    def intermediate_size(self) -> int:
+        """Width of a block's MLP (4 d where the config names none): what memory estimates count."""
+        return getattr(self.model.config, "intermediate_size", None) or 4 * self.hidden_size
+
+    @property
+    def free_memory(self) -> int:
+        """Bytes free where the model's activations go: the GPU's free memory, else the available RAM."""
+        if self.device.type == "cuda":
+            return torch.cuda.mem_get_info(self.device)[0]
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+    @property
     def device(self) -> torch.device:
         return self.unembedding.weight.device
 

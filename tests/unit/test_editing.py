@@ -114,20 +114,21 @@ def test_efficacy_counts_what_a_hand_written_loop_counts(llama, edit_set):
     assert result[d][0] >= 6  # one constructed success per target at least
 
 
-def test_edit_batches_fill_a_gpu_and_keep_the_cpu_batch(llama, monkeypatch):
+def test_edit_batches_fill_a_gpu_and_keep_the_cpu_batch(llama):
     """On a CPU the given batch; on a GPU every pair where half the free memory holds their rows, else as
     many as it holds (a row: its prefix keys and values, activations, logits)."""
     assert edit_batch_size(llama, 8, pairs=300, sets=10, tokens=40) == 8
     fake = type("FakeCuda", (), {})()
     fake.__dict__.update(
-        device=torch.device("cuda"), dtype=torch.float32, model=llama.model, hidden_size=llama.hidden_size,
+        device=torch.device("cuda"), dtype=torch.float32, hidden_size=llama.hidden_size,
         num_blocks=llama.num_blocks, unembedding=llama.unembedding,
+        intermediate_size=llama.model.config.intermediate_size,
     )  # fmt: skip
     d, blocks, vocabulary = llama.hidden_size, llama.num_blocks, llama.unembedding.weight.shape[0]
     row = 4 * (2 * blocks * d * 40 + 4 * 40 * (d + llama.model.config.intermediate_size) + 2 * vocabulary)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10**12, 10**12))
+    fake.free_memory = 10**12
     assert edit_batch_size(fake, 8, pairs=300, sets=10, tokens=40) == 300
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * 10 * row * 37 + 1, 10**12))
+    fake.free_memory = 2 * 10 * row * 37 + 1
     assert edit_batch_size(fake, 8, pairs=300, sets=10, tokens=40) == 37
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1, 10**12))
+    fake.free_memory = 1
     assert edit_batch_size(fake, 8, pairs=300, sets=10, tokens=40) == 1
