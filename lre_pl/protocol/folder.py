@@ -86,6 +86,11 @@ class SweepFolder:
         """Every rows file of the folder, sorted (the report covers them all: one grid per folder)."""
         return sorted((self.root / "rows").glob("*.jsonl"))
 
+    def done(self, relation: str, trial: int) -> bool:
+        """Whether the task (relation, trial) is finished: its bundle and its rows exist (each file is
+        whole or absent: a sweep's repair removes damaged ones)."""
+        return self.bundle(relation, trial).exists() and self.rows(relation, trial).exists()
+
     @property
     def claims(self) -> Path:
         """Where the processes of a ``spread: tasks`` sweep claim tasks (removed at its end)."""

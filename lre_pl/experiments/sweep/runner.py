@@ -237,7 +237,7 @@ def claimed_tasks(folder: SweepFolder, tasks: list[tuple[str, int]], rank: int) 
     """The tasks, in order, that this process takes, each claimed when the caller asks for the next one:
     those not done (their rows and bundle exist) whose claim file this process creates first."""
     for relation, seed in tasks:
-        if folder.rows(relation, seed).exists() and folder.bundle(relation, seed).exists():
+        if folder.done(relation, seed):
             continue
         if create_exclusively(folder.claim(relation, seed), f"rank {rank}, pid {os.getpid()}\n"):
             yield relation, seed
@@ -453,13 +453,12 @@ class Sweep:
         with self._folder_held(rank):
             bar = tqdm(self.work(), desc="sweep", unit="trial", disable=rank != 0)
             for relation, seed in bar:
-                rows, bundle = self.rows_path(relation, seed), self.bundle_path(relation, seed)
-                if rows.exists() and bundle.exists():
+                if self.folder.done(relation, seed):
                     continue
                 bar.set_postfix_str(f"{relation}, trial {seed}")
-                if not bundle.exists():
+                if not self.bundle_path(relation, seed).exists():
                     rank = self.estimate(relation, seed)
-                if rank == 0 and not rows.exists():
+                if rank == 0 and not self.rows_path(relation, seed).exists():
                     self.evaluate(relation, seed)
             bar.close()
             if rank != 0:
