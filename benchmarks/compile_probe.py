@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import sys
 import time
 from pathlib import Path
@@ -102,12 +101,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from jacobian_speed import _machine, _Tee
+    from jacobian_speed import _machine, reported
 
-    captured = io.StringIO()
-    with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
-        print(f"command: benchmarks/compile_probe.py {' '.join(argv if argv is not None else sys.argv[1:])}")
-        print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    with reported("compile_probe.py", argv, Path(__file__).with_name("compile_probe_cpu.txt")):
         print(f"machine: {_machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
         eager, compiled, compile_seconds, difference = fusable_part(args.threads)
         print(
@@ -127,11 +123,6 @@ def main(argv=None) -> None:
             f"compile: eager_ms={eager:.1f} compiled_ms={compiled:.1f} speedup={eager / compiled:.2f} "
             f"compile_s={compile_seconds:.1f} rel_diff={difference:.1e} engine_graph_breaks={sum(breaks.values())}"
         )
-    from lre_pl.files import write_text_atomically
-
-    path = Path(__file__).with_name("compile_probe_cpu.txt")
-    write_text_atomically(path, captured.getvalue())
-    print(f"[compile_probe] report written to {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -688,20 +688,24 @@ def main(argv=None) -> None:
     if args.method:
         run_child(args)
         return
-    # Printed as it runs, and kept whole in one file: the single source of the benchmark's numbers.
-    captured = io.StringIO()
-    with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
-        print(
-            f"command: {' '.join(['benchmarks/jacobian_speed.py', *(argv if argv is not None else sys.argv[1:])])}"
-        )
-        print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-        report(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    path = Path(__file__).with_name(f"last_run_{device}.txt")
+    with reported("jacobian_speed.py", argv, Path(__file__).with_name(f"last_run_{device}.txt")):
+        report(args)
+
+
+@contextlib.contextmanager
+def reported(script: str, argv, path: Path):
+    """What the block prints, shown as it runs and kept whole in ``path`` (the one place a benchmark's
+    numbers are kept), headed by the command and the date."""
     from lre_pl.files import write_text_atomically
 
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
+        print(f"command: {' '.join([f'benchmarks/{script}', *(argv if argv is not None else sys.argv[1:])])}")
+        print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        yield
     write_text_atomically(path, captured.getvalue())
-    print(f"[jacobian_speed] report written to {path}", file=sys.stderr)
+    print(f"[{Path(script).stem}] report written to {path}", file=sys.stderr)
 
 
 class _Tee(io.TextIOBase):

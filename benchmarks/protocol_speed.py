@@ -35,8 +35,6 @@ Run: ``PYTHONPATH=. .venv/bin/python benchmarks/protocol_speed.py [--relations .
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import platform
 import statistics
 import sys
@@ -281,20 +279,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    captured = io.StringIO()
-    from jacobian_speed import _Tee
+    from jacobian_speed import reported
 
-    with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
-        print(
-            f"command: {' '.join(['benchmarks/protocol_speed.py', *(argv if argv is not None else sys.argv[1:])])}"
-        )
-        print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    with reported("protocol_speed.py", argv, Path(__file__).with_name(f"protocol_{args.device}.txt")):
         report(args)
-    path = Path(__file__).with_name(f"protocol_{args.device}.txt")
-    from lre_pl.files import write_text_atomically
-
-    write_text_atomically(path, captured.getvalue())
-    print(f"[protocol_speed] report written to {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -39,8 +39,6 @@ model); its last line is machine-readable::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 import os
@@ -273,20 +271,12 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     args.layers = [layer if layer == "emb" else int(layer) for layer in args.layers]
-    captured = io.StringIO()
-    from jacobian_speed import _Tee
+    from jacobian_speed import reported
 
-    with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
-        print(
-            f"command: {' '.join(['benchmarks/sweep_spread.py', *(argv if argv is not None else sys.argv[1:])])}"
-        )
-        print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    with reported(
+        "sweep_spread.py", argv, args.report or Path(__file__).with_name(f"sweep_spread_{args.device}.txt")
+    ):
         report(args)
-    path = args.report or Path(__file__).with_name(f"sweep_spread_{args.device}.txt")
-    from lre_pl.files import write_text_atomically
-
-    write_text_atomically(path, captured.getvalue())
-    print(f"[sweep_spread] report written to {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
