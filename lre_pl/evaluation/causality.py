@@ -45,32 +45,59 @@ class EditSet:
     output_states: torch.Tensor  # [n, d] o at the last token of each sample's own prompt
 
 
-def known_edit_set(lm: LanguageModel, bundle, known: torch.Tensor, objects: Sequence[str]) -> EditSet:
-    """The edit set of a bundle's evaluated test samples (``known`` [k] indices into its test samples,
-    ``objects`` theirs): their test prompts, rebuilt from the bundle's template, and their states."""
-    prompts = [
-        encode_prompt(lm.tokenizer, fill_subject(bundle.test_prompt_template, bundle.test_subjects[i]))
-        for i in known.tolist()
-    ]
+def edit_set(lm: LanguageModel, bundle, samples: torch.Tensor) -> EditSet:
+    """The edit set of some of a bundle's test samples (``samples`` [k] indices into them): their test
+    prompts, rebuilt from the bundle's template, their objects and their states."""
+    indices = samples.tolist()
     return EditSet(
-        prompts,
-        [bundle.test_subjects[i] for i in known.tolist()],
-        list(objects),
-        bundle.test_subject_states[known].to(lm.device),
-        bundle.test_output_states[known].to(lm.device),
-    )
+        [encode_prompt(lm.tokenizer, fill_subject(bundle.test_prompt_template, bundle.test_subjects[i]))
+         for i in indices],
+        [bundle.test_subjects[i] for i in indices],
+        [bundle.test_objects[i] for i in indices],
+        bundle.test_subject_states[samples].to(lm.device),
+        bundle.test_output_states[samples].to(lm.device),
+    )  # fmt: skip
 
 
-def random_targets(subjects: Sequence[str], objects: Sequence[str], seed: int) -> list[tuple[int, int]]:
-    """(source, target) pairs, the paper's rule: per source one seeded random target with a different
-    subject and a different object (sources with no such target are left out)."""
+#: Where an edit's targets come from -> the metric its rows report. ``known`` is the paper's rule
+#: (targets among the evaluated known samples); ``relation`` widens it to every test sample of the
+#: relation (known to the LM or not: o' is still the LM's own output on the target's prompt), so that a
+#: relation whose known samples all share one object still gets edits. Its rows are labelled by their
+#: metric, never mixed with the paper's.
+EDIT_TARGETS = {"known": "efficacy", "relation": "efficacy_relation_targets"}
+
+
+def target_pool(targets: str, known: torch.Tensor, n_test: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the test samples an edit set holds [m], the positions of the ``known`` samples among them [k]):
+    under ``known`` the known samples alone, under ``relation`` every test sample."""
+    if targets not in EDIT_TARGETS:
+        raise ValueError(f"edit targets {targets!r}: use one of {sorted(EDIT_TARGETS)}")
+    if targets == "known":
+        return known, torch.arange(len(known))
+    return torch.arange(n_test), known
+
+
+def random_targets(
+    subjects: Sequence[str], objects: Sequence[str], seed: int, sources: Sequence[int] | None = None
+) -> list[tuple[int, int]]:
+    """(source, target) pairs, the paper's rule: per source (``sources``, default every sample) one
+    seeded random target among all samples with a different subject and a different object (sources
+    with no such target are left out)."""
     generator = random.Random(seed)
     pairs = []
-    for source in range(len(subjects)):
+    for source in range(len(subjects)) if sources is None else sources:
         candidates = [t for t in range(len(subjects)) if _differ(subjects, objects, source, t)]
         if candidates:
             pairs.append((source, generator.choice(candidates)))
     return pairs
+
+
+def no_target_reason(objects: Sequence[str], targets: str) -> str:
+    """The count row's metric that says why no source found a target (see
+    :data:`lre_pl.protocol.rows.MISSING_REASONS`)."""
+    if len({o.strip().lower() for o in objects}) > 1:
+        return "no_edit_pair"
+    return "no_edit_target" if targets == "known" else "no_edit_target_in_relation"
 
 
 def all_pairs(subjects: Sequence[str], objects: Sequence[str]) -> list[tuple[int, int]]:

@@ -18,7 +18,10 @@ Protocol (the paper's, with a held-out choice added):
 - ``max_known`` caps the known samples of a relation at a seeded random subset (a coarser, cheaper
   evaluation of the largest relations; the count row still says how many were known).
 - Causality: at the chosen layer(s), the paper's edit at every rank of ``ranks`` (rank chosen on
-  dev), and the comparison edits, over seeded random targets among the known samples.
+  dev), and the comparison edits, over seeded random targets among the known samples
+  (``edit_targets="known"``) or, wider than the paper and labelled by its metric, among every test
+  sample of the relation (``"relation"``). Where no source has a target, a count row says why
+  (:data:`~lre_pl.protocol.rows.MISSING_REASONS`).
 
 Rows are dicts with the fields of :data:`ROW_FIELDS`.
 """
@@ -32,11 +35,14 @@ from dataclasses import dataclass
 import torch
 
 from lre_pl.evaluation.causality import (
+    EDIT_TARGETS,
     comparison_edits,
     edit_hits,
-    known_edit_set,
+    edit_set,
+    no_target_reason,
     pinv_edits,
     random_targets,
+    target_pool,
 )
 from lre_pl.evaluation.context import BundleContext, Decoder
 from lre_pl.lm.models import LanguageModel
@@ -63,6 +69,7 @@ class EvaluationGrid:
     known_only: bool = True
     top_k: int = 3
     batch_size: int = 16
+    edit_targets: str = "known"
 
     @property
     def selection_rule(self) -> SelectionRule:
@@ -167,13 +174,20 @@ class BundleEvaluation:
     # --------------------------------------------------------------------------------- causality
     def _causality(self, lm: LanguageModel, chosen: dict[str, tuple[Layer, float]]) -> None:
         b, grid, context = self.bundle, self.grid, self.context
-        edits = known_edit_set(lm, b, context.known, context.objects)
-        pairs = random_targets(edits.subjects, edits.objects, b.seed)
+        pool, sources_in_pool = target_pool(grid.edit_targets, context.known, len(b.test_objects))
+        edits = edit_set(lm, b, pool)
+        pairs = random_targets(edits.subjects, edits.objects, b.seed, sources_in_pool.tolist())
         if not pairs:
+            reason = no_target_reason(edits.objects, grid.edit_targets)
+            self._rows.append(context.row(kind="count", split="all", metric=reason, value=1.0, n=len(pool)))
             return
+        metric = EDIT_TARGETS[grid.edit_targets]
         sources = torch.tensor([source for source, _ in pairs])
-        # Pairs per split: those whose source sample is in the split.
-        in_split = {split: torch.isin(sources, positions) for split, positions in context.splits.items()}
+        # Pairs per split: those whose source sample (a known one) is in the split.
+        in_split = {
+            split: torch.isin(sources, sources_in_pool[positions])
+            for split, positions in context.splits.items()
+        }
         edit_fns = {}
         for layer in dict.fromkeys(layer for layer, _ in chosen.values()):
             weight = b.weights[b.layer_index(layer)].to(lm.device)
@@ -190,7 +204,7 @@ class BundleEvaluation:
                     value = pair_hits[mask].float().mean().item() if mask.any() else float("nan")
                     self._rows.append(context.row(
                         kind="grid", estimator=estimator, layer=str(layer), rank=rank, split=split,
-                        metric="efficacy", value=value, n=int(mask.sum()),
+                        metric=metric, value=value, n=int(mask.sum()),
                     ))  # fmt: skip
             for selection, (chosen_on, report) in SELECTIONS.items():
                 if chosen[selection][0] != layer:
@@ -206,6 +220,6 @@ class BundleEvaluation:
                     mask = in_split[report]
                     self._rows.append(context.row(
                         kind="selected", selection=selection, estimator=key[0], layer=str(layer), rank=key[1],
-                        split=report, metric="efficacy", value=pair_hits[mask].float().mean().item(),
+                        split=report, metric=metric, value=pair_hits[mask].float().mean().item(),
                         n=int(mask.sum()),
                     ))  # fmt: skip

@@ -9,6 +9,7 @@ whose rows file does not verify is not done.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import re
@@ -23,6 +24,23 @@ ROW_FIELDS = (
     "model", "relation", "category", "trial", "kind", "selection", "estimator", "layer", "beta", "rank",
     "split", "metric", "value", "n",
 )  # fmt: skip
+
+#: Count rows (``kind="count"``, value 1) that say why a bundle has no value of some metrics: their
+#: metric -> (the metrics left without a value, ``None`` for every one; the words every report prints).
+#: A report never averages a missing value and never leaves one unexplained: a bundle that lacks a
+#: value without one of these rows is "not run" (the config lists it, the folder lacks it).
+MISSING_REASONS = {
+    "too_few_known": (None, "too few known test samples"),
+    "no_edit_target": (("efficacy",), "no target: every known sample has the same object"),
+    "no_edit_pair": (
+        ("efficacy", "efficacy_relation_targets"),
+        "no target: no two known samples differ in both subject and object",
+    ),
+    "no_edit_target_in_relation": (
+        ("efficacy_relation_targets",),
+        "no target: every test sample of the relation has the same object",
+    ),
+}
 
 _FOOTER = re.compile(r"# rows: (\d+)")
 
@@ -77,6 +95,22 @@ def read_rows(paths: Iterable[str | Path]) -> list[dict]:
             )
         rows += parsed
     return rows
+
+
+def read_rows_csv(path: str | Path) -> list[dict]:
+    """The rows of a ``results.csv`` (or ``.csv.gz``) as the rows files hold them (numbers typed, empty
+    cells ``None``): a committed result is re-read, and its reports remade, without its sweep folder."""
+    path = Path(path)
+    data = path.read_bytes()
+    text = (gzip.decompress(data) if path.suffix == ".gz" else data).decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if rows and set(rows[0]) != set(ROW_FIELDS):
+        raise InputError(f"{path} has columns {sorted(rows[0])}, not the rows' {list(ROW_FIELDS)}")
+    convert = {"trial": int, "n": int, "rank": int, "value": float, "beta": float}
+    return [
+        {key: None if value == "" else convert.get(key, str)(value) for key, value in row.items()}
+        for row in rows
+    ]
 
 
 def write_rows_csv(path: str | Path, rows: Sequence[dict]) -> None:

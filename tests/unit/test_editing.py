@@ -15,8 +15,10 @@ from lre_pl.evaluation.causality import (
     edit_hits,
     edited_outputs,
     efficacy,
+    no_target_reason,
     pinv_edits,
     random_targets,
+    target_pool,
 )
 from lre_pl.lightning.datamodule import RelationPrompts
 from lre_pl.lm.activations import collect_states
@@ -80,6 +82,24 @@ def test_targets_follow_the_paper_rule():
     chosen = random_targets(subjects, objects, seed=0)
     assert [source for source, _ in chosen] == [0, 1, 2, 3, 4] and set(chosen) <= set(pairs)
     assert random_targets(subjects, objects, seed=0) == chosen
+
+
+def test_wider_targets_come_from_every_test_sample_and_sources_stay_known():
+    subjects, objects = ["a", "b", "c", "d", "e"], ["men", "men", "women", "men", "women"]
+    known = torch.tensor([0, 1, 3])  # every known sample's object is "men": the paper's rule has no target
+    pool, sources = target_pool("known", known, 5)
+    assert pool.tolist() == [0, 1, 3] and sources.tolist() == [0, 1, 2]
+    in_known = [subjects[i] for i in pool.tolist()], [objects[i] for i in pool.tolist()]
+    assert random_targets(*in_known, seed=0, sources=sources.tolist()) == []
+    assert no_target_reason(in_known[1], "known") == "no_edit_target"
+    pool, sources = target_pool("relation", known, 5)
+    assert pool.tolist() == [0, 1, 2, 3, 4] and sources.tolist() == [0, 1, 3]
+    pairs = random_targets(subjects, objects, seed=0, sources=sources.tolist())
+    assert [s for s, _ in pairs] == [0, 1, 3] and all(objects[t] == "women" for _, t in pairs)
+    assert no_target_reason(["men", "Men "], "relation") == "no_edit_target_in_relation"
+    assert no_target_reason(["men", "women"], "known") == "no_edit_pair"  # objects differ, subjects not
+    with pytest.raises(ValueError, match="edit targets 'all'"):
+        target_pool("all", known, 5)
 
 
 def test_efficacy_counts_what_a_hand_written_loop_counts(llama, edit_set):

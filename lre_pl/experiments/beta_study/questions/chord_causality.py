@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import torch
 
-from lre_pl.evaluation.causality import edit_hits, known_edit_set, pinv_edits, random_targets
+from lre_pl.evaluation.causality import edit_hits, edit_set, pinv_edits, random_targets
 from lre_pl.experiments.beta_study.context import StudyContext
 from lre_pl.experiments.beta_study.questions.base import (
     NAN,
@@ -63,7 +63,7 @@ class ChordCausality(PerBundleQuestion):
         )  # fmt: skip
         weights = {"lre": b.weights[i], "chord": chord.form()}  # [d, d] each
         forming = time.perf_counter() - started
-        edits = known_edit_set(lm, b, context.known, context.objects)
+        edits = edit_set(lm, b, context.known)
         pairs = random_targets(edits.subjects, edits.objects, b.seed)
         if not pairs:
             return []
