@@ -53,7 +53,7 @@ def test_a_sweep_writes_bundles_rows_summary_and_figures(swept):
     rows = rows_of(swept)
     assert sorted(rows) == ["characteristic_gender__trial_0.jsonl", "country_capital_city__trial_0.jsonl"]
     summary = (swept / "summary.md").read_text()
-    assert "| factual | 1/1 |" in summary and "| bias | 1/1 |" in summary
+    assert "| factual | 1 | " in summary and "| bias | 1 | " in summary
     estimators = {row["estimator"] for row in rows["country_capital_city__trial_0.jsonl"]}
     assert {
         "lre",
@@ -243,7 +243,7 @@ def test_two_processes_taking_whole_tasks_sweep_what_one_process_does(swept, tin
         assert {rank for _, rank in done} == {0, 1}, stage
     assert all(line["rank_zero_only"] == line["rank"] for line in lines)
     assert not (folder / "claims").exists()
-    assert (folder / "summary.md").exists() and "| bias | 1/1 |" in (folder / "summary.md").read_text()
+    assert (folder / "summary.md").exists() and "| bias | 1 | " in (folder / "summary.md").read_text()
 
 
 def test_a_failing_process_fails_the_command_with_its_error(tiny_model_dir, tmp_path):
@@ -282,6 +282,8 @@ def test_a_failing_process_fails_the_command_with_its_error(tiny_model_dir, tmp_
         (["--ranks", "[4, 33]"], "ranks=[4, 33] out of range"),
         (["--betas", "[]"], "betas=[] must be a non-empty list"),
         (["--spread", "relations"], "spread='relations': give tasks (whole tasks per process) or prompts"),
+        (["--edit_targets", "all"], "edit_targets='all': give known (the paper's targets) or relation"),
+        (["--stop_after_hours", "0"], "stop_after_hours=0.0 must be positive"),
     ],
 )
 def test_bad_sweep_input_fails_in_one_line_before_any_work(
@@ -308,7 +310,7 @@ def test_a_folder_takes_more_relations_and_trials_but_not_another_grid(swept, ti
     ).run()
     assert (swept / "command.txt").read_text() == "lre-pl sweep (test)\n(narrower)\n"
     assert rows_of(swept) == rows_before  # nothing redone: both bundles had rows
-    assert "| bias | 1/1 |" in (swept / "summary.md").read_text()  # the folder's report: both relations
+    assert "| bias | 1 | " in (swept / "summary.md").read_text()  # the folder's report: both relations
 
 
 @pytest.mark.parametrize("name", ["smollm2.yaml", "smollm2_beta.yaml", "gemma3.yaml"])
@@ -329,3 +331,58 @@ def test_kept_jacobians_are_the_per_sample_statistics(tiny_model_dir, tmp_path):
         bundle.train_jacobian_states, atol=1e-5, rtol=1e-4,
     )  # fmt: skip
     torch.testing.assert_close(bundle.weights, bundle.train_jacobians.mean(0), atol=1e-6, rtol=1e-5)
+
+
+def one_object_relation(folder: Path) -> str:
+    """characteristic gender with every object "men": no sample has a target with another object."""
+    relation = json.loads((ROOT / "lre_pl/resources/relations/bias/characteristic_gender.json").read_text())
+    relation["name"] = "one object"
+    relation["samples"] = [{**sample, "object": "men"} for sample in relation["samples"]]
+    path = folder / "one_object.json"
+    path.write_text(json.dumps(relation))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("targets", "reason"),
+    [("known", "no target: every known sample has the same object"),
+     ("relation", "no target: every test sample of the relation has the same object")],
+)  # fmt: skip
+def test_a_relation_without_edit_targets_says_so_in_its_rows_and_summary(
+    tiny_model_dir, tmp_path, targets, reason
+):
+    relation = one_object_relation(tmp_path)
+    config = tiny_config(
+        tiny_model_dir, tmp_path / "sweep", relations=[relation, "country capital city"], layers=[1],
+        edit_targets=targets,
+    )  # fmt: skip
+    Sweep(config).run()
+    rows = rows_of(tmp_path / "sweep")
+    mine, other = rows["one_object__trial_0.jsonl"], rows["country_capital_city__trial_0.jsonl"]
+    code = "no_edit_target" if targets == "known" else "no_edit_target_in_relation"
+    assert [row["metric"] for row in mine if row["kind"] == "count"][-1] == code
+    assert not [row for row in mine if row["metric"].startswith("efficacy")]
+    metric = "efficacy" if targets == "known" else "efficacy_relation_targets"
+    assert {row["metric"] for row in other if row["metric"].startswith("efficacy")} == {metric}
+    summary = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "| one object | bias |" in summary and "– (no target) | – |" in summary
+    assert f"- one object (bias), trial 0: {metric}: {reason}" in summary
+    assert "(0 of 2 tasks): none" in summary
+
+
+def test_a_sweep_stopped_by_its_time_limit_reports_what_is_done_and_names_the_rest(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    from lre_pl.experiments.sweep import runner
+
+    checks = []
+    monkeypatch.setattr(runner.Deadline, "passed", lambda self: checks.append(1) or len(checks) > 1)
+    folder = tmp_path / "sweep"
+    Sweep(tiny_config(tiny_model_dir, folder, layers=[1], stop_after_hours=1.0)).run()
+    assert sorted(rows_of(folder)) == ["country_capital_city__trial_0.jsonl"]
+    summary = (folder / "summary.md").read_text()
+    assert "**listed but not in the folder** (1 of 2 tasks): characteristic gender trial 0" in summary
+    monkeypatch.undo()
+    Sweep(tiny_config(tiny_model_dir, folder, layers=[1])).run()  # the rerun resumes and finishes
+    assert len(rows_of(folder)) == 2
+    assert "(0 of 2 tasks): none" in (folder / "summary.md").read_text()

@@ -1,19 +1,25 @@
 """A sweep's results from its row files alone: ``results.csv``, ``summary.md`` and figures.
 
-Numbers of a category are means over its evaluated relations, per trial; the tables give the mean
-± standard deviation of those over trials (no ± with one trial).
+Numbers of a category are means over its relations that have a value, per trial; the tables give the
+mean ± standard deviation of those over trials (no ± with one trial), and each cell says how many
+relations and (relation, trial) bundles it averages. A value that is missing is never averaged and
+never left unexplained: its reason (:data:`~lre_pl.protocol.rows.MISSING_REASONS`, or "not run" for a
+task the config lists and the folder lacks) is in its cell and in the summary's list of missing values.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from lre_pl.dataset.relations import CATEGORIES
+from lre_pl.evaluation.causality import EDIT_TARGETS
 from lre_pl.files import write_text_atomically
 from lre_pl.lightning.outputs import write_figure
 from lre_pl.protocol.markdown import markdown_table, mean_std_cell, nanmean
-from lre_pl.protocol.rows import read_rows, write_rows_csv
+from lre_pl.protocol.rows import MISSING_REASONS, read_rows, write_rows_csv
 
 #: Columns of the summary's faithfulness table: (heading, estimator, selection, reported split).
 FAITHFULNESS_COLUMNS = (
@@ -31,20 +37,41 @@ CAUSALITY_COLUMNS = (
     ("s → emb(s')", "edit:target_subject_embedding", "dev", "test"),
     ("s → o'", "edit:target_output", "dev", "test"),
 )
+#: A value the folder lacks for a task with no rows at all.
+NOT_RUN = "not run: the config lists it, the folder has no rows for it"
+#: A value missing from a task's rows with no reason row (rows of a sweep older than the reasons).
+UNEXPLAINED = "missing without a recorded reason"
+
+Task = tuple[str, int]  # (relation, trial)
+
+
+def short(reason: str) -> str:
+    """A reason's words before their colon: what a table cell has room for."""
+    return reason.split(":")[0]
 
 
 class SweepResults:
-    """Indexes of the rows that the tables and figures read."""
+    """Indexes of the rows that the tables and figures read. ``listed``: the (relation, trial) tasks the
+    sweep's config lists (default: those with rows), so that a task without rows is named, not skipped."""
 
-    def __init__(self, rows: list[dict]):
+    def __init__(self, rows: list[dict], listed: Sequence[Task] | None = None):
         self.rows = rows
-        self.trials = sorted({row["trial"] for row in rows})
+        self.run = {(row["relation"], row["trial"]) for row in rows}
+        self.listed = sorted(self.run | set(listed or ()), key=lambda task: (task[0], task[1]))
+        self.trials = sorted({trial for _, trial in self.listed})
+        self.trials_of = defaultdict(list)  # relation -> its listed trials
+        for relation, trial in self.listed:
+            self.trials_of[relation].append(trial)
         self.category = {row["relation"]: row["category"] for row in rows}
         self.counts = {
             (row["relation"], row["trial"], row["metric"]): row["value"]
             for row in rows
             if row["kind"] == "count"
         }
+        self.reasons = defaultdict(list)  # (relation, trial) -> its reason rows' metrics
+        for row in rows:
+            if row["kind"] == "count" and row["metric"] in MISSING_REASONS:
+                self.reasons[row["relation"], row["trial"]].append(row["metric"])
         self.selected = {
             (
                 row["relation"],
@@ -60,7 +87,11 @@ class SweepResults:
 
     @property
     def relations(self) -> list[str]:
-        return sorted(self.category)
+        return sorted({relation for relation, _ in self.listed})
+
+    def not_run(self) -> list[Task]:
+        """The tasks the config lists and the folder has no rows for."""
+        return [task for task in self.listed if task not in self.run]
 
     def too_few_known(self) -> dict[str, list[int]]:
         """relation -> the trials in which it had too few known test samples to be evaluated."""
@@ -70,105 +101,194 @@ class SweepResults:
                 skipped[relation].append(trial)
         return dict(skipped)
 
-    def evaluated(self, category: str | None = None) -> list[str]:
-        """Relations evaluated in at least one trial (a trial's means skip those it could not evaluate)."""
-        skipped = self.too_few_known()
-        return [
-            r
-            for r in self.relations
-            if len(skipped.get(r, [])) < len(self.trials)
-            and (category is None or self.category[r] == category)
-        ]
+    def in_category(self, category: str | None) -> list[str]:
+        """The relations of ``category`` (every relation for ``None``) that have rows."""
+        return [r for r in self.relations if r in self.category and category in (None, self.category[r])]
 
     def value(self, relation, trial, estimator, selection, split, metric) -> float:
         row = self.selected.get((relation, trial, estimator, selection, split, metric))
         return row["value"] if row else float("nan")
 
+    def missing_reason(self, relation: str, trial: int, metric: str) -> str:
+        """Why (relation, trial) has no value of ``metric``: its reason row's words, else "not run"."""
+        for code in self.reasons.get((relation, trial), []):
+            metrics, words = MISSING_REASONS[code]
+            if metrics is None or metric in metrics:
+                return words
+        return UNEXPLAINED if (relation, trial) in self.run else NOT_RUN
+
+    def chosen_per_trial(self, relation: str, metric: str, field: str, fmt: str = "") -> str:
+        """The LRE's dev-chosen ``field`` (layer, beta, rank) for ``metric`` in each trial: ``8/9/–``."""
+        rows = [
+            self.selected.get((relation, t, "lre", "dev", "test", metric)) for t in self.trials_of[relation]
+        ]
+        return "/".join("–" if row is None else format(row[field], fmt) for row in rows)
+
+    def relation_cell(self, relation: str, column: tuple, metric: str, fmt: str = ".2f") -> str:
+        """Mean ± std over the trials that have a value, then each other trial's reason."""
+        _, estimator, selection, split = column
+        values = {
+            t: self.value(relation, t, estimator, selection, split, metric) for t in self.trials_of[relation]
+        }
+        cell = mean_std_cell(list(values.values()), fmt)
+        absent = [t for t, value in values.items() if math.isnan(value)]
+        if not absent:
+            return cell
+        reasons = defaultdict(list)
+        for t in absent:
+            reasons[short(self.missing_reason(relation, t, metric))].append(str(t))
+        why = "; ".join(
+            (f"{reason}" if len(trials) == len(values) else f"trial {', '.join(trials)}: {reason}")
+            for reason, trials in reasons.items()
+        )
+        return f"{cell} ({why})"
+
     def category_cells(self, columns, metric: str) -> list[list[str]]:
+        """Per category (and all): its relations with rows / listed, then per column the mean over the
+        relations with a value per trial, ± std over trials, and how many relations and bundles that is."""
         table = []
         for category in [*CATEGORIES, None]:
-            relations = self.evaluated(category)
-            total = [r for r in self.relations if category is None or self.category[r] == category]
-            if not total:
+            relations = self.in_category(category)
+            if not relations:
                 continue
-            cells = [category or "**all**", f"{len(relations)}/{len(total)}"]
+            cells = [category or "**all**", str(len(relations))]
             for _, estimator, selection, split in columns:
-                per_trial = [
-                    nanmean(self.value(r, t, estimator, selection, split, metric) for r in relations)
-                    for t in self.trials
-                ]
-                cells.append(mean_std_cell(per_trial))
+                values = {
+                    (r, t): self.value(r, t, estimator, selection, split, metric)
+                    for r in relations
+                    for t in self.trials_of[r]
+                }
+                present = [task for task, value in values.items() if not math.isnan(value)]
+                if not present:
+                    reasons = sorted({short(self.missing_reason(r, t, metric)) for r, t in values})
+                    cells.append(f"– (none of {len(relations)}: {'; '.join(reasons)})")
+                    continue
+                per_trial = [nanmean(v for (_, at), v in values.items() if at == t) for t in self.trials]
+                counted = f"{len({r for r, _ in present})} rel., {len(present)} bundles"
+                cells.append(f"{mean_std_cell(per_trial)} ({counted})")
             table.append(cells)
         return table
 
+    def missing_values(self, metrics: Sequence[str]) -> list[str]:
+        """One line per relation and reason: the trials whose LRE has no value of ``metrics``."""
+        lines = defaultdict(lambda: defaultdict(list))  # relation -> reason -> trials
+        for relation in self.relations:
+            for metric in metrics:
+                for t in self.trials_of[relation]:
+                    if math.isnan(self.value(relation, t, "lre", "dev", "test", metric)):
+                        lines[relation][f"{metric}: {self.missing_reason(relation, t, metric)}"].append(t)
+        return [
+            f"- {relation} ({self.category.get(relation, 'no rows')}), trial "
+            f"{', '.join(map(str, sorted(set(trials))))}: {reason}"
+            for relation, reasons in lines.items()
+            for reason, trials in reasons.items()
+        ]
+
+
+def _columns(columns, config, causal: bool) -> list[tuple]:
+    """The columns the config measured (its estimators, emb among its layers, its ranks, its comparison
+    edits); what it did not measure is said once under the table, never shown as empty cells."""
+    kept = []
+    for column in columns:
+        estimator = column[1]
+        if causal:
+            measured = bool(config.ranks) if estimator == "lre" else config.comparison_edits
+        elif estimator == "lre_emb":
+            measured = config.layers == "all" or "emb" in [str(layer) for layer in config.layers]
+        else:
+            measured = estimator in config.estimators
+        if measured:
+            kept.append(column)
+    return kept
+
+
+def coverage_lines(results: SweepResults, config) -> list[str]:
+    """What the summary covers: model, relations, trials, grid, known-sample cap, edit targets, and
+    every task the config lists that the folder lacks."""
+    evaluated = {r for r, t in results.run if "too_few_known" not in results.reasons.get((r, t), [])}
+    cap = f"at most {config.max_known} (a seeded subset)" if config.max_known else "all"
+    rule = getattr(config, "edit_targets", "known")
+    lines = [
+        f"- **model** {config.model}; **relations** {len(results.relations)} listed, "
+        f"{len(results.category)} with rows, {len(evaluated)} evaluated in at least one trial; "
+        f"**trials** (seeds) {', '.join(map(str, results.trials))}",
+        f"- **grid**: layers {config.layers}, layer chosen at β {config.layer_search_beta}, β "
+        f"{min(config.betas)}..{max(config.betas)} ({len(config.betas)} values), causality ranks "
+        f"{config.ranks or 'none'}, comparison edits {'yes' if config.comparison_edits else 'no'}, "
+        f"estimators {', '.join(config.estimators)}, n_train {config.n_train}",
+        f"- **known test samples per relation**: {cap}, at least {config.min_known} to be evaluated; "
+        f"dev split {config.dev_fraction:.0%} of them",
+        f"- **edit targets**: {rule} ("
+        + ("the paper's: among the known samples)" if rule == "known" else
+           "wider than the paper: every test sample of the relation; metric efficacy_relation_targets)"),
+    ]  # fmt: skip
+    missing = results.not_run()
+    lines.append(
+        f"- **listed but not in the folder** ({len(missing)} of {len(results.listed)} tasks): "
+        + (", ".join(f"{r} trial {t}" for r, t in missing) if missing else "none")
+    )
+    return lines
+
 
 def summary_markdown(results: SweepResults, config) -> str:
-    """The summary page: by category, then by relation, then the relations not evaluated."""
-    trials = ", ".join(map(str, results.trials))
+    """The summary page: what it covers, by category, by relation, then every missing value and why."""
+    efficacy = EDIT_TARGETS[getattr(config, "edit_targets", "known")]
     parts = [
         f"# LRE sweep: {config.model}\n",
-        f"{len(results.relations)} relations, trials (seeds) {trials}, n_train {config.n_train}, layers "
-        f"{config.layers}, layer chosen at beta {config.layer_search_beta}, beta grid {min(config.betas)}..."
-        f"{max(config.betas)} ({len(config.betas)} values), causality ranks {config.ranks}. Hyper-parameters "
-        f"are chosen on a dev split ({config.dev_fraction:.0%}) of each relation's known test samples and "
-        "reported on the rest; the paper's way (chosen on the very samples reported) is the column so "
-        "marked. Cells: mean over the category's relations, then mean ± std over trials.\n",
+        *coverage_lines(results, config),
+        "",
+        "Hyper-parameters are chosen on a dev split of each relation's known test samples and reported on "
+        "the rest; the paper's way (chosen on the very samples reported) is the column so marked. Cells: "
+        "mean over the category's relations that have a value, then mean ± std over trials; in brackets, "
+        "how many relations and (relation, trial) bundles the cell averages. Missing values are listed "
+        "with their reason at the end, never averaged.\n",
         "## Faithfulness@1 by category\n",
-        markdown_table(
-            ["category", "relations", *(c[0] for c in FAITHFULNESS_COLUMNS)],
-            results.category_cells(FAITHFULNESS_COLUMNS, "faithfulness@1"),
-        ),
-        "## Causality (efficacy) by category\n",
-        markdown_table(
-            ["category", "relations", *(c[0] for c in CAUSALITY_COLUMNS)],
-            results.category_cells(CAUSALITY_COLUMNS, "efficacy"),
-        ),
-        "## By relation (LRE, chosen on dev, reported on test; first trial's layer, beta and rank)\n",
     ]
-    rows = []
-    for relation in results.relations:
-        t0 = results.trials[0]
-        known = [
-            results.counts.get((relation, t, "known_test_samples"), float("nan")) for t in results.trials
-        ]
-        accuracy = [results.counts.get((relation, t, "lm_accuracy"), float("nan")) for t in results.trials]
-        faithful = results.selected.get((relation, t0, "lre", "dev", "test", "faithfulness@1"))
-        causal = results.selected.get((relation, t0, "lre", "dev", "test", "efficacy"))
-        rows.append(
-            [
-                relation,
-                results.category[relation],
-                f"{nanmean(known):.0f}",
-                f"{nanmean(accuracy):.2f}",
-                mean_std_cell(
-                    [
-                        results.value(relation, t, "lre", "dev", "test", "faithfulness@1")
-                        for t in results.trials
-                    ]
-                ),
-                str(faithful["layer"]) if faithful else "–",
-                f"{faithful['beta']:g}" if faithful else "–",
-                mean_std_cell(
-                    [results.value(relation, t, "lre", "dev", "test", "efficacy") for t in results.trials]
-                ),
-                str(causal["rank"]) if causal else "–",
-            ]
-        )
+    faithful = _columns(FAITHFULNESS_COLUMNS, config, causal=False)
     parts.append(
         markdown_table(
-            [
-                "relation",
-                "category",
-                "known",
-                "LM acc.",
-                "faithfulness@1",
-                "layer",
-                "beta",
-                "efficacy",
-                "rank",
-            ],
-            rows,
+            ["category", "relations", *(c[0] for c in faithful)],
+            results.category_cells(faithful, "faithfulness@1"),
         )
+    )
+    causal = _columns(CAUSALITY_COLUMNS, config, causal=True)
+    targets = "the paper's: among known samples" if efficacy == "efficacy" else "every test sample"
+    if causal:
+        parts += [
+            f"## Causality (efficacy; targets: {targets}) by category\n",
+            markdown_table(
+                ["category", "relations", *(c[0] for c in causal)], results.category_cells(causal, efficacy)
+            ),
+        ]
+    else:
+        parts.append("## Causality\n\nNot measured: the config has no ranks and no comparison edits.\n")
+    parts.append("## By relation (LRE, chosen on dev, reported on test; layer, β and rank per trial)\n")
+    lre = FAITHFULNESS_COLUMNS[0]
+    rows = []
+    for relation in results.relations:
+        trials = results.trials_of[relation]
+        known = [results.counts.get((relation, t, "known_test_samples"), math.nan) for t in trials]
+        accuracy = [results.counts.get((relation, t, "lm_accuracy"), math.nan) for t in trials]
+        cells = [
+            relation,
+            results.category.get(relation, "–"),
+            mean_std_cell(known, ".0f"),
+            mean_std_cell(accuracy),
+            results.relation_cell(relation, lre, "faithfulness@1"),
+            results.chosen_per_trial(relation, "faithfulness@1", "layer"),
+            results.chosen_per_trial(relation, "faithfulness@1", "beta", "g"),
+        ]
+        if causal:
+            cells += [
+                results.relation_cell(relation, lre, efficacy),
+                results.chosen_per_trial(relation, efficacy, "rank"),
+            ]
+        rows.append(cells)
+    headings = ["relation", "category", "known", "LM acc.", "faithfulness@1", "layer", "beta"]
+    parts.append(markdown_table(headings + (["efficacy", "rank"] if causal else []), rows))
+    parts.append(
+        "Per-trial columns (layer, β, rank) list each trial in order; `–` where that trial has no value "
+        "(its reason is in the cell beside and in the list below).\n"
     )
     parts.append("## Where the time went (wall seconds, summed over relations and trials)\n")
     totals = defaultdict(float)
@@ -183,20 +303,12 @@ def summary_markdown(results: SweepResults, config) -> str:
         if totals
         else "No timings recorded.\n"
     )
-    skipped = results.too_few_known()
     parts.append(
-        f"## Not evaluated: fewer than {config.min_known} known test samples\n\n"
-        "A relation is left out of a trial's means where that trial's split left it too few known samples.\n"
+        "## Missing values and why\n\n"
+        f"Every (relation, trial) whose LRE has no test value, with the reason (at least {config.min_known} "
+        "known test samples are needed to evaluate a relation).\n"
     )
-    lines = []
-    for relation, trials in skipped.items():
-        known = ", ".join(
-            f"{results.counts.get((relation, t, 'known_test_samples'), 0):.0f}" for t in results.trials
-        )
-        where = (
-            "every trial" if len(trials) == len(results.trials) else "trial " + ", ".join(map(str, trials))
-        )
-        lines.append(f"- {relation} ({results.category[relation]}): {where} (known per trial: {known})")
+    lines = results.missing_values(["faithfulness@1", *([efficacy] if causal else [])])
     parts.append("\n".join(lines) + "\n" if lines else "None.\n")
     return "\n".join(parts)
 
@@ -216,7 +328,7 @@ def plot_figures(results: SweepResults, config):
     figures = {}
 
     figure, axes = plt.subplots(figsize=(6, 5))
-    for relation in results.evaluated():
+    for relation in results.in_category(None):
         x = nanmean(
             results.value(relation, t, "lre", "dev", "test", "faithfulness@1") for t in results.trials
         )
@@ -265,15 +377,20 @@ def plot_figures(results: SweepResults, config):
     return figures
 
 
-def write_report(root: Path, row_paths: list[Path], config) -> None:
-    """results.csv, summary.md and the figures (PNG + TensorBoard) of every existing row file."""
+def write_report(root: Path, row_paths: list[Path], config, listed: Sequence[Task] = ()) -> None:
+    """results.csv, summary.md and the figures (PNG + TensorBoard) of every existing row file;
+    ``listed``: the tasks the config asks for (those without rows are named in the summary)."""
+    rows = read_rows(row_paths)
+    if rows:
+        write_rows_csv(root / "results.csv", rows)
+        write_summary(root, rows, config, listed)
+
+
+def write_summary(root: Path, rows: list[dict], config, listed: Sequence[Task] = ()) -> None:
+    """summary.md and the figures (PNG + TensorBoard) in ``root`` from ``rows``."""
     from torch.utils.tensorboard import SummaryWriter
 
-    rows = read_rows(row_paths)
-    if not rows:
-        return
-    write_rows_csv(root / "results.csv", rows)
-    results = SweepResults(rows)
+    results = SweepResults(rows, listed)
     summary = summary_markdown(results, config)
     write_text_atomically(root / "summary.md", summary)
     experiment = SummaryWriter(str(root / "tensorboard"))

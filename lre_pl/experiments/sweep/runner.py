@@ -41,6 +41,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ from tqdm.auto import tqdm
 
 from lre_pl.dataset.relations import CATEGORIES, list_relations, load_relation
 from lre_pl.errors import InputError
+from lre_pl.evaluation.causality import EDIT_TARGETS
 from lre_pl.evaluation.context import Decoder
 from lre_pl.evaluation.grid import BundleEvaluation, EvaluationGrid
 from lre_pl.files import check_writable_folder, create_exclusively, folder_lock, write_text_atomically
@@ -71,6 +73,7 @@ MAX_SEED = 2**32 - 1
 #: Settings a rerun into an existing sweep folder may change: which work it does, and how fast.
 RESUMABLE_FIELDS = (
     "relations", "trials", "batch_size", "chunk_size", "output_dir", "trainer", "spread", "threads",
+    "stop_after_hours",
 )  # fmt: skip
 #: The ways several processes share a sweep (see the module's docstring).
 SPREADS = ("tasks", "prompts")
@@ -127,6 +130,14 @@ class SweepConfig:
     """How several processes share the work: ``tasks``: each takes whole (relation, trial) tasks (its
     estimation in a one-device fit on its own device, then its evaluation); ``prompts``: one DDP fit per
     task, its prompts sharded across the processes, evaluation on global rank 0. One process: the same."""
+    edit_targets: str = "known"
+    """Where the causality edits' targets come from: ``known`` (the paper: among the evaluated known
+    samples) or ``relation`` (every test sample of the relation, known or not; wider than the paper, its
+    rows' metric is ``efficacy_relation_targets``): a relation whose known samples share one object
+    has no target under ``known``."""
+    stop_after_hours: float | None = None
+    """Take no new task after this many hours and write the report of what is done (its coverage names
+    what is left); rerun to resume. ``None``: run to the end. For one process or ``spread: tasks``."""
     threads: int | None = None
     """CPU threads of each process (``torch.set_num_threads``); ``None``: torch's default for one process,
     the node's cores shared among its processes for several."""
@@ -139,6 +150,13 @@ class SweepConfig:
             raise InputError(
                 f"spread={self.spread!r}: give tasks (whole tasks per process) or prompts (one DDP fit)"
             )
+        if self.edit_targets not in EDIT_TARGETS:
+            raise InputError(
+                f"edit_targets={self.edit_targets!r}: give known (the paper's targets) or relation (every "
+                "test sample of the relation)"
+            )
+        if self.stop_after_hours is not None and self.stop_after_hours <= 0:
+            raise InputError(f"stop_after_hours={self.stop_after_hours} must be positive (or null: no limit)")
         if self.threads is not None and self.threads < 1:
             raise InputError(
                 f"threads={self.threads} must be at least 1 (or null: the cores shared among processes)"
@@ -198,6 +216,7 @@ class SweepConfig:
             known_only=self.known_only,
             top_k=self.top_k,
             batch_size=self.batch_size,
+            edit_targets=self.edit_targets,
         )
 
 
@@ -233,12 +252,32 @@ def largest_first(tasks: list[tuple[str, int]]) -> list[tuple[str, int]]:
     return sorted(tasks, key=lambda task: -sizes[task[0]])
 
 
-def claimed_tasks(folder: SweepFolder, tasks: list[tuple[str, int]], rank: int) -> Iterator[tuple[str, int]]:
+@dataclass(frozen=True)
+class Deadline:
+    """When a sweep stops taking new tasks (``stop_after_hours`` after it started); never for ``None``."""
+
+    at: float | None = None
+    """``time.monotonic()`` seconds."""
+
+    @classmethod
+    def after(cls, hours: float | None) -> Deadline:
+        return cls(None if hours is None else time.monotonic() + 3600 * hours)
+
+    def passed(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+
+def claimed_tasks(
+    folder: SweepFolder, tasks: list[tuple[str, int]], rank: int, deadline: Deadline = Deadline()
+) -> Iterator[tuple[str, int]]:
     """The tasks, in order, that this process takes, each claimed when the caller asks for the next one:
-    those not done (their rows and bundle exist) whose claim file this process creates first."""
+    those not done (their rows and bundle exist) whose claim file this process creates first; none
+    once ``deadline`` has passed."""
     for relation, seed in tasks:
         if folder.done(relation, seed):
             continue
+        if deadline.passed():
+            return
         if create_exclusively(folder.claim(relation, seed), f"rank {rank}, pid {os.getpid()}\n"):
             yield relation, seed
 
@@ -255,6 +294,7 @@ class Sweep:
         self.config = config
         self.command = command
         self.relations = config.check()
+        self.deadline = Deadline.after(config.stop_after_hours)
         self.grid = config.grid()
         self.root = Path(config.output_dir)
         self.folder = SweepFolder(self.root)
@@ -390,6 +430,11 @@ class Sweep:
                 # The node's cores shared among its processes, unless ``threads`` says otherwise.
                 torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // place.local_world_size))
                 return self._run_tasks(place)
+        if self.config.stop_after_hours is not None and find_place(self.config.trainer).world_size > 1:
+            raise InputError(
+                "stop_after_hours needs spread: tasks with several processes (under spread: prompts every "
+                "process would have to stop at the same task)"
+            )
         if threads is not None:  # DDP children inherit it, and Lightning's launcher then leaves it be
             torch.set_num_threads(threads)
             os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -413,7 +458,7 @@ class Sweep:
             with Processes(place) as processes, bar:
                 processes.barrier()
                 progress()
-                for relation, seed in claimed_tasks(self.folder, largest_first(work), rank):
+                for relation, seed in claimed_tasks(self.folder, largest_first(work), rank, self.deadline):
                     bar.set_postfix_str(f"{relation}, trial {seed}")
                     if not self.bundle_path(relation, seed).exists():
                         self.estimate(relation, seed)
@@ -455,6 +500,8 @@ class Sweep:
             for relation, seed in bar:
                 if self.folder.done(relation, seed):
                     continue
+                if self.deadline.passed():
+                    break
                 bar.set_postfix_str(f"{relation}, trial {seed}")
                 if not self.bundle_path(relation, seed).exists():
                     rank = self.estimate(relation, seed)
@@ -470,7 +517,9 @@ class Sweep:
         from lre_pl.experiments.sweep.report import write_report
 
         # The folder's report: every row file in it (one grid, see check_folder), earlier commands' too.
-        write_report(self.root, self.folder.row_files(), self.config)
+        names = [load_relation(relation).name for relation in self.relations]  # a JSON file's own name
+        listed = [(name, seed) for name in names for seed in self.config.trials]
+        write_report(self.root, self.folder.row_files(), self.config, listed)
 
     def _write_command(self) -> None:
         """The exact commands (``command.txt``: every distinct command that ran into this folder, in
