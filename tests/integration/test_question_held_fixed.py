@@ -73,69 +73,49 @@ def test_the_summary_gives_every_way_its_scan_and_norm(held_rows, study):
 
 
 def numbers_of(**ways) -> dict:
-    """Numbers of the four ways from (β = 1, tuned, median β) triples."""
-    return {"variants": {
-        way: {"beta_1": one, "chosen": tuned, "median_beta": beta, "min_beta": beta, "max_beta": beta, "n": 3,
-              NORM_METRIC: 1.0}
-        for way, (one, tuned, beta) in ways.items()
-    }}  # fmt: skip
+    """Numbers of the ways from (β = 1, tuned, dev-chosen β per relation) triples (three relations)."""
+    keys = [(f"r{i}", 0) for i in range(3)]
+    return {
+        "variants": {way: {"median_beta": sorted(betas)[1]} for way, (_, _, betas) in ways.items()},
+        "per_bundle": {
+            way: {"beta_1": dict.fromkeys(keys, one), "chosen": dict.fromkeys(keys, tuned),
+                  "chosen_beta": dict(zip(keys, betas))}
+            for way, (one, tuned, betas) in ways.items()
+        },
+    }  # fmt: skip
 
 
-PLAIN = (0.30, 0.60, 2.5)
+PLAIN = (0.30, 0.60, (2.5, 2.5, 2.5))
+STRADDLES = (0.3, 0.6, (2.5, 2.25, 2.75))  # plain − it: 0, +0.25, −0.25
+LOWER = (0.5, 0.6, (1.25, 1.0, 1.5))
 
 
-def test_the_verdict_names_the_part_that_removes_beta():
+def test_the_verdict_names_the_part_that_lowers_beta():
     judge = REGISTRY["held_fixed"]().judge
-    removed_by_norms = numbers_of(
-        plain=PLAIN,
-        attention=(0.32, 0.6, 2.25),
-        norms=(0.57, 0.6, 1.25),
-        **{"attention+norms": (0.58, 0.6, 1.0)},
+    verdict = judge(
+        numbers_of(plain=PLAIN, attention=STRADDLES, norms=LOWER, **{"attention+norms": STRADDLES})
     )
-    verdict = judge(removed_by_norms)
-    assert verdict.word == "confirmed" and verdict.why.startswith("holding norms fixed removes β")
-    only_both = numbers_of(
-        plain=PLAIN,
-        attention=(0.32, 0.6, 2.25),
-        norms=(0.40, 0.6, 1.75),
-        **{"attention+norms": (0.58, 0.6, 1.0)},
+    assert verdict.word == "confirmed" and verdict.why.startswith(
+        "holding norms fixed lowers the β the LRE needs"
     )
+    assert "norms: plain's dev-chosen β − its +1.25 [+1.00, +1.50] (3 relations" in verdict.why
+    only_both = numbers_of(plain=PLAIN, attention=STRADDLES, norms=STRADDLES, **{"attention+norms": LOWER})
     assert judge(only_both).why.startswith("holding attention and the norms together (neither alone) fixed")
-    unmoved = numbers_of(
-        plain=PLAIN,
-        attention=(0.31, 0.6, 2.5),
-        norms=(0.29, 0.6, 2.25),
-        **{"attention+norms": (0.33, 0.6, 2.25)},
+    raised = (0.3, 0.6, (3.0, 3.25, 3.5))
+    assert judge(
+        numbers_of(plain=PLAIN, attention=raised, norms=raised, **{"attention+norms": raised})
+    ).word == ("refuted")
+    verdict = judge(
+        numbers_of(plain=PLAIN, attention=STRADDLES, norms=raised, **{"attention+norms": STRADDLES})
     )
-    assert judge(unmoved).word == "refuted"
-    a_little = numbers_of(
-        plain=PLAIN,
-        attention=(0.31, 0.6, 2.5),
-        norms=(0.40, 0.6, 2.0),
-        **{"attention+norms": (0.45, 0.6, 1.75)},
-    )
-    verdict = judge(a_little)
-    assert verdict.word == "inconclusive" and verdict.why.startswith("norms, attention+norms held fixed move")
-    no_beta_needed = numbers_of(
-        plain=(0.6, 0.62, 1.0), attention=PLAIN, norms=PLAIN, **{"attention+norms": PLAIN}
-    )
-    assert judge(no_beta_needed).word == "inconclusive"
+    assert verdict.word == "inconclusive" and verdict.why.startswith("no part held fixed lowers β detectably")
+    assert "no detectable difference" in verdict.why
     # β chosen above 1 on dev, yet tuning it buys nothing on test (SmolLM2's two relations): nothing to remove.
-    tuning_buys_nothing = numbers_of(
-        plain=(0.92, 0.87, 1.38),
-        attention=(0.90, 0.90, 1.25),
-        norms=PLAIN,
-        **{"attention+norms": (0.94, 0.94, 1.0)},
+    tuning_buys_nothing = numbers_of(plain=(0.92, 0.87, (1.25, 1.5, 1.5)), attention=LOWER, norms=LOWER,
+                                     **{"attention+norms": LOWER})  # fmt: skip
+    verdict = judge(tuning_buys_nothing)
+    assert verdict.word == "inconclusive" and verdict.why.startswith(
+        "tuning β does not help the plain LRE here, nothing to remove"
     )
-    assert judge(tuning_buys_nothing).why.startswith(
-        "the plain LRE needs no β here (β ≈ 1.38, tuning gains -0.050)"
-    )
+    assert "faithfulness at the dev-chosen β − at β = 1 -0.050 [-0.050, -0.050]" in verdict.why
     assert judge(numbers_of(plain=PLAIN)).why == "rows of ['plain'] only: every way needs its rows"
-
-
-def test_measured_is_one_line_with_every_way():
-    numbers = numbers_of(plain=PLAIN, attention=PLAIN, norms=PLAIN, **{"attention+norms": (0.58, 0.6, 1.0)})
-    assert REGISTRY["held_fixed"]().measured(numbers) == (
-        "plain 0.30 at β = 1, β 2.50 (tuned 0.60); attention 0.30 at β = 1, β 2.50; norms 0.30 at β = 1, β 2.50; "
-        "attention+norms 0.58 at β = 1, β 1.00"
-    )

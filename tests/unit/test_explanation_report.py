@@ -119,3 +119,49 @@ def test_every_hypothesis_question_renders_and_judges_no_rows_as_inconclusive():
         assert question.render(numbers, Findings("m", RULE, {name: numbers})), name
         assert question.measured(numbers), name
         assert question.judge(numbers).word == "inconclusive", name
+
+
+def efficacy_rows(differences: dict[tuple[str, int], float]) -> list[dict]:
+    """Question 12's rows: per (relation, trial) one rank, the LRE's test efficacy 0.5 and W_chord's
+    0.5 + the given difference (dev only picks the rank)."""
+    return [
+        make_row(model="m", relation=relation, category="c", trial=trial, kind="chord_causality",
+                 estimator=editor, layer="3", rank=8, split=split, metric="efficacy",
+                 value=0.5 + (difference if editor == "chord" and split == "test" else 0.0), n=4)
+        for (relation, trial), difference in differences.items()
+        for editor in ("lre", "chord")
+        for split in ("dev", "test")
+    ]  # fmt: skip
+
+
+def judged(differences: dict[tuple[str, int], float]):
+    from lre_pl.experiments.beta_study.questions import REGISTRY
+
+    question = REGISTRY["chord_causality"]()
+    return question.judge(question.summarize(efficacy_rows(differences), SelectionRule([1.0], 1.0, [8])))
+
+
+def test_a_verdict_is_confirmed_or_refuted_only_when_the_interval_of_its_difference_excludes_0():
+    """W_chord − the LRE in efficacy, 3 relations × 2 trials: the same +0.2 in every bundle is a real
+    difference whose interval is exactly [+0.2, +0.2]; −0.2 everywhere refutes."""
+    better = {(f"r{i}", t): 0.2 for i in range(3) for t in (0, 1)}
+    word, why = judged(better)
+    assert word == "confirmed"
+    assert why.endswith(
+        "W_chord's efficacy − the LRE's +0.200 [+0.200, +0.200] (3 relations, 6 bundles, 95 % bootstrap "
+        "interval): a real difference"
+    )
+    assert judged({key: -0.2 for key in better}).word == "refuted"
+
+
+def test_a_difference_that_straddles_0_or_rests_on_one_relation_is_inconclusive():
+    """Relations that disagree (+0.3, −0.3, +0.1; trials ±0.05 about them): the mean +0.033 has an
+    interval holding 0, so no detectable difference; one relation has no interval at all."""
+    mixed = {(relation, trial): centre + (0.05 if trial else -0.05)
+             for relation, centre in (("r0", 0.3), ("r1", -0.3), ("r2", 0.1)) for trial in (0, 1)}  # fmt: skip
+    word, why = judged(mixed)
+    assert word == "inconclusive" and why.endswith(": no detectable difference")
+    low, high = (float(x) for x in why.split("[")[1].split("]")[0].split(", "))
+    assert low < 0 < high and f"{sum(mixed.values()) / 6:+.3f} [" in why
+    word, why = judged({("r0", 0): 0.4, ("r0", 1): 0.3})
+    assert word == "inconclusive" and "+0.350 [one relation: no interval]" in why

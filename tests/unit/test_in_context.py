@@ -113,27 +113,39 @@ def test_numbers_pool_the_misses_over_bundles():
 
 
 def numbers(pull: tuple, betas: dict) -> dict:
-    share, chance, count = pull
+    """Numbers of two relations: few-shot's β = 1 misses on in-context objects (share, chance) per
+    relation, and each variant's dev-chosen β per relation."""
+    keys = [("r1", 0), ("r2", 0)]
     return {
-        "variants": {variant: {"median_beta": beta} for variant, beta in betas.items()},
-        "misses": {"few_shot": {"beta_1": {"in_context": share, "chance": chance, "misses": count}}},
+        "variants": {variant: {"median_beta": sum(both) / 2} for variant, both in betas.items()},
+        "per_bundle": {
+            "miss_on_in_context": dict(zip(keys, pull[0])),
+            "miss_chance": dict(zip(keys, pull[1])),
+            "chosen_beta": {variant: dict(zip(keys, both)) for variant, both in betas.items()},
+        },
     }
 
 
-def test_the_verdict_counts_the_three_parts_with_their_margins():
+def test_the_verdict_reads_the_intervals_of_its_four_differences():
+    """Pull, closer (b from dev, zero-shot), falls, each a difference over the two relations: all above 0
+    confirms, one below 0 refutes, one holding 0 leaves it inconclusive."""
     question = InContext()
-    betas = {"few_shot": 2.5, "b_from_dev": 1.75, "zero_shot": 1.0, "shots_1": 1.5, "shots_8": 2.5}
-    word, why = question.judge(numbers((0.6, 0.2, 30), betas))
+    pull = ((0.6, 0.5), (0.2, 0.2))  # +0.4 and +0.3 above chance
+    betas = {"few_shot": (2.5, 2.0), "b_from_dev": (1.75, 1.5), "zero_shot": (1.0, 1.25),
+             "shots_1": (1.5, 1.25), "shots_8": (2.5, 2.0)}  # fmt: skip
+    word, why = question.judge(numbers(pull, betas))
     assert word == "confirmed"
-    assert why == (
-        "all three parts hold: β = 1 misses on in-context objects 60% (chance 20%, 30 misses); median β few-shot "
-        "2.50, b from dev 1.75, zero-shot 1.00; n = 1, 8: β 1.50 → 2.50"
-    )
-    assert question.judge(numbers((0.35, 0.2, 30), betas)).word == "inconclusive"  # under twice the chance
-    assert question.judge(numbers((0.6, 0.2, 9), betas)).why.startswith("too few numbers for: pull")
-    flat = {"few_shot": 2.5, "b_from_dev": 2.5, "zero_shot": 2.25, "shots_1": 2.5, "shots_8": 2.5}
-    assert question.judge(numbers((0.2, 0.2, 30), flat)).word == "refuted"
-    # b from dev as far from 1 as few-shot: that part fails, the others hold.
-    assert question.predictions(numbers((0.6, 0.2, 30), {**betas, "b_from_dev": 2.5})) == {
-        "pull": True, "closer": False, "falls": True,
-    }  # fmt: skip
+    basis = "(2 relations, 2 bundles, 95 % bootstrap interval): a real difference"
+    assert why == "; ".join([
+        f"pull: share of β = 1 misses on in-context objects − chance +0.350 [+0.300, +0.400] {basis}",
+        f"closer: |β − 1|, few-shot − b_from_dev +0.62 [+0.50, +0.75] {basis}",
+        f"closer: |β − 1|, few-shot − zero_shot +1.12 [+0.75, +1.50] {basis}",
+        f"falls: dev-chosen β, most − fewest examples +0.88 [+0.75, +1.00] {basis}",
+    ])  # fmt: skip
+    # zero-shot needs more β than few-shot in both relations: that part is reversed
+    assert question.judge(numbers(pull, {**betas, "zero_shot": (3.0, 3.0)})).word == "refuted"
+    # misses on in-context objects above chance in one relation, below in the other: no detectable pull
+    word, why = question.judge(numbers(((0.6, 0.1), (0.2, 0.2)), betas))
+    assert word == "inconclusive" and "+0.150 [-0.100, +0.400]" in why and "no detectable difference" in why
+    one_shot_count = {v: b for v, b in betas.items() if v != "shots_8"}  # one n: nothing falls or rises
+    assert question.judge(numbers(pull, one_shot_count)).why.endswith("– (no bundle has both values)")

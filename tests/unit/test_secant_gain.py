@@ -79,27 +79,36 @@ def test_samples_without_a_beta_are_left_out_of_rho():
     assert math.isnan(spearman_where_found([(1.0, 1.0), (float("nan"), 2.0), (2.0, 3.0)]))  # two left
 
 
-def secant_numbers(n: int, r: float, rho: float, median: float, spread: float = 0.2) -> dict:
-    return {"n": n, "pearson": r, "spearman": rho, "median_beta_ls": median, "median_chosen_beta": 2.0,
-            "median_spread": spread, "points": []}  # fmt: skip
+def gain_points(*bundles: tuple[float, float]) -> dict:
+    """Question 13's numbers from (β_LS, dev-chosen β) per relation (trial 0), direction gains 1 and 1.2."""
+    rows = []
+    for i, (beta_ls, chosen) in enumerate(bundles):
+        base = {"relation": f"r{i}", "trial": 0, "category": "c"}
+        rows += [base | {"estimator": "beta_ls", "metric": "gain", "value": beta_ls},
+                 base | {"estimator": "lre", "metric": "dev_chosen_beta", "value": chosen},
+                 base | {"estimator": "direction_1", "metric": "gain", "value": 1.0},
+                 base | {"estimator": "direction_2", "metric": "gain", "value": 1.2}]  # fmt: skip
+    return SecantGain().summarize(rows, SelectionRule([1.0]))
 
 
 @pytest.mark.parametrize(
-    "numbers, word",
+    "bundles, word",
     [
-        (secant_numbers(12, 0.6, 0.55, 1.8), "confirmed"),
-        (secant_numbers(4, 0.9, 0.9, 1.8), "inconclusive"),
-        (secant_numbers(12, 0.9, 0.9, 0.9), "refuted"),
-        (secant_numbers(12, 0.1, 0.2, 1.8), "refuted"),
-        (secant_numbers(12, 0.6, 0.4, 1.8), "inconclusive"),
-        (secant_numbers(12, 0.6, 0.6, 1.8, spread=0.8), "inconclusive"),
-        (secant_numbers(12, float("nan"), float("nan"), 1.8), "inconclusive"),
+        # β_LS 1.5 on the dev-chosen β 1.5 (+0.5 above 1, +0.5 closer than 1), trials of noise about it
+        ([(1.5, 1.5), (1.4, 1.5), (1.6, 1.5), (1.5, 1.6)], "confirmed"),
+        ([(0.8, 1.5), (0.7, 1.5), (0.9, 1.25)], "refuted"),  # β_LS below 1: the secant is flatter than W
+        ([(1.5, 1.0), (1.4, 1.0), (1.6, 1.0)], "refuted"),  # above 1, but farther from the β chosen than 1 is
+        ([(1.5, 1.5), (0.5, 1.5), (1.5, 1.5), (0.6, 1.5)], "inconclusive"),  # β_LS − 1 straddles 0
+        ([(1.5, 1.5)], "inconclusive"),  # one relation: no interval
     ],
 )
-def test_the_secant_gain_verdict_follows_its_thresholds(numbers, word):
+def test_the_secant_gain_verdict_reads_the_intervals_of_its_two_differences(bundles, word):
+    numbers = gain_points(*bundles)
     found = SecantGain().judge(numbers)
     assert found.word == word
     assert f"median β_LS {numbers['median_beta_ls']:.2f}" in found.why
+    mean = sum(beta_ls for beta_ls, _ in bundles) / len(bundles) - 1
+    assert f"β_LS − 1 {mean:+.2f} [" in found.why
 
 
 def test_the_secant_gain_summary_pairs_each_bundles_beta_ls_with_its_chosen_beta():
@@ -124,26 +133,31 @@ def test_the_secant_gain_summary_pairs_each_bundles_beta_ls_with_its_chosen_beta
     assert numbers["median_spread"] == pytest.approx(0.2)  # spreads 1/1.5, 0/2, 0.6/3
 
 
-def confidence_numbers(
-    probability: float, margin: float, distance: float, median: float = 0.1, found: int = 40
-):
-    rhos = {"own_probability": probability, "logit_margin": margin, "distance_to_mean_subject": distance}
-    return {"samples": found + 3, "without_beta": 3, "bundles": 12,
-            "measures": {m: {"pooled_rho": rho, "median_relation_rho": median, "relations": 12} for m, rho in rhos.items()}}  # fmt: skip
+def confidence_rows(*slopes: float, samples: int = 8) -> list[dict]:
+    """Question 17's rows: per relation (trial 0) ``samples`` samples whose β is 1 + slope · k for the
+    k-th value of every measure, so that each relation's ρ is the sign of its slope (NaN for 0)."""
+    return [
+        {"relation": f"r{i}", "trial": 0, "metric": measure, "beta": 1.0 + slope * k, "value": float(k)}
+        for i, slope in enumerate(slopes)
+        for measure in ("own_probability", "logit_margin", "distance_to_mean_subject")
+        for k in range(samples)
+    ]
 
 
 @pytest.mark.parametrize(
-    "numbers, word",
+    "slopes, word",
     [
-        (confidence_numbers(0.3, 0.25, 0.2), "confirmed"),
-        (confidence_numbers(0.3, 0.25, 0.2, median=-0.1), "inconclusive"),
-        (confidence_numbers(0.3, 0.25, 0.1), "inconclusive"),
-        (confidence_numbers(0.05, -0.2, 0.5), "refuted"),
-        (confidence_numbers(0.3, 0.3, 0.3, found=19), "inconclusive"),
-        (confidence_numbers(float("nan"), float("nan"), 0.3), "inconclusive"),
+        ((0.1, 0.2, 0.1), "confirmed"),  # every relation's ρ is +1
+        ((-0.1, -0.2, -0.1), "refuted"),  # every relation's ρ is −1
+        ((0.1, -0.1, 0.1, -0.1), "inconclusive"),  # the relations disagree: the interval holds 0
+        ((0.1,), "inconclusive"),  # one relation: no interval
     ],
 )
-def test_the_confidence_verdict_follows_its_thresholds(numbers, word):
+def test_the_confidence_verdict_reads_the_interval_of_each_measures_rho_per_bundle(slopes, word):
+    numbers = Confidence().summarize(confidence_rows(*slopes), SelectionRule([1.0]))
     found = Confidence().judge(numbers)
     assert found.word == word
     assert f"samples with a β ({numbers['without_beta']} without)" in found.why
+    mean = sum(math.copysign(1.0, slope) for slope in slopes) / len(slopes)
+    assert f"ρ per bundle (probability) {mean:+.2f} [" in found.why
+    assert ("no detectable difference" in found.why) == (word == "inconclusive")

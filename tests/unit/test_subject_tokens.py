@@ -116,9 +116,10 @@ def test_a_relation_of_one_token_subjects_is_one_line(llama, prompts):
     )
 
 
-def study_rows(multi_token_beta: float, one_token_betas: int = 10) -> list[dict]:
+def study_rows(multi_token_beta: float, two_token_betas: tuple[float, float] = (2.0, 2.0)) -> list[dict]:
     """Hand-written rows of two relations: the LRE's dev faithfulness peaks at β = 3, the multi-token
-    LRE's at ``multi_token_beta``; one-token subjects need β = 1, two-token ones β = 2 (10 each)."""
+    LRE's at ``multi_token_beta``; one-token subjects need β = 1, two-token ones ``two_token_betas``
+    (per relation; 5 samples each)."""
     from lre_pl.protocol.rows import make_row
 
     def row(relation, **fields):
@@ -137,40 +138,44 @@ def study_rows(multi_token_beta: float, one_token_betas: int = 10) -> list[dict]
             for split in ("train", "all")
             for group, n in (("1", 2), ("2", 3), ("3+", 0))
         ]  # fmt: skip
-    rows += [
-        row("r1", estimator="lre:tokens=1", split="all", metric="smallest_beta", value=1.0, n=1)
-    ] * one_token_betas
-    rows += [row("r1", estimator="lre:tokens=2", split="all", metric="smallest_beta", value=2.0, n=1)] * 10
+    for relation, two_token in zip(("r1", "r2"), two_token_betas):
+        rows += [
+            row(relation, estimator="lre:tokens=1", split="all", metric="smallest_beta", value=1.0, n=1)
+        ] * 5
+        rows += [
+            row(relation, estimator="lre:tokens=2", split="all", metric="smallest_beta", value=two_token, n=1)
+        ] * 5
     return rows
 
 
 @pytest.mark.parametrize(
-    ("multi_token_beta", "one_token_betas", "word", "why"),
+    ("multi_token_beta", "two_token_betas", "word", "smallest", "closer"),
     [
-        (1.0, 10, "confirmed", "multi-token subjects need a median smallest β +1.00 against one-token subjects (2.00 "
-         "vs 1.00), and the multi-token LRE's chosen β is +2.00 closer to 1 (median |β − 1| 0.00 vs 2.00, 2 relations); "
-         "margin 0.25"),
-        (3.0, 10, "refuted", "multi-token subjects need a median smallest β +1.00 against one-token subjects (2.00 "
-         "vs 1.00), and the multi-token LRE's chosen β is +0.00 closer to 1 (median |β − 1| 2.00 vs 2.00, 2 relations); "
-         "margin 0.25"),
-        (2.0, 10, "confirmed", "multi-token subjects need a median smallest β +1.00 against one-token subjects (2.00 "
-         "vs 1.00), and the multi-token LRE's chosen β is +1.00 closer to 1 (median |β − 1| 1.00 vs 2.00, 2 relations); "
-         "margin 0.25"),
-        (1.0, 9, "inconclusive", "too few to tell: 9 one-token and 10 multi-token samples with a smallest β (at least "
-         "10 each), 2 relations with both LREs (at least 2)"),
+        # 2-token subjects need β 2 against 1 (+1.00), the multi-token LRE's β 1 is 2 closer to 1 than the LRE's 3
+        (1.0, (2.0, 2.0), "confirmed", "+1.00 [+1.00, +1.00]", "+2.00 [+2.00, +2.00]"),
+        (2.0, (0.5, 0.5), "refuted", "-0.50 [-0.50, -0.50]", "+1.00 [+1.00, +1.00]"),
+        # the two relations disagree on the smallest β (+1.00 and −0.50): its interval holds 0
+        (1.0, (2.0, 0.5), "inconclusive", "+0.25 [-0.50, +1.00]", "+2.00 [+2.00, +2.00]"),
     ],
 )  # fmt: skip
-def test_the_verdict_reads_its_margins(multi_token_beta, one_token_betas, word, why):
+def test_the_verdict_reads_the_intervals_of_its_two_differences(
+    multi_token_beta, two_token_betas, word, smallest, closer
+):
     from lre_pl.experiments.beta_study.questions import REGISTRY
     from lre_pl.experiments.beta_study.questions.base import Findings
     from lre_pl.protocol.selection import SelectionRule
 
     question, rule = REGISTRY["subject_tokens"](), SelectionRule([0.5, 1.0, 2.0, 3.0], 1.0)
-    numbers = question.summarize(study_rows(multi_token_beta, one_token_betas), rule)
-    assert question.judge(numbers) == (word, why)
+    numbers = question.summarize(study_rows(multi_token_beta, two_token_betas), rule)
+    found = question.judge(numbers)
+    assert found.word == word
+    basis = "(2 relations, 2 bundles, 95 % bootstrap interval)"
+    assert f"smallest β, 2+-token − one-token subjects {smallest} {basis}" in found.why
+    assert f"|chosen β − 1|, LRE − multi-token LRE {closer} {basis}" in found.why
+    assert ("no detectable difference" in found.why) == (word == "inconclusive")
     assert numbers["one_token_relations"] == {} and numbers["samples"] == {"1": 4, "2": 6, "3+": 0}
-    assert numbers["smallest_beta"]["lre"]["2+"] == {"median": 2.0, "found": 10, "n": 10}
-    assert f"**Verdict.** {word}: {why}." in question.render(numbers, Findings("m", rule))
+    assert numbers["smallest_beta"]["lre"]["1"] == {"median": 1.0, "found": 10, "n": 10}
+    assert f"**Verdict.** {found.word}: {found.why}." in question.render(numbers, Findings("m", rule))
     one_token = [  # r2's training subjects all one token
         r | {"value": 0.0, "n": 0}
         if (r["relation"], r["split"], r["estimator"]) == ("r2", "train", "tokens=2")

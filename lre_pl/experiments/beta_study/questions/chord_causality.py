@@ -21,17 +21,13 @@ from lre_pl.experiments.beta_study.questions.base import (
     section,
     verdict,
 )
+from lre_pl.experiments.beta_study.questions.differences import difference, weigh
 from lre_pl.lre.chord import ChordJacobian
 from lre_pl.protocol.markdown import markdown_table, nanmean
 from lre_pl.protocol.selection import SelectionRule
 
 #: The edits compared: the LRE's mean W and the chord Jacobian's W_chord (formed: the edit needs its SVD).
 EDITORS = ("lre", "chord")
-#: The chord "edits better" when its efficacy at its dev-chosen rank beats the LRE's by this much (and
-#: worse when it falls short by as much); in between the verdict is inconclusive.
-EFFICACY_MARGIN = 0.05
-#: Fewer bundles than this give no verdict.
-MIN_BUNDLES = 2
 
 
 @register
@@ -88,7 +84,8 @@ class ChordCausality(PerBundleQuestion):
 
     def summarize(self, rows: list[dict], rule: SelectionRule) -> Numbers:
         """Per editor: test efficacy at the rank chosen on dev (by the sweep's rule), averaged over
-        bundles, the ranks chosen, and the test efficacy per rank; the median seconds of forming W_chord."""
+        bundles, the ranks chosen, and the test efficacy per rank; per editor and bundle that efficacy
+        (``per_bundle``, for the verdict's interval); the median seconds of forming W_chord."""
         by_bundle = defaultdict(
             lambda: defaultdict(dict)
         )  # (relation, trial, editor) -> split -> rank -> value
@@ -99,16 +96,18 @@ class ChordCausality(PerBundleQuestion):
             elif row["metric"] == "efficacy":
                 key = (row["relation"], row["trial"], row["estimator"])
                 by_bundle[key][row["split"]][row["rank"]] = row["value"]
-        editors = {}
+        editors, per_bundle = {}, {}
         for editor in EDITORS:
             chosen, per_rank = [], defaultdict(list)
-            for (_, _, name), splits in by_bundle.items():
+            per_bundle[editor] = {}  # {(relation, trial): test efficacy at the dev-chosen rank}
+            for (relation, trial, name), splits in by_bundle.items():
                 if name != editor:
                     continue
                 dev = {rank: value for rank, value in splits["dev"].items() if not math.isnan(value)}
                 if dev:
                     rank = rule.rank(dev)
                     chosen.append((rank, splits["test"].get(rank, NAN)))
+                    per_bundle[editor][relation, trial] = chosen[-1][1]
                 for rank, value in splits["test"].items():
                     per_rank[rank].append(value)
             if chosen:
@@ -118,7 +117,11 @@ class ChordCausality(PerBundleQuestion):
                     "n": len(chosen),
                     "per_rank": {rank: nanmean(values) for rank, values in sorted(per_rank.items())},
                 }
-        return {"editors": editors, "forming_seconds": statistics.median(seconds) if seconds else NAN}
+        return {
+            "editors": editors,
+            "per_bundle": per_bundle,
+            "forming_seconds": statistics.median(seconds) if seconds else NAN,
+        }
 
     def render(self, numbers: Numbers, findings: Findings) -> str:
         editors = numbers["editors"]
@@ -141,16 +144,11 @@ class ChordCausality(PerBundleQuestion):
         return f"efficacy {chord:.2f} (W_chord) vs {lre:.2f} (LRE), {editors.get('chord', {}).get('n', 0)} bundles"
 
     def judge(self, numbers: Numbers) -> Verdict:
-        editors = numbers["editors"]
-        if min((editors.get(name, {}).get("n", 0) for name in EDITORS), default=0) < MIN_BUNDLES:
-            return Verdict("inconclusive", f"fewer than {MIN_BUNDLES} bundles with edits of both")
-        lre, chord = (editors[name]["chosen"] for name in EDITORS)
-        gap = chord - lre
-        why = (
-            f"W_chord's edit succeeds {chord:.2f}, the LRE's {lre:.2f} ({gap:+.2f}; margin {EFFICACY_MARGIN})"
+        """Confirmed when W_chord's efficacy − the LRE's (each at its dev-chosen rank, per bundle) is above
+        0 (95 % interval), refuted when below, else inconclusive."""
+        editors, per_bundle = numbers["editors"], numbers["per_bundle"]
+        lre, chord = (editors.get(name, {}).get("chosen", NAN) for name in EDITORS)
+        lead = f"W_chord's edit succeeds {chord:.2f}, the LRE's {lre:.2f}"
+        return weigh(
+            [difference(per_bundle["chord"], per_bundle["lre"], "W_chord's efficacy − the LRE's")], lead
         )
-        if gap >= EFFICACY_MARGIN:
-            return Verdict("confirmed", why)
-        if gap <= -EFFICACY_MARGIN:
-            return Verdict("refuted", why)
-        return Verdict("inconclusive", why)

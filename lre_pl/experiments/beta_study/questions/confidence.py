@@ -26,6 +26,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     section,
     verdict,
 )
+from lre_pl.experiments.beta_study.questions.differences import difference, weigh
 from lre_pl.experiments.beta_study.questions.per_sample_beta import smallest_beta, top1_answers
 from lre_pl.protocol.correlation import spearman
 from lre_pl.protocol.markdown import markdown_table
@@ -37,13 +38,6 @@ MEASURES = {
     "logit_margin": "its logit margin (top-1 − top-2)",
     "distance_to_mean_subject": "‖s − s̄‖ (s̄: the training subjects' mean)",
 }
-#: Fewer samples with a β than this: no verdict.
-MIN_SAMPLES = 20
-#: A measure "goes with a larger β" when its pooled ρ is at least this and its median per-relation ρ > 0 ...
-RHO_POSITIVE = 0.2
-#: ... and confidence does not, refuting the hypothesis, when the pooled ρ of both confidence measures
-#: is at most this.
-RHO_NONE = 0.05
 
 
 def confidence_measures(context: StudyContext) -> dict[str, torch.Tensor]:
@@ -101,7 +95,10 @@ class Confidence(PerBundleQuestion):
     hypothesis = (
         "β compensates for the LM's saturation: confident samples (and those far from s̄) need larger β"
     )
-    prediction = "Spearman's ρ > 0 between the per-sample β and the probability, the logit margin and ‖s − s̄‖"
+    prediction = (
+        "Spearman's ρ > 0 between the per-sample β and the probability, the logit margin and ‖s − s̄‖ (each ρ "
+        "per bundle, its 95 % interval above 0)"
+    )
 
     def rows(self, context: StudyContext) -> list[dict]:
         measures = confidence_measures(context)
@@ -121,16 +118,19 @@ class Confidence(PerBundleQuestion):
 
     def summarize(self, rows: list[dict], rule: SelectionRule) -> Numbers:
         """{samples, without_beta, bundles, measures: {measure: pooled ρ, median per-relation ρ, and
-        how many relations have one}}."""
+        how many relations have one}, per_bundle: {measure: {(relation, trial): ρ}} (the verdict's)}."""
         pairs = defaultdict(lambda: defaultdict(list))  # measure -> (relation, trial) -> (β, value)
         for row in rows:
             pairs[row["metric"]][row["relation"], row["trial"]].append((row["beta"], row["value"]))
-        measures = {}
+        measures, per_bundle = {}, {}
         for measure in MEASURES:
             by_bundle = pairs.get(measure, {})
-            per_relation = [
-                rho for values in by_bundle.values() if not math.isnan(rho := spearman_where_found(values))
-            ]
+            per_bundle[measure] = {
+                key: rho
+                for key, values in by_bundle.items()
+                if not math.isnan(rho := spearman_where_found(values))
+            }
+            per_relation = list(per_bundle[measure].values())
             measures[measure] = {
                 "pooled_rho": spearman_where_found([pair for values in by_bundle.values() for pair in values]),
                 "median_relation_rho": statistics.median(per_relation) if per_relation else NAN,
@@ -142,6 +142,7 @@ class Confidence(PerBundleQuestion):
             "without_beta": sum(math.isnan(beta) for beta in betas),
             "bundles": len(pairs.get("own_probability", {})),
             "measures": measures,
+            "per_bundle": per_bundle,
         }
 
     def render(self, numbers: Numbers, findings: Findings) -> str:
@@ -160,9 +161,9 @@ class Confidence(PerBundleQuestion):
         return section(markdown_table(headings, table), (
             f"\n{numbers['samples']} known samples (dev and test) of {numbers['bundles']} bundles; "
             f"{numbers['without_beta']} have no β ≤ 10 that gives the LM's own answer and are left out of ρ. "
-            f"Figure: `{figure_name(findings.model, self.name)}`. Thresholds: confirmed when each measure's pooled "
-            f"ρ ≥ {RHO_POSITIVE} and its median per-relation ρ > 0; refuted when the pooled ρ of the probability "
-            f"and of the margin are both ≤ {RHO_NONE}; fewer than {MIN_SAMPLES} samples with a β: inconclusive.\n"
+            f"Figure: `{figure_name(findings.model, self.name)}`. The verdict reads each measure's ρ per bundle: "
+            "confirmed when all three have a 95 % bootstrap interval above 0, refuted when one lies below 0, else "
+            "inconclusive.\n"
             + verdict(f"{found.word}: {found.why}")
         ))  # fmt: skip
 
@@ -181,22 +182,20 @@ class Confidence(PerBundleQuestion):
         )
 
     def judge(self, numbers: Numbers) -> Verdict:
-        m, found = numbers["measures"], numbers["samples"] - numbers["without_beta"]
-        said = (
+        """Confirmed when each measure's ρ per bundle has a 95 % interval above 0, refuted when one has it
+        below 0, else inconclusive."""
+        m = numbers["measures"]
+        lead = (
             f"pooled ρ {m['own_probability']['pooled_rho']:.2f} (probability), {m['logit_margin']['pooled_rho']:.2f} "
-            f"(margin), {m['distance_to_mean_subject']['pooled_rho']:.2f} (distance); median per relation "
-            f"{m['own_probability']['median_relation_rho']:.2f}, {m['logit_margin']['median_relation_rho']:.2f}, "
-            f"{m['distance_to_mean_subject']['median_relation_rho']:.2f}; {found} samples with a β "
-            f"({numbers['without_beta']} without)"
+            f"(margin), {m['distance_to_mean_subject']['pooled_rho']:.2f} (distance); {numbers['samples'] - numbers['without_beta']} "
+            f"samples with a β ({numbers['without_beta']} without)"
         )  # fmt: skip
-        if found < MIN_SAMPLES:
-            return Verdict("inconclusive", f"too few samples with a β (fewer than {MIN_SAMPLES}): {said}")
-
-        def positive(measure: str) -> bool:  # NaN compares False: no ρ is no support
-            return m[measure]["pooled_rho"] >= RHO_POSITIVE and m[measure]["median_relation_rho"] > 0
-
-        if all(positive(measure) for measure in MEASURES):
-            return Verdict("confirmed", said)
-        if all(m[measure]["pooled_rho"] <= RHO_NONE for measure in ("own_probability", "logit_margin")):
-            return Verdict("refuted", f"β does not grow with the LM's confidence: {said}")
-        return Verdict("inconclusive", f"only part of the prediction holds: {said}")
+        names = {
+            "own_probability": "probability",
+            "logit_margin": "margin",
+            "distance_to_mean_subject": "distance",
+        }
+        return weigh(
+            [difference(numbers["per_bundle"][measure], 0.0, f"ρ per bundle ({names[measure]})", "+.2f") for measure in MEASURES],
+            lead,
+        )  # fmt: skip

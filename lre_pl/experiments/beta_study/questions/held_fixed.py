@@ -12,8 +12,10 @@ from lre_pl.experiments.beta_study.questions.base import (
     Verdict,
     register,
     section,
+    selected_beta,
     verdict,
 )
+from lre_pl.experiments.beta_study.questions.differences import difference
 from lre_pl.lm.jacobian import compute_jacobians
 from lre_pl.lre.operator import relation_readout
 from lre_pl.protocol.markdown import nanmean
@@ -28,10 +30,6 @@ WAYS = {
 }
 #: The rows' metric of ‖W s‖, per evaluated sample.
 NORM_METRIC = "norm_Ws"
-#: Faithfulness closer than this is the same (a few samples of a relation's ~25 test samples).
-MARGIN = 0.05
-#: A dev-chosen β within this of 1 is "β ≈ 1" (one step of the paper's grid of 0.25).
-NEAR_ONE = 0.25
 
 
 def mean_jacobian_operator(
@@ -68,8 +66,8 @@ class HeldFixed(ScanQuestion):
         "the flatness (tangent < secant) sits in attention / in the norms: holding them fixed removes β"
     )
     prediction = (
-        "a held-fixed Jacobian's dev-chosen β ≈ 1 and its faithfulness at β = 1 reaches the plain LRE's "
-        "tuned faithfulness"
+        "where tuning β helps the plain LRE, a held-fixed Jacobian's LRE needs a smaller dev-chosen β than the "
+        "plain one (per bundle, its 95 % interval above 0)"
     )
 
     def rows(self, context: StudyContext) -> list[dict]:
@@ -89,7 +87,15 @@ class HeldFixed(ScanQuestion):
         ]
 
     def summarize(self, rows: list[dict], rule: SelectionRule) -> Numbers:
+        """The scan's numbers per way (:class:`ScanQuestion`) with its mean ‖W s‖, and per way its
+        bundles' test faithfulness at β = 1 and at the dev-chosen β and that β (``per_bundle``: {way:
+        {measure: {(relation, trial): value}}}, for the verdict's intervals)."""
         numbers = super().summarize(rows, rule)
+        per_bundle = {way: {"beta_1": {}, "chosen": {}, "chosen_beta": {}} for way in numbers["variants"]}
+        for (relation, trial, way), values in selected_beta(rows, self.name, rule).items():
+            for measure, by_key in per_bundle[way].items():
+                by_key[relation, trial] = values[measure]
+        numbers["per_bundle"] = per_bundle
         for way, values in numbers["variants"].items():
             values[NORM_METRIC] = nanmean(
                 row["value"] for row in rows
@@ -116,37 +122,31 @@ class HeldFixed(ScanQuestion):
         return "; ".join(cells) or "no rows"
 
     def judge(self, numbers: Numbers) -> Verdict:
-        variants = numbers["variants"]
+        """Inconclusive unless tuning β helps the plain LRE (its test faithfulness at the dev-chosen β −
+        at β = 1, per bundle, has a 95 % interval above 0): else there is no β to remove. Then confirmed
+        when some way's dev-chosen β is below the plain one's (the interval of plain − way above 0),
+        refuted when every way's is above it, else inconclusive."""
+        variants, per_bundle = numbers["variants"], numbers["per_bundle"]
         if set(variants) != set(WAYS):
             return Verdict("inconclusive", f"rows of {sorted(variants)} only: every way needs its rows")
-        plain = variants["plain"]
-        gain = plain["chosen"] - plain["beta_1"]  # what tuning β buys the plain LRE
-        if gain < MARGIN or abs(plain["median_beta"] - 1) <= NEAR_ONE:  # tuning buys nothing, or β ≈ 1
-            return Verdict("inconclusive", f"the plain LRE needs no β here (β ≈ {plain['median_beta']:.2f}, "
-                           f"tuning gains {gain:+.3f}): nothing to remove")  # fmt: skip
-        held = {way: values for way, values in variants.items() if way != "plain"}
-        removes = [
-            way for way, values in held.items()
-            if abs(values["median_beta"] - 1) <= NEAR_ONE and values["beta_1"] >= plain["chosen"] - MARGIN
-        ]  # fmt: skip
-        moves = [
-            way for way, values in held.items()
-            if values["beta_1"] - plain["beta_1"] >= MARGIN or plain["median_beta"] - values["median_beta"] >= 2 * NEAR_ONE
-        ]  # fmt: skip
-        figures = "; ".join(
-            f"{way}: {v['beta_1']:.3f} at β = 1, median β {v['median_beta']:.2f}" for way, v in held.items()
-        )
-        plain_text = (
-            f"plain LRE {plain['beta_1']:.3f} at β = 1, {plain['chosen']:.3f} at its dev-chosen β (median "
-            f"{plain['median_beta']:.2f})"
-        )
-        if removes:
-            single = [way for way in removes if way != "attention+norms"]
+        plain = per_bundle["plain"]
+        tuning = difference(plain["chosen"], plain["beta_1"], "faithfulness at the dev-chosen β − at β = 1")
+        plain_text = f"the plain LRE's dev-chosen β has median {variants['plain']['median_beta']:.2f}; {tuning.words()}"
+        if not tuning.above:
+            return Verdict(
+                "inconclusive", f"tuning β does not help the plain LRE here, nothing to remove: {plain_text}"
+            )
+        parts = {
+            way: difference(plain["chosen_beta"], values["chosen_beta"], f"{way}: plain's dev-chosen β − its", "+.2f")
+            for way, values in per_bundle.items()
+            if way != "plain"
+        }  # fmt: skip
+        said = "; ".join(part.words() for part in parts.values()) + f"; {plain_text}"
+        lower = [way for way, part in parts.items() if part.above]
+        if lower:
+            single = [way for way in lower if way != "attention+norms"]
             where = " and ".join(single) if single else "attention and the norms together (neither alone)"
-            return Verdict("confirmed", f"holding {where} fixed removes β (β within {NEAR_ONE} of 1 and "
-                           f"faithfulness at β = 1 within {MARGIN} of the tuned plain LRE): {figures}; {plain_text}")  # fmt: skip
-        if not moves:
-            return Verdict("refuted", f"no part held fixed moves β or faithfulness at β = 1 (by {MARGIN} or "
-                           f"β by {2 * NEAR_ONE}): {figures}; {plain_text}")  # fmt: skip
-        return Verdict("inconclusive", f"{', '.join(moves)} held fixed move β or faithfulness at β = 1, but "
-                       f"none removes β: {figures}; {plain_text}")  # fmt: skip
+            return Verdict("confirmed", f"holding {where} fixed lowers the β the LRE needs: {said}")
+        if all(part.below for part in parts.values()):
+            return Verdict("refuted", f"holding any part fixed raises the β the LRE needs: {said}")
+        return Verdict("inconclusive", f"no part held fixed lowers β detectably: {said}")

@@ -54,6 +54,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     selected_beta,
     verdict,
 )
+from lre_pl.experiments.beta_study.questions.differences import Part, difference, weigh
 from lre_pl.lightning.datamodule import prompt_prefix
 from lre_pl.lm.activations import collect_states
 from lre_pl.lm.jacobian import compute_jacobians
@@ -68,11 +69,6 @@ FEW_SHOT, B_FROM_DEV, ZERO_SHOT = "few_shot", "b_from_dev", "zero_shot"
 AT_BETA_1, AT_CHOSEN = "beta_1", "dev"
 #: The kinds of a miss's top-1 token, as row metrics (``miss_chance``: the object-uniform chance).
 MISS_METRICS = ("miss_on_in_context", "miss_on_other_object", "miss_chance")
-
-#: The verdict's margins. A pull: misses land on in-context objects at least LIFT times the chance
-#: share and at least PULL_MARGIN above it, over at least MIN_MISSES pooled test misses. A β "closer to
-#: 1" or one that "falls": median chosen β differs by at least BETA_MARGIN (a step of the sweeps' grid).
-LIFT, PULL_MARGIN, MIN_MISSES, BETA_MARGIN = 2.0, 0.1, 10, 0.25
 
 #: Prompts per forward of the evaluated samples (no gradients, so wide).
 STATES_BATCH = 32
@@ -260,8 +256,8 @@ class InContext(ScanQuestion):
         "their objects (and the bias b carries them)"
     )
     prediction = (
-        "β = 1 misses land on in-context objects far above chance; b from dev samples or zero-shot prompts "
-        "needs β closer to 1; β falls with fewer examples"
+        "β = 1 misses land on in-context objects above chance; b from dev samples and zero-shot prompts need β "
+        "closer to 1; β falls with fewer examples (each per bundle, its 95 % interval above 0)"
     )
 
     def variants(self, context: StudyContext, relation: Relation) -> Iterator[tuple[str, Variant]]:
@@ -340,8 +336,23 @@ class InContext(ScanQuestion):
     def summarize(self, rows: list[dict], rule: SelectionRule) -> Numbers:
         """The scan's numbers per variant with its LM accuracy (test, mean over bundles); the test misses
         pooled over bundles per variant and point (shares weighted by each bundle's misses); the median
-        seconds per bundle of each computed variant."""
+        seconds per bundle of each computed variant; and per bundle (``per_bundle``, for the verdict's
+        intervals) each variant's dev-chosen β and few-shot's test misses at β = 1 on in-context objects
+        and by chance."""
         numbers = super().summarize(rows, rule)
+        per_bundle = {
+            "chosen_beta": defaultdict(dict),
+            "miss_on_in_context": {},
+            "miss_chance": {},
+        }  # fmt: skip
+        for (relation, trial, variant), values in selected_beta(rows, self.name, rule).items():
+            per_bundle["chosen_beta"][variant][relation, trial] = values["chosen_beta"]
+        for row in rows:
+            at_beta_1 = (row["estimator"], row["selection"], row["split"]) == (FEW_SHOT, AT_BETA_1, "test")
+            if at_beta_1 and row["n"] and row["metric"] in ("miss_on_in_context", "miss_chance"):
+                per_bundle[row["metric"]][row["relation"], row["trial"]] = row["value"]
+        per_bundle["chosen_beta"] = dict(per_bundle["chosen_beta"])
+        numbers["per_bundle"] = per_bundle
         accuracy, seconds = defaultdict(list), defaultdict(list)
         pooled = defaultdict(lambda: defaultdict(float))  # (variant, point) -> metric -> Σ value · n
         for row in rows:
@@ -379,25 +390,25 @@ class InContext(ScanQuestion):
         )  # fmt: skip
 
     @staticmethod
-    def predictions(numbers: Numbers) -> dict[str, bool | None]:
-        """Each of the prediction's three parts: holds, fails, or ``None`` where the numbers are too few."""
-        variants = numbers["variants"]
-        misses = numbers["misses"].get(FEW_SHOT, {}).get(AT_BETA_1)
-        pull = None
-        if misses is not None and misses["misses"] >= MIN_MISSES:
-            share, chance = misses["in_context"], misses["chance"]
-            pull = share >= LIFT * chance and share - chance >= PULL_MARGIN
-        closer = None
-        if FEW_SHOT in variants and (others := [v for v in (B_FROM_DEV, ZERO_SHOT) if v in variants]):
-            distance = abs(variants[FEW_SHOT]["median_beta"] - 1)
-            closer = all(abs(variants[v]["median_beta"] - 1) <= distance - BETA_MARGIN for v in others)
+    def parts(numbers: Numbers) -> list[Part]:
+        """The prediction's parts, each a difference per bundle predicted above 0: pull (few-shot's β = 1
+        test misses on in-context objects − by chance), closer (|few-shot's dev-chosen β − 1| − b from
+        dev's, and − zero-shot's, where they have rows), falls (the dev-chosen β with the most examples −
+        with the fewest)."""
+        per_bundle = numbers["per_bundle"]
+        betas = per_bundle["chosen_beta"]
+        parts = [difference(per_bundle["miss_on_in_context"], per_bundle["miss_chance"],
+                            "pull: share of β = 1 misses on in-context objects − chance")]  # fmt: skip
+        distance = {v: {key: abs(beta - 1) for key, beta in by_key.items()} for v, by_key in betas.items()}
+        for variant in (B_FROM_DEV, ZERO_SHOT):
+            if variant in distance:
+                parts.append(difference(distance.get(FEW_SHOT, {}), distance[variant],
+                                        f"closer: |β − 1|, few-shot − {variant}", "+.2f"))  # fmt: skip
         shots = InContext.shots(numbers)
-        falls = (
-            shots[-1][1]["median_beta"] - shots[0][1]["median_beta"] >= BETA_MARGIN
-            if len(shots) > 1
-            else None
-        )
-        return {"pull": pull, "closer": closer, "falls": falls}
+        ends = (shots[-1][0], shots[0][0]) if len(shots) > 1 else ()  # no change to read with one n
+        most, fewest = (betas.get(shots_variant(n), {}) for n in ends) if ends else ({}, {})
+        parts.append(difference(most, fewest, "falls: dev-chosen β, most − fewest examples", "+.2f"))
+        return parts
 
     def measured(self, numbers: Numbers) -> str:
         variants = numbers["variants"]
@@ -413,17 +424,9 @@ class InContext(ScanQuestion):
         )
 
     def judge(self, numbers: Numbers) -> Verdict:
-        held = self.predictions(numbers)
-        why = self.measured(numbers)
-        if None in held.values():
-            missing = ", ".join(part for part, value in held.items() if value is None)
-            return Verdict("inconclusive", f"too few numbers for: {missing} ({why})")
-        holding = [part for part, value in held.items() if value]
-        if len(holding) == len(held):
-            return Verdict("confirmed", f"all three parts hold: {why}")
-        if not holding:
-            return Verdict("refuted", f"none of the three parts holds: {why}")
-        return Verdict("inconclusive", f"only {', '.join(holding)} of pull, closer, falls holds: {why}")
+        """Confirmed when every part (:meth:`parts`) has a 95 % interval above 0, refuted when one has it
+        below 0, else inconclusive."""
+        return weigh(self.parts(numbers))
 
     # ------------------------------------------------------------------------------- the section
     def render(self, numbers: Numbers, findings: Findings) -> str:

@@ -28,20 +28,13 @@ from lre_pl.experiments.beta_study.questions.base import (
     section,
     verdict,
 )
+from lre_pl.experiments.beta_study.questions.differences import difference, weigh
 from lre_pl.protocol.correlation import pearson, spearman
-from lre_pl.protocol.markdown import markdown_table
+from lre_pl.protocol.markdown import markdown_table, mean_std_cell
 from lre_pl.protocol.selection import SelectionRule
 
 #: W's top singular directions along which the gain is fitted on its own.
 DIRECTIONS = 5
-#: Fewer bundles than this: no verdict (a correlation over a handful of relations says little).
-MIN_BUNDLES = 5
-#: Confirmed needs Pearson's r and Spearman's ρ of β_LS with the dev-chosen β both at least this ...
-CORRELATED = 0.5
-#: ... and refuted follows when both are at most this.
-UNCORRELATED = 0.2
-#: "One scalar fits": the top directions' gains span at most this share of β_LS (median over bundles).
-SIMILAR_GAINS = 0.5
 
 
 def secant_gains(
@@ -130,7 +123,7 @@ class SecantGain(AcrossBundlesQuestion):
     number = 13
     title = "The secant gain: β fitted between real subjects (β_LS) against the dev-chosen β"
     hypothesis = "β is the gain of the secant between real subjects: β_LS predicts the dev-chosen β"
-    prediction = "β_LS > 1 and correlates positively with the dev-chosen β; the gains along W's top directions are similar"
+    prediction = "β_LS > 1, and β_LS is closer to the dev-chosen β than 1 is (each per bundle, its 95 % interval above 0)"
 
     def rows(self, study: SweepStudy) -> list[dict]:
         return [
@@ -174,21 +167,27 @@ class SecantGain(AcrossBundlesQuestion):
         }
 
     def render(self, numbers: Numbers, findings: Findings) -> str:
-        directions = max((len(p["direction_gains"]) for p in numbers["points"]), default=0)
+        points = numbers["points"]
+        directions = max((len(p["direction_gains"]) for p in points), default=0)
         headings = ["relation", "category", "β_LS", "dev-chosen β",
                     *(f"gain along σ_{k}" for k in range(1, directions + 1))]  # fmt: skip
+        trials = {}  # relation -> [its bundles' points]
+        for point in points:
+            trials.setdefault(point["relation"], []).append(point)
         table = [
-            [p["relation"], p["category"], f"{p['beta_ls']:.2f}", f"{p['chosen_beta']:.2f}",
-             *(f"{gain:.2f}" for gain in p["direction_gains"])]
-            for p in numbers["points"]
+            [relation, group[0]["category"], mean_std_cell([p["beta_ls"] for p in group]),
+             mean_std_cell([p["chosen_beta"] for p in group]),
+             *(mean_std_cell([p["direction_gains"][k] for p in group if k < len(p["direction_gains"])])
+               for k in range(directions))]
+            for relation, group in sorted(trials.items())
         ]  # fmt: skip
         found = self.judge(numbers)
         return section(markdown_table(headings, table), (
-            f"\nβ_LS = Σ⟨Δo, W Δs⟩ / Σ‖W Δs‖² over the estimation and dev samples (Δ: from their mean), W the "
-            f"LRE's mean W at the dev-chosen layer; the gains along W's top singular directions likewise. "
-            f"Figure: `{figure_name(findings.model, self.name)}`. Thresholds: confirmed when the median β_LS > 1, "
-            f"r and ρ ≥ {CORRELATED} and the direction gains span ≤ {SIMILAR_GAINS} of β_LS (median); refuted when "
-            f"the median β_LS ≤ 1 or r and ρ ≤ {UNCORRELATED}; fewer than {MIN_BUNDLES} bundles: inconclusive.\n"
+            f"\nPer relation: mean ± std over its trials. β_LS = Σ⟨Δo, W Δs⟩ / Σ‖W Δs‖² over the estimation and dev "
+            f"samples (Δ: from their mean), W the LRE's mean W at the dev-chosen layer; the gains along W's top "
+            f"singular directions likewise. Figure: `{figure_name(findings.model, self.name)}`. The verdict: "
+            f"confirmed when β_LS − 1 and |dev-chosen β − 1| − |dev-chosen β − β_LS| (per bundle) both have a 95 % "
+            f"bootstrap interval above 0; refuted when one lies below 0; else inconclusive.\n"
             + verdict(f"{found.word}: {found.why}")
         ))  # fmt: skip
 
@@ -210,20 +209,18 @@ class SecantGain(AcrossBundlesQuestion):
         )
 
     def judge(self, numbers: Numbers) -> Verdict:
-        n, r, rho = numbers["n"], numbers["pearson"], numbers["spearman"]
-        median, spread = numbers["median_beta_ls"], numbers["median_spread"]
-        said = (
-            f"median β_LS {median:.2f}, r = {r:.2f} and ρ = {rho:.2f} with the dev-chosen β over {n} "
-            f"relations, direction gains spanning {spread:.2f} × β_LS"
-        )
-        if n < MIN_BUNDLES:
-            return Verdict("inconclusive", f"only {n} bundles (fewer than {MIN_BUNDLES}): {said}")
-        if median <= 1:
-            return Verdict("refuted", f"the secant is no steeper than W: {said}")
-        if math.isnan(r) or math.isnan(rho):
-            return Verdict("inconclusive", f"no correlation (β_LS or the dev-chosen β is constant): {said}")
-        if max(r, rho) <= UNCORRELATED:
-            return Verdict("refuted", f"β_LS does not track the dev-chosen β: {said}")
-        if min(r, rho) >= CORRELATED and spread <= SIMILAR_GAINS:
-            return Verdict("confirmed", said)
-        return Verdict("inconclusive", f"only part of the prediction holds: {said}")
+        """Confirmed when β_LS − 1 and how much closer β_LS is to the dev-chosen β than 1 is are both
+        above 0 (95 % intervals over bundles); refuted when either is below 0; else inconclusive."""
+        beta_ls = {(p["relation"], p["trial"]): p["beta_ls"] for p in numbers["points"]}
+        chosen = {(p["relation"], p["trial"]): p["chosen_beta"] for p in numbers["points"]}
+        error_of_1 = {key: abs(beta - 1) for key, beta in chosen.items()}
+        error_of_ls = {key: abs(beta - beta_ls[key]) for key, beta in chosen.items()}
+        lead = (
+            f"median β_LS {numbers['median_beta_ls']:.2f} against the dev-chosen β's {numbers['median_chosen_beta']:.2f}, "
+            f"r = {numbers['pearson']:.2f} and ρ = {numbers['spearman']:.2f} over {numbers['n']} bundles, direction "
+            f"gains spanning {numbers['median_spread']:.2f} × β_LS"
+        )  # fmt: skip
+        return weigh([
+            difference(beta_ls, 1.0, "β_LS − 1", "+.2f"),
+            difference(error_of_1, error_of_ls, "|dev-chosen β − 1| − |dev-chosen β − β_LS|", "+.2f"),
+        ], lead)  # fmt: skip

@@ -38,6 +38,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     selected_beta,
     verdict,
 )
+from lre_pl.experiments.beta_study.questions.differences import difference, weigh
 from lre_pl.experiments.beta_study.questions.per_sample_beta import smallest_beta
 from lre_pl.lm.activations import collect_states
 from lre_pl.lm.jacobian import compute_jacobians
@@ -53,13 +54,6 @@ TOKENS = 3
 GROUPS = ("1", "2", "3+")
 #: The two estimators side by side: the bundle's last-token LRE and the LRE on every subject token.
 ESTIMATORS = ("lre", "multi_token")
-#: A prediction holds where its effect reaches this margin in β (one step of the explanation sweeps'
-#: β grid); it fails where the effect is zero or of the other sign.
-BETA_MARGIN = 0.25
-#: Fewer samples with a smallest β in a token group (or fewer relations with both estimators) than
-#: this, and the verdict is inconclusive.
-MIN_SAMPLES = 10
-MIN_RELATIONS = 2
 
 
 def token_group(count: int) -> str:
@@ -225,7 +219,10 @@ class SubjectTokens(ScanQuestion):
     costly = True
     title = "The subject spread over several tokens"
     hypothesis = "β compensates for the subject information spread over earlier subject tokens, which the last-token LRE ignores"
-    prediction = "multi-token subjects need a larger β than one-token subjects, and the multi-token LRE needs a β closer to 1"
+    prediction = (
+        "multi-token subjects need a larger β than one-token subjects, and the multi-token LRE needs a β closer to 1 "
+        "(each per bundle, its 95 % interval above 0)"
+    )
 
     def rows(self, context: StudyContext) -> list[dict]:
         from lre_pl.experiments.sweep.runner import warn
@@ -293,14 +290,18 @@ class SubjectTokens(ScanQuestion):
         """The β scans' numbers per estimator (:class:`ScanQuestion`), and: per estimator and token
         group (``2+``: 2 and 3+ pooled) the smallest β's median and count; per estimator the median
         over relations of |chosen β − 1| (relations with both estimators); the relations with one-token
-        training subjects; the evaluated samples per group."""
+        training subjects; the evaluated samples per group; and per bundle (``per_bundle``, for the
+        verdict's intervals) the LRE's median smallest β of groups 1 and 2+ and each estimator's |chosen
+        β − 1|."""
         numbers = super().summarize(rows, rule)
-        betas = defaultdict(list)
+        betas, bundle_betas = defaultdict(list), defaultdict(lambda: defaultdict(list))
         for row in rows:
             if row["metric"] == "smallest_beta":
                 estimator, group = row["estimator"].split(":tokens=")
                 for key in (group, "2+") if group != "1" else (group,):
                     betas[estimator, key].append(row["value"])
+                    if estimator == "lre" and not math.isnan(row["value"]):
+                        bundle_betas[key][row["relation"], row["trial"]].append(row["value"])
         numbers["smallest_beta"] = {
             estimator: {
                 group: {"median": statistics.median(found) if found else NAN, "found": len(found), "n": len(values)}
@@ -324,6 +325,16 @@ class SubjectTokens(ScanQuestion):
             for estimator in ESTIMATORS
         }  # fmt: skip
         numbers["distance_to_1"]["n"] = len(both)
+        numbers["per_bundle"] = {
+            "smallest_beta": {
+                group: {key: statistics.median(values) for key, values in bundle_betas[group].items()}
+                for group in ("1", "2+")
+            },
+            "distance_to_1": {
+                estimator: {key: abs(chosen[(*key, estimator)]["chosen_beta"] - 1) for key in both}
+                for estimator in ESTIMATORS
+            },
+        }
         samples = defaultdict(dict)
         for row in rows:
             if row["metric"] == "samples":
@@ -350,32 +361,23 @@ class SubjectTokens(ScanQuestion):
         )
 
     def judge(self, numbers: Numbers) -> Verdict:
-        """Confirmed where 2+-token subjects need a median smallest β at least :data:`BETA_MARGIN`
-        above one-token subjects' AND the multi-token LRE's chosen β is at least that much closer to 1
-        (median over relations); refuted where either effect is zero or reversed; else inconclusive,
-        as with too few samples (:data:`MIN_SAMPLES`) or relations (:data:`MIN_RELATIONS`)."""
+        """Confirmed when, per bundle, the LRE's median smallest β of 2+-token subjects − of one-token
+        subjects and the LRE's |chosen β − 1| − the multi-token LRE's are both above 0 (95 % intervals over
+        bundles); refuted when either is below 0; else inconclusive (as with one relation: no interval)."""
         lre = numbers["smallest_beta"].get("lre", {})
         one, more = lre.get("1", {}), lre.get("2+", {})
-        distance = numbers["distance_to_1"]
-        if min(one.get("found", 0), more.get("found", 0)) < MIN_SAMPLES or distance["n"] < MIN_RELATIONS:
-            return Verdict("inconclusive", (
-                f"too few to tell: {one.get('found', 0)} one-token and {more.get('found', 0)} multi-token samples "
-                f"with a smallest β (at least {MIN_SAMPLES} each), {distance['n']} relations with both LREs "
-                f"(at least {MIN_RELATIONS})"
-            ))  # fmt: skip
-        larger = more["median"] - one["median"]
-        closer = distance["lre"] - distance["multi_token"]
-        why = (
-            f"multi-token subjects need a median smallest β {larger:+.2f} against one-token subjects "
-            f"({more['median']:.2f} vs {one['median']:.2f}), and the multi-token LRE's chosen β is {closer:+.2f} "
-            f"closer to 1 (median |β − 1| {distance['multi_token']:.2f} vs {distance['lre']:.2f}, {distance['n']} "
-            f"relations); margin {BETA_MARGIN}"
-        )  # fmt: skip
-        if larger >= BETA_MARGIN and closer >= BETA_MARGIN:
-            return Verdict("confirmed", why)
-        if larger <= 0 or closer <= 0:
-            return Verdict("refuted", why)
-        return Verdict("inconclusive", why)
+        distance, per_bundle = numbers["distance_to_1"], numbers["per_bundle"]
+        lead = (
+            f"median smallest β {more.get('median', NAN):.2f} ({more.get('found', 0)} multi-token samples) vs "
+            f"{one.get('median', NAN):.2f} ({one.get('found', 0)} one-token samples); median |chosen β − 1| "
+            f"{distance['multi_token']:.2f} (multi-token LRE) vs {distance['lre']:.2f} (LRE) over {distance['n']} "
+            "relations with both"
+        )
+        smallest, distances = per_bundle["smallest_beta"], per_bundle["distance_to_1"]
+        return weigh([
+            difference(smallest["2+"], smallest["1"], "smallest β, 2+-token − one-token subjects", "+.2f"),
+            difference(distances["lre"], distances["multi_token"], "|chosen β − 1|, LRE − multi-token LRE", "+.2f"),
+        ], lead)  # fmt: skip
 
     def render(self, numbers: Numbers, findings: Findings) -> str:
         smallest = markdown_table(
