@@ -20,11 +20,11 @@ def nanmean(values: Iterable[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def mean_std_cell(per_trial: Sequence[float]) -> str:
+def mean_std_cell(per_trial: Sequence[float], fmt: str = ".2f") -> str:
     """``0.61 ± 0.05`` over trials (NaN trials left out), ``0.61`` for one, ``–`` for none."""
     values = [v for v in per_trial if not math.isnan(v)]
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:{fmt}}"
+    return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
