@@ -16,9 +16,15 @@ from lre_pl.files import write_text_atomically  # noqa: E402
 from tests.integration.test_committed_results import MODELS, committed_study  # noqa: E402
 
 
+#: What "Made by" names after the study's command: this script, which remade the report.
+REMADE = "the report remade from the committed rows: `python scripts/remake_reports.py`"
+
+
 def study_commands(report: Path, sweeps: int) -> list[str]:
-    """What made a committed report after its ``sweeps`` sweeps' commands (the study's command)."""
-    return report.read_text().split("Made by ", 1)[1].split(".\n", 1)[0].split("; ")[sweeps:]
+    """What made a committed report after its ``sweeps`` sweeps' commands (the study's command), and
+    this script (:data:`REMADE`)."""
+    made = report.read_text().split("Made by ", 1)[1].split(".\n", 1)[0].split("; ")[sweeps:]
+    return made + ([REMADE] if REMADE not in made else [])
 
 
 #: The per-sample W_i table in a report: a bold relation line, then a markdown table (as the test drops it).
