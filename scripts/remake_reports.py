@@ -15,7 +15,6 @@ from lre_pl.experiments.beta_study.report import study_markdown  # noqa: E402
 from lre_pl.files import write_text_atomically  # noqa: E402
 from tests.integration.test_committed_results import MODELS, committed_study  # noqa: E402
 
-
 #: What "Made by" names after the study's command: this script, which remade the report.
 REMADE = "the report remade from the committed rows: `python scripts/remake_reports.py`"
 

@@ -37,7 +37,12 @@ def test_fixed_beta_summarizes_and_renders_its_rows():
     question = REGISTRY["fixed_beta"]()
     numbers = question.summarize(FIXED, RULE)
     assert numbers == {
-        "1.0": {"mean": 0.375, "n": 2, "layers": ["emb", "3"], "by_bundle": {("r1", 0): 0.5, ("r2", 0): 0.25}},
+        "1.0": {
+            "mean": 0.375,
+            "n": 2,
+            "layers": ["emb", "3"],
+            "by_bundle": {("r1", 0): 0.5, ("r2", 0): 0.25},
+        },
         "2.25": {"mean": 0.75, "n": 2, "layers": ["2", "10"], "by_bundle": {("r1", 0): 1.0, ("r2", 0): 0.5}},
     }
     assert question.render(numbers, Findings("m", RULE)) == (
