@@ -37,16 +37,24 @@ def test_fixed_beta_summarizes_and_renders_its_rows():
     question = REGISTRY["fixed_beta"]()
     numbers = question.summarize(FIXED, RULE)
     assert numbers == {
-        "1.0": {"mean": 0.375, "n": 2, "layers": ["emb", "3"]},
-        "2.25": {"mean": 0.75, "n": 2, "layers": ["2", "10"]},
+        "1.0": {
+            "mean": 0.375,
+            "n": 2,
+            "layers": ["emb", "3"],
+            "by_bundle": {("r1", 0): 0.5, ("r2", 0): 0.25},
+        },
+        "2.25": {"mean": 0.75, "n": 2, "layers": ["2", "10"], "by_bundle": {("r1", 0): 1.0, ("r2", 0): 0.5}},
     }
     assert question.render(numbers, Findings("m", RULE)) == (
         "| β held at | relations × trials | faithfulness@1 (test), layer chosen on dev | layers chosen |\n"
         "|---|---|---|---|\n"
         "| 1.0 | 2 | 0.375 | emb, 3 |\n"
         "| 2.25 | 2 | 0.750 | 2, 10 |\n"
-        "\n\n**Verdict.** layer searched at β = 1.0: 0.375; layer searched at β = 2.25: 0.750 (test faithfulness@1; "
-        "β and layer interact: the protocol's layer search at β = 1 cannot see layers that only work at a larger β).\n"
+        "\n\n**Verdict.** layer searched at β = 1.0: 0.375; layer searched at β = 2.25: 0.750 (test faithfulness@1); "
+        # Both relations gain (+0.5, +0.25): every resample's mean lies in [0.25, 0.5], so the interval is that.
+        "at β = 2.25 minus at β = 1: +0.375 [+0.250, +0.500] (2 relations, 2 bundles, 95 % bootstrap interval): "
+        "a real difference. So β and layer interact: the protocol's layer search at β = 1 cannot see layers that "
+        "only work at a larger β.\n"
     )
 
 

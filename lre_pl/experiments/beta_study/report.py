@@ -10,18 +10,26 @@ and close it with the verdicts gathered and the conclusion written from them (``
 from __future__ import annotations
 
 import contextlib
-import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from lre_pl.experiments.beta_study.questions import REGISTRY
-from lre_pl.experiments.beta_study.questions.base import NAN, VERDICTS, Findings, HeadlineLine, paper_lre
+from lre_pl.experiments.beta_study.questions.base import (
+    NAN,
+    PAPER_BETA,
+    VERDICTS,
+    Findings,
+    HeadlineLine,
+    paper_lre,
+)
+from lre_pl.experiments.beta_study.questions.global_beta import by_category
 from lre_pl.files import write_text_atomically
 from lre_pl.lightning.outputs import write_figure
 from lre_pl.protocol.folder import StudyFolder, read_json
+from lre_pl.protocol.intervals import paired_difference
 from lre_pl.protocol.markdown import markdown_table
 from lre_pl.protocol.rows import read_rows, write_rows_csv
 from lre_pl.protocol.selection import SelectionRule
@@ -59,17 +67,23 @@ def model_sections(
 
 
 def _grid_line(model: str, rows: list[dict], sweep: dict | None) -> str:
-    """One line on what a model's study covers: bundles, trials, known samples, the sweep's grid."""
+    """One line on what a model's study covers: relations, bundles and their trials, known samples and
+    their cap (the sweep's ``max_known``), the sweep's grid."""
     bundles = {(row["relation"], row["trial"]) for row in rows if row["trial"] is not None}
     known = sorted(row["n"] for row in rows if row["kind"] == "residual" and row["split"] == "all"
                    and row["metric"] == "residual_norm")  # fmt: skip
+    per_relation = Counter(Counter(relation for relation, _ in bundles).values())  # trials -> relations
+    spread = ", ".join(f"{relations} with {trials}" for trials, relations in sorted(per_relation.items()))
     line = (
-        f"**{model}**: {len(bundles)} bundles, {len({r for r, _ in bundles})} relations, trials "
-        f"{sorted({t for _, t in bundles})}"
+        f"**{model}**: {len({r for r, _ in bundles})} relations, {len(bundles)} bundles, trials "
+        f"{sorted({t for _, t in bundles})} (relations by their number of trials: {spread or 'none'})"
     )
     if known:
         line += f", {statistics.median(known):.0f} known samples per bundle (median; {known[0]}–{known[-1]})"
     if sweep:
+        line += (
+            f", the sweep's cap on known samples per bundle (max_known): {sweep.get('max_known') or 'none'}"
+        )
         betas = sweep["betas"]
         layers = (
             "every layer" if sweep["layers"] == "all" else f"layers {', '.join(map(str, sweep['layers']))}"
@@ -96,54 +110,79 @@ def _headline_table(numbers: dict[str, dict]) -> str:
     )
 
 
-#: A variant "removes the need for β" if at β = 1 it comes within this of the LRE at its tuned β.
-REMOVES_BETA_MARGIN = 0.01
+def _one_global_beta(found: dict) -> str:
+    """The answer to "one global β?" from the ``global_beta`` numbers: each single β against each
+    relation's own, with its interval."""
+    one, per_relation = found["oracle:global:test"], found["oracle:relation:test"]
+    oracle = paired_difference(one["by_bundle"], per_relation["by_bundle"])
+    worst, loss = min(by_category(one, per_relation).items(), key=lambda item: item[1].estimate)
+    learned, held = found.get("learned:global:dev", {}), found.get("heldout:global:dev", {})
+    grid, paper = found.get("grid:global:dev", {}), found.get(f"paper_{PAPER_BETA}", {})
+    compared = [
+        (f"a β learned by trainer.fit on every relation's dev samples ({learned.get('beta', NAN):.2f})", learned),
+        ("learned on half of the relations, on the other half", held),
+        ("one β per category, learned on dev", found.get("learned:category:dev", {})),
+        (f"the grid's best single β on dev ({grid.get('beta', NAN):.2f})", grid),
+        (f"the paper's β = {PAPER_BETA}", paper),
+    ]  # fmt: skip
+    return (
+        f"**One global β?** Both chosen on the reported test samples (the paper's way), one β "
+        f"({one.get('beta', NAN):.2f}) reaches {one['mean']:.3f} against {per_relation['mean']:.3f} with one β per "
+        f"relation: {oracle.difference_words()} (worst category: {worst}, {loss.cell()}; an upper bound on the "
+        "loss, as each relation's own β is fitted to its few test samples). Without looking at test, against each "
+        "relation's dev-chosen β: "
+        + "; ".join(f"{label}: {variant['vs_best'].difference_words()}" for label, variant in compared if variant)
+        + "."
+    )  # fmt: skip
+
+
+def _variants_remove_beta(numbers: dict) -> str | None:
+    """The answer to "does a variant remove β?": each variant at β = 1 against the paper's LRE at its
+    dev-chosen β, per bundle with its interval; ``None`` without the numbers."""
+    paper = paper_lre(numbers)
+    candidates = {
+        f"b = {name}": values
+        for name, values in numbers.get("bias_variants", {}).get("variants", {}).items()
+        if name != "paper"
+    }
+    candidates |= {
+        name: values
+        for key in ("unit_s", "after_norm")
+        for name, values in numbers.get(key, {}).get("variants", {}).items()
+    }
+    if not candidates or not paper:
+        return None
+    against = {
+        name: paired_difference(values["beta_1_by_bundle"], paper["chosen_by_bundle"])
+        for name, values in candidates.items()
+    }
+    # Removing β is a claim of no loss, which an interval can only fail to refute: a variant is kept when
+    # its loss is not detectable (the interval reaches 0), and its lower end says how large a loss it hides.
+    removes = [name for name, d in against.items() if not (d.detectable and d.estimate < 0)]
+    each = "; ".join(f"{name}: {d.difference_words()}" for name, d in against.items())
+    answer = (
+        f"Not ruled out for {', '.join(removes)}: at β = 1 {'it is' if len(removes) == 1 else 'they are'} not "
+        "detectably below the LRE at its tuned β (no proof of no loss: the interval's lower end bounds the loss "
+        "still possible)"
+        + ("; every other variant is detectably below." if len(removes) < len(against) else ".")
+        if removes
+        else "No: every variant at β = 1 is detectably below the LRE at its tuned β."
+    )
+    return (
+        f"**Does a variant remove β?** {answer} Each at β = 1 minus the LRE at its dev-chosen β "
+        f"({paper['chosen']:.3f}): {each}."
+    )
 
 
 def _verdicts(model: str, numbers: dict) -> str:
     """The three answers the study exists for, in words, from one model's numbers (by question name)."""
     lines = []
     found = numbers.get("global_beta", {})
-    one, per_relation = found.get("oracle:global:test"), found.get("oracle:relation:test")
-    if one and per_relation:
-        by_category = {
-            c: one["mean_by_category"][c] - per_relation["mean_by_category"][c]
-            for c in one["mean_by_category"]
-        }
-        worst = min(by_category.items(), key=lambda item: item[1])
-        learned, held = found.get("learned:global:dev", {}), found.get("heldout:global:dev", {})
-        grid = found.get("grid:global:dev", {})
-        lines.append(
-            f"**One global β?** Both chosen on the reported test samples (the paper's way), one β "
-            f"({one.get('beta', NAN):.2f}) reaches {one['mean']:.3f} against {per_relation['mean']:.3f} with one β per "
-            f"relation: {one['mean'] - per_relation['mean']:+.3f} (worst category: {worst[0]}, {worst[1]:+.3f}; an upper "
-            "bound on the loss, as each relation's own β is fitted to its few test samples). "
-            f"Without looking at test, a β learned by trainer.fit on every relation's dev samples "
-            f"({learned.get('beta', NAN):.2f}) scores {learned.get('loss_vs_best', NAN):+.3f} against each relation's "
-            f"dev-chosen β, and learned on half of the relations {held.get('loss_vs_best', NAN):+.3f} on the other half; "
-            f"the grid's best single β on dev ({grid.get('beta', NAN):.2f}) scores {grid.get('loss_vs_best', NAN):+.3f}."
-        )  # fmt: skip
-    tuned = paper_lre(numbers).get("chosen", NAN)
-    candidates = {
-        f"b = {name}": values["beta_1"]
-        for name, values in numbers.get("bias_variants", {}).get("variants", {}).items()
-        if name != "paper"
-    }
-    candidates |= {
-        name: values["beta_1"]
-        for key in ("unit_s", "after_norm")
-        for name, values in numbers.get(key, {}).get("variants", {}).items()
-    }
-    if candidates and not math.isnan(tuned):
-        best = max(candidates, key=candidates.get)
-        removes = [name for name, value in candidates.items() if value >= tuned - REMOVES_BETA_MARGIN]
-        lines.append(
-            "**Does a variant remove β?** " + (
-                f"Yes: {', '.join(removes)} reach{'es' if len(removes) == 1 else ''} at β = 1 the LRE's tuned {tuned:.3f}."
-                if removes else
-                f"No: the best at β = 1 is {best} ({candidates[best]:.3f}), against the LRE at its tuned β ({tuned:.3f})."
-            )
-        )  # fmt: skip
+    if found.get("oracle:global:test") and found.get("oracle:relation:test"):
+        lines.append(_one_global_beta(found))
+    removes = _variants_remove_beta(numbers)
+    if removes:
+        lines.append(removes)
     residual = numbers.get("residual", {})
     if residual:
         lines.append(

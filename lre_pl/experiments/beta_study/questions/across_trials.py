@@ -12,10 +12,11 @@ from lre_pl.experiments.beta_study.questions.base import (
     Findings,
     Numbers,
     bundles_of,
+    difference,
     register,
     verdict,
 )
-from lre_pl.protocol.markdown import markdown_table, nanmean
+from lre_pl.protocol.markdown import markdown_table, mean_std_cell, nanmean
 from lre_pl.protocol.selection import SelectionRule
 
 Layer = int | str
@@ -93,11 +94,16 @@ class AcrossTrials(AcrossBundlesQuestion):
             ["relation", "trials", "first trial's (layer, β) held fixed", "each trial's own choice"],
             [
                 [relation, str(len(v["fixed"])),
-                 *(f"{statistics.mean(v[variant]):.3f} ± {statistics.stdev(v[variant]):.3f}" for variant in VARIANTS)]
+                 *(mean_std_cell(v[variant], ".3f") for variant in VARIANTS)]
                 for relation, v in numbers["per_relation"].items()
             ],
         )  # fmt: skip
+        stds = {  # one value per relation: the bootstrap's bundles are the relations here
+            variant: {(relation, "std"): statistics.stdev(v[variant]) for relation, v in numbers["per_relation"].items()}
+            for variant in VARIANTS
+        }  # fmt: skip
         return table + verdict(
             f"Over {numbers['relations']} relations, the std over trials averages {numbers['fixed']:.3f} with the "
-            f"hyper-parameters held fixed and {numbers['own']:.3f} with each trial choosing its own."
+            f"hyper-parameters held fixed and {numbers['own']:.3f} with each trial choosing its own; held fixed "
+            f"minus own, per relation: {difference(stds['fixed'], stds['own'])}."
         )

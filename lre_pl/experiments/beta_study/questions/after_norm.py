@@ -10,6 +10,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     Findings,
     Numbers,
     ScanQuestion,
+    difference,
     paper_lre,
     register,
     section,
@@ -57,7 +58,14 @@ class AfterNorm(ScanQuestion):
 
     def render(self, numbers: Numbers, findings: Findings) -> str:
         after, paper = numbers["variants"].get("after_norm", {}), paper_lre(findings.numbers)
-        return section(self.table(numbers["variants"]), verdict(
+        text = (
             f"After the norm, β = 1 gives {after.get('beta_1', NAN):.3f} (the pre-norm LRE "
             f"{paper.get('beta_1', NAN):.3f}); its dev-chosen β has median {after.get('median_beta', NAN):.2f}."
-        ))  # fmt: skip
+        )
+        if after and paper:
+            text += (
+                " After the norm at β = 1 minus the pre-norm LRE at β = 1: "
+                f"{difference(after['beta_1_by_bundle'], paper['beta_1_by_bundle'])}; minus the pre-norm LRE "
+                f"at its dev-chosen β: {difference(after['beta_1_by_bundle'], paper['chosen_by_bundle'])}."
+            )
+        return section(self.table(numbers["variants"]), verdict(text))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from lre_pl.experiments.beta_study.context import StudyContext, SweepStudy
+from lre_pl.protocol.intervals import Interval, paired_difference
 from lre_pl.protocol.markdown import markdown_table, nanmean
 from lre_pl.protocol.selection import SelectionRule
 
@@ -31,6 +32,10 @@ NAN = float("nan")
 Numbers = dict[str, Any]
 """A question's summary of one model's rows (nested dicts of numbers), what its section and the
 headline table read."""
+
+BundleValues = dict[tuple[str, int], float]
+"""{(relation, trial): value}: one number per bundle, what a verdict's interval resamples
+(:func:`~lre_pl.protocol.intervals.paired_difference`); kept in a question's numbers beside its means."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,31 @@ def number(numbers: Mapping[str, Any], *path: str, fmt: str = ".3f") -> str:
     return "–" if isinstance(value, dict) or math.isnan(value) else format(value, fmt)
 
 
+def bundle_means(rows: list[dict], **match: Any) -> BundleValues:
+    """{(relation, trial): the mean of the values of its rows whose fields equal ``match``} (NaN values
+    left out; a bundle with none is NaN), e.g. ``bundle_means(rows, estimator="lre", split="all")``."""
+    values = defaultdict(list)
+    for row in rows:
+        if all(row[name] == wanted for name, wanted in match.items()):
+            values[row["relation"], row["trial"]].append(row["value"])
+    return {key: nanmean(found) for key, found in values.items()}
+
+
+def interval_cell(numbers: Mapping[str, Any], *path: str, fmt: str = "+.3f") -> str:
+    """A headline cell: the :class:`~lre_pl.protocol.intervals.Interval` at ``path`` in one model's
+    numbers with its interval (``+0.008 [-0.012, +0.027]``), ``–`` where there is none."""
+    value = numbers
+    for key in path:
+        value = value.get(key, {}) if isinstance(value, dict) else {}
+    return value.cell(fmt) if isinstance(value, Interval) else "–"
+
+
+def difference(first: BundleValues, second: BundleValues) -> str:
+    """``first − second`` over the bundles with both, its interval and what it means, in words
+    (:meth:`~lre_pl.protocol.intervals.Interval.difference_words`)."""
+    return paired_difference(first, second).difference_words()
+
+
 def paper_lre(numbers: Mapping[str, Numbers]) -> dict[str, float]:
     """The paper's LRE in the bias-variant scan (β = 1, chosen β, median β), or ``{}``: the reference
     that other questions' verdicts compare with."""
@@ -206,18 +236,22 @@ def selected_beta(rows: list[dict], question: str, rule: SelectionRule) -> dict[
 
 class ScanQuestion(PerBundleQuestion):
     """A question whose rows are faithfulness scans over the sweep's β grid, one per variant: its
-    numbers are, per variant, test faithfulness at β = 1 and at the β chosen on dev."""
+    numbers are, per variant, test faithfulness at β = 1 and at the β chosen on dev (their means, and
+    per bundle in ``beta_1_by_bundle`` and ``chosen_by_bundle`` for the verdicts' intervals)."""
 
     def summarize(self, rows: list[dict], rule: SelectionRule) -> Numbers:
-        per_variant = defaultdict(list)
-        for (_, _, variant), values in selected_beta(rows, self.name, rule).items():
-            per_variant[variant].append(values)
+        per_variant = defaultdict(dict)  # variant -> (relation, trial) -> its values
+        for (relation, trial, variant), values in selected_beta(rows, self.name, rule).items():
+            per_variant[variant][relation, trial] = values
         variants = {}
-        for variant, values in per_variant.items():
+        for variant, by_bundle in per_variant.items():
+            values = list(by_bundle.values())
             betas = [v["chosen_beta"] for v in values]
             variants[variant] = {
                 "beta_1": nanmean(v["beta_1"] for v in values),
                 "chosen": nanmean(v["chosen"] for v in values),
+                "beta_1_by_bundle": {key: v["beta_1"] for key, v in by_bundle.items()},
+                "chosen_by_bundle": {key: v["chosen"] for key, v in by_bundle.items()},
                 "median_beta": statistics.median(betas),
                 "min_beta": min(betas),
                 "max_beta": max(betas),

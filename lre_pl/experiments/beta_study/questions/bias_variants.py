@@ -14,6 +14,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     HeadlineLine,
     Numbers,
     ScanQuestion,
+    difference,
     number,
     register,
     section,
@@ -126,8 +127,19 @@ class BiasVariants(ScanQuestion):
     def render(self, numbers: Numbers, findings: Findings) -> str:
         variants, best = numbers["variants"], numbers["best_at_1"]
         paper = variants.get("paper", {})
-        return section(self.table(variants), verdict(
+        text = (
             f"At β = 1 the best bias is `{best}` ({variants[best]['beta_1']:.3f}); the paper's b "
             f"reaches {paper.get('beta_1', NAN):.3f} at β = 1 and {paper.get('chosen', NAN):.3f} at "
             f"its dev-chosen β (median {paper.get('median_beta', NAN):.2f})."
-        ))  # fmt: skip
+        )
+        if paper:
+            others = "; ".join(
+                f"`{name}` {difference(v['beta_1_by_bundle'], paper['beta_1_by_bundle'])}"
+                for name, v in variants.items()
+                if name != "paper"
+            )
+            text += (
+                f" At β = 1, each b minus the paper's b: {others}. The paper's b at its dev-chosen β minus "
+                f"at β = 1: {difference(paper['chosen_by_bundle'], paper['beta_1_by_bundle'])}."
+            )
+        return section(self.table(variants), verdict(text))

@@ -18,11 +18,13 @@ from lre_pl.experiments.beta_study.questions.base import (
     HeadlineLine,
     Numbers,
     bundles_of,
+    interval_cell,
     number,
     register,
     section,
     verdict,
 )
+from lre_pl.protocol.intervals import Interval, paired_difference
 from lre_pl.protocol.markdown import markdown_table, nanmean
 from lre_pl.protocol.rows import make_row
 from lre_pl.protocol.selection import SelectionRule
@@ -133,6 +135,27 @@ def _beta_cell(variant: str, numbers: dict) -> str:
     return f"{min(learned):.2f}–{max(learned):.2f}" if learned else "–"
 
 
+def by_category(variant: dict, other: dict) -> dict[str, Interval]:
+    """{category: a variant's test faithfulness minus ``other``'s (a variant's numbers too) on that
+    category's bundles, with its interval}."""
+    return {
+        category: paired_difference(
+            {
+                key: value
+                for key, value in variant["by_bundle"].items()
+                if variant["category_of"][key] == category
+            },
+            other["by_bundle"],
+        )
+        for category in sorted(set(variant["category_of"].values()))
+    }
+
+
+def _against_best(variant: dict) -> str:
+    """A variant's difference from each relation's best β with its interval, in words (``–`` without)."""
+    return variant["vs_best"].difference_words() if "vs_best" in variant else "–"
+
+
 @register
 class GlobalBeta(AcrossBundlesQuestion):
     """β learned by :class:`~lre_pl.experiments.beta_study.global_beta.GlobalBetaModule` on the dev
@@ -147,15 +170,15 @@ class GlobalBeta(AcrossBundlesQuestion):
         HeadlineLine(20, "best single β of the grid (chosen on dev): β, faithfulness, Δ vs per-relation best",
                      lambda m: f"{number(m, 'global_beta', 'grid:global:dev', 'beta', fmt='.2f')}, "
                                f"{number(m, 'global_beta', 'grid:global:dev', 'mean')}, "
-                               f"{number(m, 'global_beta', 'grid:global:dev', 'loss_vs_best', fmt='+.3f')}"),
+                               f"{interval_cell(m, 'global_beta', 'grid:global:dev', 'vs_best')}"),
         HeadlineLine(30, "one β learned by trainer.fit on dev: β, faithfulness, Δ vs per-relation best",
                      lambda m: f"{number(m, 'global_beta', 'learned:global:dev', 'beta', fmt='.2f')}, "
                                f"{number(m, 'global_beta', 'learned:global:dev', 'mean')}, "
-                               f"{number(m, 'global_beta', 'learned:global:dev', 'loss_vs_best', fmt='+.3f')}"),
+                               f"{interval_cell(m, 'global_beta', 'learned:global:dev', 'vs_best')}"),
         HeadlineLine(40, "… learned on half of the relations, tested on the other half: Δ vs per-relation best",
-                     lambda m: number(m, "global_beta", "heldout:global:dev", "loss_vs_best", fmt="+.3f")),
+                     lambda m: interval_cell(m, "global_beta", "heldout:global:dev", "vs_best")),
         HeadlineLine(50, "… one β per category: Δ vs per-relation best",
-                     lambda m: number(m, "global_beta", "learned:category:dev", "loss_vs_best", fmt="+.3f")),
+                     lambda m: interval_cell(m, "global_beta", "learned:category:dev", "vs_best")),
         HeadlineLine(60, "… learned on the estimation samples instead: β",
                      lambda m: number(m, "global_beta", "learned:global:train", "beta", fmt=".2f")),
         HeadlineLine(70, "chosen on test (the paper's way): one β, its faithfulness / one β per relation",
@@ -163,7 +186,7 @@ class GlobalBeta(AcrossBundlesQuestion):
                                f"{number(m, 'global_beta', 'oracle:global:test', 'mean')} / "
                                f"{number(m, 'global_beta', 'oracle:relation:test', 'mean')}"),
         HeadlineLine(80, "the paper's β = 2.25: Δ vs per-relation best",
-                     lambda m: number(m, "global_beta", f"paper_{PAPER_BETA}", "loss_vs_best", fmt="+.3f")),
+                     lambda m: interval_cell(m, "global_beta", f"paper_{PAPER_BETA}", "vs_best")),
     )  # fmt: skip
 
     def rows(self, study: SweepStudy) -> list[dict]:
@@ -177,7 +200,8 @@ class GlobalBeta(AcrossBundlesQuestion):
         return bundles_of(rows, "beta_1") == set(study.points)
 
     def summarize(self, rows: list[dict], rule: SelectionRule) -> Numbers:
-        """{variant: test faithfulness@1 (mean, per category, and against each relation's best), the βs}."""
+        """{variant: test faithfulness@1 (mean, per category, per bundle, and against each relation's best
+        with its interval: ``vs_best``), the βs}."""
         faith = defaultdict(dict)  # variant -> (relation, trial) -> value
         category, learned, betas = {}, defaultdict(list), defaultdict(list)
         for row in rows:
@@ -191,10 +215,11 @@ class GlobalBeta(AcrossBundlesQuestion):
         best = faith.get(BEST, {})
         numbers = {}
         for variant, values in faith.items():
-            mean = nanmean(values.values())
+            against_best = paired_difference(values, best)  # on the bundles that have both
             numbers[variant] = {
-                "mean": mean,
-                "loss_vs_best": mean - nanmean(best[r] for r in values),  # on the same relations
+                "mean": nanmean(values.values()),
+                "vs_best": against_best,
+                "loss_vs_best": against_best.estimate,
                 "loss_by_category": {
                     c: nanmean(v - best[r] for r, v in values.items() if category[r] == c) for c in categories
                 },
@@ -202,6 +227,8 @@ class GlobalBeta(AcrossBundlesQuestion):
                     c: nanmean(v for r, v in values.items() if category[r] == c) for c in categories
                 },
                 "n": len(values),
+                "by_bundle": values,
+                "category_of": {key: category[key] for key in values},
                 "learned": learned.get(variant, []),
                 "betas": betas[variant],
             }
@@ -212,7 +239,7 @@ class GlobalBeta(AcrossBundlesQuestion):
     def render(self, numbers: Numbers, findings: Findings) -> str:
         categories = list(next(iter(numbers.values()))["mean_by_category"]) if numbers else []
         table = [
-            [variant, _beta_cell(variant, v), str(v["n"]), f"{v['mean']:.3f}", f"{v['loss_vs_best']:+.3f}",
+            [variant, _beta_cell(variant, v), str(v["n"]), f"{v['mean']:.3f}", v["vs_best"].cell(),
              *("–" if math.isnan(x) else f"{x:.3f}" for x in v["mean_by_category"].values())]
             for variant, v in numbers.items()
         ]  # fmt: skip
@@ -221,20 +248,21 @@ class GlobalBeta(AcrossBundlesQuestion):
             "value",
             "relations × trials",
             "faithfulness@1 (test)",
-            "vs per-relation best",
+            "vs per-relation best [95 % interval]",
             *categories,
         ]
         g, h = numbers.get("learned:global:dev", {}), numbers.get("heldout:global:dev", {})
         train, grid = numbers.get("learned:global:train", {}), numbers.get("grid:global:dev", {})
-        per_category = ", ".join(f"{c} {loss:+.3f}" for c, loss in grid.get("loss_by_category", {}).items())
+        per_category = ", ".join(
+            f"{c} {loss.cell()}" for c, loss in (by_category(grid, numbers[BEST]) if grid else {}).items()
+        )
         text = (
-            f"The best single β of the grid, chosen on every relation's dev samples ({grid.get('beta', NAN):.2f}), "
-            f"changes test faithfulness by {grid.get('loss_vs_best', NAN):+.3f} against each relation's own "
-            f"dev-chosen β (per category: {per_category}). "
-            f"One β learned on every relation's dev samples ({(g.get('learned') or [NAN])[0]:.2f}) "
-            f"changes test faithfulness by {g.get('loss_vs_best', NAN):+.3f} against each relation's own β "
-            f"chosen on the same dev samples; learned on half of the relations and tested on the others, by "
-            f"{h.get('loss_vs_best', NAN):+.3f} (a negative number: the single β loses). "
+            f"Each against each relation's own dev-chosen β (test faithfulness@1, per bundle). The best single "
+            f"β of the grid, chosen on every relation's dev samples ({grid.get('beta', NAN):.2f}): "
+            f"{_against_best(grid)} (per category: {per_category}). "
+            f"One β learned on every relation's dev samples ({(g.get('learned') or [NAN])[0]:.2f}): "
+            f"{_against_best(g)}; learned on half of the relations and tested on the others: {_against_best(h)} "
+            f"(below 0: the single β loses). "
             f"Fitted on the estimation samples instead, β = {(train.get('learned') or [NAN])[0]:.2f} "
             f"(faithfulness {train.get('mean', NAN):.3f}): the pull toward 1 of samples the LRE was estimated from."
         )  # fmt: skip

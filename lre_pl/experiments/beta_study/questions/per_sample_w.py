@@ -13,6 +13,8 @@ from lre_pl.experiments.beta_study.questions.base import (
     Findings,
     Numbers,
     PerBundleQuestion,
+    bundle_means,
+    difference,
     register,
     section,
     verdict,
@@ -70,12 +72,14 @@ class PerSampleW(PerBundleQuestion):
         return Answer(rows, table)
 
     def summarize(self, rows: list[dict], rule: SelectionRule) -> Numbers:
-        """{projection: {metric: mean over samples}} of the projections that have rows."""
+        """{projection: {metric: mean over samples, ``top1_by_bundle``: the share per bundle}} of the
+        projections that have rows."""
         values = defaultdict(list)
         for row in rows:
             values[row["estimator"], row["metric"]].append(row["value"])
         return {
             name: {metric: nanmean(values[name, metric]) for metric in METRICS}
+            | {"top1_by_bundle": bundle_means(rows, estimator=name, metric="top1_is_object")}
             for name in PROJECTIONS
             if values[name, "z_norm"]
         }
@@ -100,6 +104,13 @@ class PerSampleW(PerBundleQuestion):
         text += verdict(
             f"With its own W_i the projection has norm {own[0]:.1f} and names the object for "
             f"{own[1]:.0%} of the training samples; with the mean W, {mean[0]:.1f} and {mean[1]:.0%}."
+            + (
+                " Own W_i minus mean W, the share per bundle whose top-1 is the object: "
+                + difference(numbers["own_W_i"]["top1_by_bundle"], numbers["mean_W"]["top1_by_bundle"])
+                + "."
+                if all(name in numbers for name in PROJECTIONS)
+                else ""
+            )
         )
         tables = findings.tables.get(self.name)
         return text + ("\n" + tables[0] if tables else "")

@@ -11,6 +11,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     HeadlineLine,
     Numbers,
     ScanQuestion,
+    difference,
     number,
     paper_lre,
     register,
@@ -59,10 +60,19 @@ class UnitS(ScanQuestion):
         paper = paper_lre(findings.numbers)
         unit = numbers["variants"].get("unit_s", {})
         equal = numbers["variants"].get("equalised_o", {})
-        return section(self.table(numbers["variants"]), verdict(
+        text = (
             f"At β = 1 unit s reaches {unit.get('beta_1', NAN):.3f} and equalised ‖o‖ "
             f"{equal.get('beta_1', NAN):.3f}, against {paper.get('beta_1', NAN):.3f} for the paper's "
             f"LRE at the same layers ({paper.get('chosen', NAN):.3f} at its dev-chosen β); their chosen β "
             f"(medians {unit.get('median_beta', NAN):.2f} and {equal.get('median_beta', NAN):.2f}) "
             "say whether either removes the need for β."
-        ))  # fmt: skip
+        )
+        if paper:
+            text += " " + " ".join(
+                f"{label} at β = 1 minus the paper's LRE at β = 1: "
+                f"{difference(v['beta_1_by_bundle'], paper['beta_1_by_bundle'])}; minus the paper's LRE at "
+                f"its dev-chosen β: {difference(v['beta_1_by_bundle'], paper['chosen_by_bundle'])}."
+                for label, v in (("Unit s", unit), ("Equalised ‖o‖", equal))
+                if v
+            )
+        return section(self.table(numbers["variants"]), verdict(text))

@@ -10,6 +10,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     HeadlineLine,
     Numbers,
     ScanQuestion,
+    difference,
     number,
     register,
     section,
@@ -65,9 +66,19 @@ class WhereBeta(ScanQuestion):
         return super().summarize(rows, rule) | {"max_logit_gap": max(gaps, default=float("nan"))}
 
     def render(self, numbers: Numbers, findings: Findings) -> str:
-        return section(self.table(numbers["variants"]), verdict(
+        variants = numbers["variants"]
+        text = (
             "With a scale-invariant final norm, decode(β W s + b) = decode(W s + b / β): the largest logit "
             f"difference between the two over every relation and β > 0 is {numbers['max_logit_gap']:.2e} (the "
-            "norm's ε), and their faithfulness rows agree. Scaling both (β (W s + b)) changes nothing: "
-            "amplifying the projection and shrinking the bias are one move."
+            "norm's ε)"
+        )
+        if "projection" in variants and "bias" in variants:
+            text += (
+                "; at the β each chooses on dev, 1/β on b minus β on W s: "
+                + difference(variants["bias"]["chosen_by_bundle"], variants["projection"]["chosen_by_bundle"])
+                + " (1/β on b has no β = 0, which the grid offers β on W s: the two dev choices can differ there)"
+            )
+        return section(self.table(variants), verdict(
+            text + ". Scaling both (β (W s + b)) changes nothing: amplifying the projection and shrinking the "
+            "bias are one move."
         ))  # fmt: skip
