@@ -10,6 +10,7 @@ and close it with the verdicts gathered and the conclusion written from them (``
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from lre_pl.lightning.outputs import write_figure
 from lre_pl.protocol.folder import StudyFolder, read_json
 from lre_pl.protocol.intervals import paired_difference
 from lre_pl.protocol.markdown import markdown_table
-from lre_pl.protocol.rows import read_rows, write_rows_csv
+from lre_pl.protocol.rows import read_rows, read_rows_csv, write_rows_csv
 from lre_pl.protocol.selection import SelectionRule
 
 
@@ -281,6 +282,22 @@ def study_markdown(studies: dict[str, ModelStudy], made_by: Sequence[str] = (),
         if conclusion:
             parts.append(conclusion.strip() + "\n")
     return "\n".join(parts), numbers
+
+
+def committed_study(folder: Path, answered: Sequence[str] | None = None) -> tuple[ModelStudy, str, str]:
+    """A study as ``results/`` keeps it (``results.csv.gz``, ``sweep_config.json``, ``sweep_command.txt``;
+    no study folder, no bundles): the :class:`ModelStudy`, what made its sweep ("<model>'s sweep: …")
+    and its grid line. ``answered``: the questions asked (default: those with rows, and across_trials,
+    which has none with one trial)."""
+    rows = read_rows_csv(folder / "results.csv.gz")
+    sweep = json.loads((folder / "sweep_config.json").read_text())
+    if answered is None:
+        answered = sorted({row["kind"] for row in rows} | {"across_trials"})
+    model = rows[0]["model"]
+    commands = (folder / "sweep_command.txt").read_text().splitlines()
+    made_by = f"{model}'s sweep: " + ", then ".join(f"`{line}`" for line in commands)
+    study = ModelStudy(rows, {}, list(answered), SelectionRule.of_sweep(sweep))
+    return study, made_by, _grid_line(model, rows, sweep)
 
 
 def write_study_report(

@@ -386,15 +386,20 @@ def write_report(root: Path, row_paths: list[Path], config, listed: Sequence[Tas
         write_summary(root, rows, config, listed)
 
 
-def write_summary(root: Path, rows: list[dict], config, listed: Sequence[Task] = ()) -> None:
-    """summary.md and the figures (PNG + TensorBoard) in ``root`` from ``rows``."""
+def write_summary(
+    root: Path, rows: list[dict], config, listed: Sequence[Task] = (), tensorboard: bool = True
+) -> None:
+    """summary.md and the figures in ``root`` from ``rows``: PNGs, and a TensorBoard log unless
+    ``tensorboard`` is false (a committed ``results/`` folder keeps none)."""
     from torch.utils.tensorboard import SummaryWriter
 
     results = SweepResults(rows, listed)
     summary = summary_markdown(results, config)
     write_text_atomically(root / "summary.md", summary)
-    experiment = SummaryWriter(str(root / "tensorboard"))
-    experiment.add_text("summary", summary)
+    experiment = SummaryWriter(str(root / "tensorboard")) if tensorboard else None
+    if experiment:
+        experiment.add_text("summary", summary)
     for name, figure in plot_figures(results, config).items():
         write_figure(figure, root / f"{name}.png", experiment)
-    experiment.close()
+    if experiment:
+        experiment.close()

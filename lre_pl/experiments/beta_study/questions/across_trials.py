@@ -12,7 +12,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     Findings,
     Numbers,
     bundles_of,
-    difference,
+    difference_words,
     register,
     verdict,
 )
@@ -105,5 +105,5 @@ class AcrossTrials(AcrossBundlesQuestion):
         return table + verdict(
             f"Over {numbers['relations']} relations, the std over trials averages {numbers['fixed']:.3f} with the "
             f"hyper-parameters held fixed and {numbers['own']:.3f} with each trial choosing its own; held fixed "
-            f"minus own, per relation: {difference(stds['fixed'], stds['own'])}."
+            f"minus own, per relation: {difference_words(stds['fixed'], stds['own'])}."
         )

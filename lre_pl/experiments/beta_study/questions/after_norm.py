@@ -10,7 +10,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     Findings,
     Numbers,
     ScanQuestion,
-    difference,
+    difference_words,
     paper_lre,
     register,
     section,
@@ -65,7 +65,7 @@ class AfterNorm(ScanQuestion):
         if after and paper:
             text += (
                 " After the norm at β = 1 minus the pre-norm LRE at β = 1: "
-                f"{difference(after['beta_1_by_bundle'], paper['beta_1_by_bundle'])}; minus the pre-norm LRE "
-                f"at its dev-chosen β: {difference(after['beta_1_by_bundle'], paper['chosen_by_bundle'])}."
+                f"{difference_words(after['beta_1_by_bundle'], paper['beta_1_by_bundle'])}; minus the pre-norm LRE "
+                f"at its dev-chosen β: {difference_words(after['beta_1_by_bundle'], paper['chosen_by_bundle'])}."
             )
         return section(self.table(numbers["variants"]), verdict(text))

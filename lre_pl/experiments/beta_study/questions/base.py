@@ -202,7 +202,7 @@ def interval_cell(numbers: Mapping[str, Any], *path: str, fmt: str = "+.3f") -> 
     return value.cell(fmt) if isinstance(value, Interval) else "–"
 
 
-def difference(first: BundleValues, second: BundleValues) -> str:
+def difference_words(first: BundleValues, second: BundleValues) -> str:
     """``first − second`` over the bundles with both, its interval and what it means, in words
     (:meth:`~lre_pl.protocol.intervals.Interval.difference_words`)."""
     return paired_difference(first, second).difference_words()

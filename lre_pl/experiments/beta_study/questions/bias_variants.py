@@ -14,7 +14,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     HeadlineLine,
     Numbers,
     ScanQuestion,
-    difference,
+    difference_words,
     number,
     register,
     section,
@@ -134,12 +134,12 @@ class BiasVariants(ScanQuestion):
         )
         if paper:
             others = "; ".join(
-                f"`{name}` {difference(v['beta_1_by_bundle'], paper['beta_1_by_bundle'])}"
+                f"`{name}` {difference_words(v['beta_1_by_bundle'], paper['beta_1_by_bundle'])}"
                 for name, v in variants.items()
                 if name != "paper"
             )
             text += (
                 f" At β = 1, each b minus the paper's b: {others}. The paper's b at its dev-chosen β minus "
-                f"at β = 1: {difference(paper['chosen_by_bundle'], paper['beta_1_by_bundle'])}."
+                f"at β = 1: {difference_words(paper['chosen_by_bundle'], paper['beta_1_by_bundle'])}."
             )
         return section(self.table(variants), verdict(text))

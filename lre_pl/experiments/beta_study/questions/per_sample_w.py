@@ -14,7 +14,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     Numbers,
     PerBundleQuestion,
     bundle_means,
-    difference,
+    difference_words,
     register,
     section,
     verdict,
@@ -106,7 +106,7 @@ class PerSampleW(PerBundleQuestion):
             f"{own[1]:.0%} of the training samples; with the mean W, {mean[0]:.1f} and {mean[1]:.0%}."
             + (
                 " Own W_i minus mean W, the share per bundle whose top-1 is the object: "
-                + difference(numbers["own_W_i"]["top1_by_bundle"], numbers["mean_W"]["top1_by_bundle"])
+                + difference_words(numbers["own_W_i"]["top1_by_bundle"], numbers["mean_W"]["top1_by_bundle"])
                 + "."
                 if all(name in numbers for name in PROJECTIONS)
                 else ""

@@ -11,7 +11,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     HeadlineLine,
     Numbers,
     ScanQuestion,
-    difference,
+    difference_words,
     number,
     paper_lre,
     register,
@@ -70,8 +70,8 @@ class UnitS(ScanQuestion):
         if paper:
             text += " " + " ".join(
                 f"{label} at β = 1 minus the paper's LRE at β = 1: "
-                f"{difference(v['beta_1_by_bundle'], paper['beta_1_by_bundle'])}; minus the paper's LRE at "
-                f"its dev-chosen β: {difference(v['beta_1_by_bundle'], paper['chosen_by_bundle'])}."
+                f"{difference_words(v['beta_1_by_bundle'], paper['beta_1_by_bundle'])}; minus the paper's LRE at "
+                f"its dev-chosen β: {difference_words(v['beta_1_by_bundle'], paper['chosen_by_bundle'])}."
                 for label, v in (("Unit s", unit), ("Equalised ‖o‖", equal))
                 if v
             )

@@ -10,7 +10,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     HeadlineLine,
     Numbers,
     ScanQuestion,
-    difference,
+    difference_words,
     number,
     register,
     section,
@@ -75,7 +75,9 @@ class WhereBeta(ScanQuestion):
         if "projection" in variants and "bias" in variants:
             text += (
                 "; at the β each chooses on dev, 1/β on b minus β on W s: "
-                + difference(variants["bias"]["chosen_by_bundle"], variants["projection"]["chosen_by_bundle"])
+                + difference_words(
+                    variants["bias"]["chosen_by_bundle"], variants["projection"]["chosen_by_bundle"]
+                )
                 + " (1/β on b has no β = 0, which the grid offers β on W s: the two dev choices can differ there)"
             )
         return section(self.table(variants), verdict(
