@@ -58,9 +58,11 @@ class Interval:
     def difference_words(self, fmt: str = "+.3f") -> str:
         """The cell, then what it means: ``… : a real difference`` or ``… : no detectable difference``,
         with how many relations and bundles it rests on."""
-        basis = f"{self.relations} relations, {self.bundles} bundles, 95 % bootstrap interval"
         if math.isnan(self.estimate):
             return "– (no bundle has both values)"
+        basis = f"{_count(self.relations, 'relation')}, {_count(self.bundles, 'bundle')}"
+        if not math.isnan(self.low):
+            basis += ", 95 % bootstrap interval"
         verdict = "a real difference" if self.detectable else "no detectable difference"
         return f"{self.cell(fmt)} ({basis}): {verdict}"
 
@@ -103,6 +105,10 @@ def paired_difference(
         key for key in first if key in second and not math.isnan(first[key]) and not math.isnan(second[key])
     ]
     return bootstrap_mean({key: first[key] - second[key] for key in shared}, **options)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _quantile(ordered: list[float], q: float) -> float:
