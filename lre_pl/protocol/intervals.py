@@ -27,6 +27,9 @@ BundleKey = tuple[Hashable, Hashable]
 LEVEL = 0.95
 RESAMPLES = 2000
 SEED = 0
+#: Fewer relations give no interval: a percentile bootstrap over 2-4 clusters has only a handful of
+#: distinct resamples and understates the spread, so a verdict on them stays "no detectable difference".
+MIN_RELATIONS = 5
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,12 @@ class Interval:
         return not math.isnan(self.low) and (self.low > 0 or self.high < 0)
 
     def cell(self, fmt: str = "+.3f") -> str:
-        """``+0.008 [-0.012, +0.027]``; ``–`` with no bundle; no interval with one relation."""
+        """``+0.008 [-0.012, +0.027]``; ``–`` with no bundle; no interval with fewer than
+        :data:`MIN_RELATIONS` relations."""
         if math.isnan(self.estimate):
             return "–"
         if math.isnan(self.low):
-            return f"{self.estimate:{fmt}} [one relation: no interval]"
+            return f"{self.estimate:{fmt}} [{_count(self.relations, 'relation')}: too few for an interval]"
         return f"{self.estimate:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}]"
 
     def difference_words(self, fmt: str = "+.3f") -> str:
@@ -71,7 +75,8 @@ def bootstrap_mean(
     values: Mapping[BundleKey, float], resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL
 ) -> Interval:
     """The mean of ``values`` ({(relation, trial): value}, NaN values left out) and its percentile
-    interval, resampling relations, then trials within each drawn relation."""
+    interval, resampling relations, then trials within each drawn relation (none for fewer than
+    :data:`MIN_RELATIONS` relations)."""
     by_relation: dict[Hashable, list[float]] = defaultdict(list)
     for (relation, _), value in sorted(values.items(), key=lambda item: tuple(map(str, item[0]))):
         if not math.isnan(value):
@@ -81,8 +86,8 @@ def bootstrap_mean(
     if not groups:
         return Interval(math.nan, math.nan, math.nan, 0, 0)
     estimate = sum(map(sum, groups)) / bundles
-    if len(groups) == 1:
-        return Interval(estimate, math.nan, math.nan, 1, bundles)
+    if len(groups) < MIN_RELATIONS:
+        return Interval(estimate, math.nan, math.nan, len(groups), bundles)
     generator = random.Random(seed)
     means = []
     for _ in range(resamples):

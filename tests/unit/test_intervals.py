@@ -71,12 +71,23 @@ def test_a_paired_difference_uses_the_bundles_with_both_values_and_a_fixed_seed(
     second = {("a", 0): 0.0, ("a", 1): 1.0, ("b", 0): 1.0, ("d", 0): 0.0}
     interval = paired_difference(first, second)
     assert (interval.estimate, interval.relations, interval.bundles) == (pytest.approx(4 / 3), 2, 3)
+    assert interval.cell() == "+1.333 [2 relations: too few for an interval]"
     values = synthetic(0.5, 0.1, 0.1)
     assert bootstrap_mean(values) == bootstrap_mean(values)  # the same seed, the same interval
     assert bootstrap_mean(values) != bootstrap_mean(values, seed=1)
 
 
-def test_one_relation_or_none_gives_no_interval():
-    assert bootstrap_mean({("a", 0): 0.2, ("a", 1): 0.4}).cell() == "+0.300 [one relation: no interval]"
+def test_fewer_than_five_relations_or_none_give_no_interval():
+    assert (
+        bootstrap_mean({("a", 0): 0.2, ("a", 1): 0.4}).cell()
+        == "+0.300 [1 relation: too few for an interval]"
+    )
+    four = bootstrap_mean({(r, 0): 1.0 for r in "abcd"})
+    assert four.cell() == "+1.000 [4 relations: too few for an interval]" and not four.detectable
+    assert (
+        four.difference_words()
+        == "+1.000 [4 relations: too few for an interval] (4 relations, 4 bundles): no detectable difference"
+    )
+    assert bootstrap_mean({(r, 0): 1.0 for r in "abcde"}).detectable
     assert bootstrap_mean({}).cell() == "–"
     assert not bootstrap_mean({}).detectable
