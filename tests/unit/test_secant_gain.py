@@ -114,6 +114,7 @@ def test_the_secant_gain_verdict_reads_the_intervals_of_its_two_differences(bund
     assert f"median β_LS {numbers['median_beta_ls']:.2f}" in found.why
     mean = sum(beta_ls for beta_ls, _ in bundles) / len(bundles) - 1
     assert f"β_LS − 1 {mean:+.2f} [" in found.why
+    assert ("no detectable difference" in found.why) == (word == "inconclusive")
     relations = len(bundles)
     too_few = f"[{relations} relation{'s' * (relations > 1)}: too few for an interval]"
     assert (too_few in found.why) == (relations < 5)
