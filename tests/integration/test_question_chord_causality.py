@@ -110,25 +110,34 @@ def efficacy_rows(relation: str, editor: str, dev: dict, test: dict) -> list[dic
 
 def test_the_summary_reads_each_editor_at_its_dev_chosen_rank_and_the_verdict_has_margins():
     question, rule = REGISTRY["chord_causality"](), SelectionRule([1.0], 1.0, [8, 32])
+    # Two kinds of relation, r1, r3, r5 (W_chord +0.5 above the LRE) and r2, r4 (+0.25): five relations, as
+    # an interval needs at least five.
+    first = [
+        ("lre", {8: 0.5, 32: 0.5}, {8: 0.25, 32: 1.0}),  # a tie on dev: rank 8
+        ("chord", {8: 0.0, 32: 1.0}, {8: 0.0, 32: 0.75}),
+    ]
+    second = [("lre", {8: 1.0, 32: 0.0}, {8: 0.5, 32: 0.0}), ("chord", {8: 1.0, 32: 0.0}, {8: 0.75, 32: 0.0})]
     rows = [
-        *efficacy_rows("r1", "lre", {8: 0.5, 32: 0.5}, {8: 0.25, 32: 1.0}),  # a tie on dev: rank 8
-        *efficacy_rows("r1", "chord", {8: 0.0, 32: 1.0}, {8: 0.0, 32: 0.75}),
-        *efficacy_rows("r2", "lre", {8: 1.0, 32: 0.0}, {8: 0.5, 32: 0.0}),
-        *efficacy_rows("r2", "chord", {8: 1.0, 32: 0.0}, {8: 0.75, 32: 0.0}),
+        row
+        for i, kind in enumerate((first, second, first, second, first), 1)
+        for editor, dev, test in kind
+        for row in efficacy_rows(f"r{i}", editor, dev, test)
     ]
     numbers = question.summarize(rows, rule)
     assert numbers["editors"]["lre"] == {
-        "chosen": 0.375,
+        "chosen": pytest.approx((3 * 0.25 + 2 * 0.5) / 5),
         "ranks": [8],
-        "n": 2,
-        "per_rank": {8: 0.375, 32: 0.5},
+        "n": 5,
+        "per_rank": pytest.approx({8: (3 * 0.25 + 2 * 0.5) / 5, 32: 3 * 1.0 / 5}),
     }
     assert numbers["editors"]["chord"]["chosen"] == 0.75 and numbers["editors"]["chord"]["ranks"] == [8, 32]
     assert question.judge(numbers).word == "confirmed"
-    assert question.measured(numbers) == "efficacy 0.75 (W_chord) vs 0.38 (LRE), 2 bundles"
+    assert question.measured(numbers) == "efficacy 0.75 (W_chord) vs 0.35 (LRE), 5 bundles"
     worse = question.summarize(
         [r | {"estimator": {"lre": "chord", "chord": "lre"}[r["estimator"]]} for r in rows], rule
     )
     assert question.judge(worse).word == "refuted"
-    assert question.judge(question.summarize(rows[:8], rule)).word == "inconclusive"  # one bundle
+    one, four = (question.judge(question.summarize(rows[: 8 * n], rule)) for n in (1, 4))
+    assert one.word == "inconclusive" and "[1 relation: too few for an interval]" in one.why
+    assert four.word == "inconclusive" and "[4 relations: too few for an interval]" in four.why
     assert "no causality ranks" in question.render(question.summarize([], rule), None)

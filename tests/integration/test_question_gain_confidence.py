@@ -145,7 +145,8 @@ def test_the_secant_gain_question_reads_each_bundle_at_the_sweeps_dev_chosen_lay
     assert numbers["n"] == 2 and sorted(p["chosen_beta"] for p in numbers["points"]) == sorted(
         beta for _, beta in points.values()
     )
-    assert "(2 relations, 2 bundles, 95 % bootstrap interval)" in question.judge(numbers).why  # two bundles
+    # two bundles: too few relations for an interval, so the verdict stays inconclusive
+    assert "[2 relations: too few for an interval] (2 relations, 2 bundles)" in question.judge(numbers).why
     text = question.render(numbers, Findings("tiny", grid.selection_rule, {"secant_gain": numbers}))
     assert (
         "| relation | category | β_LS | dev-chosen β | gain along σ_1 |" in text

@@ -73,10 +73,10 @@ def test_the_summary_gives_every_way_its_scan_and_norm(held_rows, study):
 
 
 def numbers_of(**ways) -> dict:
-    """Numbers of the ways from (β = 1, tuned, dev-chosen β per relation) triples (three relations)."""
-    keys = [(f"r{i}", 0) for i in range(3)]
+    """Numbers of the ways from (β = 1, tuned, dev-chosen β per relation) triples (five relations)."""
+    keys = [(f"r{i}", 0) for i in range(5)]
     return {
-        "variants": {way: {"median_beta": sorted(betas)[1]} for way, (_, _, betas) in ways.items()},
+        "variants": {way: {"median_beta": sorted(betas)[2]} for way, (_, _, betas) in ways.items()},
         "per_bundle": {
             way: {"beta_1": dict.fromkeys(keys, one), "chosen": dict.fromkeys(keys, tuned),
                   "chosen_beta": dict(zip(keys, betas))}
@@ -85,9 +85,12 @@ def numbers_of(**ways) -> dict:
     }  # fmt: skip
 
 
-PLAIN = (0.30, 0.60, (2.5, 2.5, 2.5))
-STRADDLES = (0.3, 0.6, (2.5, 2.25, 2.75))  # plain − it: 0, +0.25, −0.25
-LOWER = (0.5, 0.6, (1.25, 1.0, 1.5))
+PLAIN = (0.30, 0.60, (2.5,) * 5)
+STRADDLES = (0.3, 0.6, (2.5, 2.25, 2.75, 2.25, 2.75))  # plain − it: 0, +0.25, −0.25, +0.25, −0.25
+#: plain − it: +1.5 on r0, r2, r4 and +1.0 on r1, r3. A resample of the 5 relations with k draws of +1.5
+#: has mean 1.0 + 0.1 k, k ~ Binomial(5, 0.6): P(k = 0) ≈ 0.01 < 2.5 % < P(k ≤ 1) ≈ 0.09 and P(k = 5) ≈ 0.08,
+#: so the interval is [+1.10, +1.50] about +1.30.
+LOWER = (0.5, 0.6, (1.0, 1.5, 1.0, 1.5, 1.0))
 
 
 def test_the_verdict_names_the_part_that_lowers_beta():
@@ -98,10 +101,10 @@ def test_the_verdict_names_the_part_that_lowers_beta():
     assert verdict.word == "confirmed" and verdict.why.startswith(
         "holding norms fixed lowers the β the LRE needs"
     )
-    assert "norms: plain's dev-chosen β − its +1.25 [+1.00, +1.50] (3 relations" in verdict.why
+    assert "norms: plain's dev-chosen β − its +1.30 [+1.10, +1.50] (5 relations" in verdict.why
     only_both = numbers_of(plain=PLAIN, attention=STRADDLES, norms=STRADDLES, **{"attention+norms": LOWER})
     assert judge(only_both).why.startswith("holding attention and the norms together (neither alone) fixed")
-    raised = (0.3, 0.6, (3.0, 3.25, 3.5))
+    raised = (0.3, 0.6, (3.0, 3.25, 3.5, 3.25, 3.0))
     assert judge(
         numbers_of(plain=PLAIN, attention=raised, norms=raised, **{"attention+norms": raised})
     ).word == ("refuted")
@@ -111,8 +114,8 @@ def test_the_verdict_names_the_part_that_lowers_beta():
     assert verdict.word == "inconclusive" and verdict.why.startswith("no part held fixed lowers β detectably")
     assert "no detectable difference" in verdict.why
     # β chosen above 1 on dev, yet tuning it buys nothing on test (SmolLM2's two relations): nothing to remove.
-    tuning_buys_nothing = numbers_of(plain=(0.92, 0.87, (1.25, 1.5, 1.5)), attention=LOWER, norms=LOWER,
-                                     **{"attention+norms": LOWER})  # fmt: skip
+    plain = (0.92, 0.87, (1.25, 1.5, 1.5, 1.25, 1.5))
+    tuning_buys_nothing = numbers_of(plain=plain, attention=LOWER, norms=LOWER, **{"attention+norms": LOWER})
     verdict = judge(tuning_buys_nothing)
     assert verdict.word == "inconclusive" and verdict.why.startswith(
         "tuning β does not help the plain LRE here, nothing to remove"

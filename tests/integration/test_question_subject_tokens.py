@@ -143,6 +143,13 @@ def test_the_study_answers_and_reports_the_question(swept, tmp_path):  # noqa: F
     assert (
         "| lre | – [0/0] | – [0/0] | 0.00 [44/44] | 0.00 [44/44] |" in text
     )  # a random LM's answer: b alone
-    assert "**Verdict.** inconclusive: too few to tell: 0 one-token and " in text
+    # No one-token subject in the tiny sweep, so no smallest-β difference, and 2 relations are too few for an
+    # interval of the other: inconclusive.
+    assert "**Verdict.** inconclusive: median smallest β " in text and "vs nan (0 one-token samples)" in text
+    assert "smallest β, 2+-token − one-token subjects – (no bundle has both values)" in text
+    assert (
+        "LRE − multi-token LRE " in text
+        and "[2 relations: too few for an interval] (2 relations, 2 bundles)" in text
+    )
     model = json.loads((swept / "sweep_config.json").read_text())["model"]
     assert (report.parent / figure_name(model, "subject_tokens")).stat().st_size > 0

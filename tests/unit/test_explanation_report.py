@@ -142,26 +142,34 @@ def judged(differences: dict[tuple[str, int], float]):
 
 
 def test_a_verdict_is_confirmed_or_refuted_only_when_the_interval_of_its_difference_excludes_0():
-    """W_chord − the LRE in efficacy, 3 relations × 2 trials: the same +0.2 in every bundle is a real
+    """W_chord − the LRE in efficacy, 5 relations × 2 trials: the same +0.2 in every bundle is a real
     difference whose interval is exactly [+0.2, +0.2]; −0.2 everywhere refutes."""
-    better = {(f"r{i}", t): 0.2 for i in range(3) for t in (0, 1)}
+    better = {(f"r{i}", t): 0.2 for i in range(5) for t in (0, 1)}
     word, why = judged(better)
     assert word == "confirmed"
     assert why.endswith(
-        "W_chord's efficacy − the LRE's +0.200 [+0.200, +0.200] (3 relations, 6 bundles, 95 % bootstrap "
+        "W_chord's efficacy − the LRE's +0.200 [+0.200, +0.200] (5 relations, 10 bundles, 95 % bootstrap "
         "interval): a real difference"
     )
     assert judged({key: -0.2 for key in better}).word == "refuted"
 
 
-def test_a_difference_that_straddles_0_or_rests_on_one_relation_is_inconclusive():
-    """Relations that disagree (+0.3, −0.3, +0.1; trials ±0.05 about them): the mean +0.033 has an
-    interval holding 0, so no detectable difference; one relation has no interval at all."""
+def test_a_difference_that_straddles_0_or_rests_on_fewer_than_five_relations_is_inconclusive():
+    """Relations that disagree (+0.3, −0.3, +0.1, −0.2, +0.2; trials ±0.05 about them): the mean +0.020
+    has an interval holding 0, so no detectable difference; 1 or 4 relations have no interval at all, even
+    with the same +0.2 in every bundle."""
+    centres = (("r0", 0.3), ("r1", -0.3), ("r2", 0.1), ("r3", -0.2), ("r4", 0.2))
     mixed = {(relation, trial): centre + (0.05 if trial else -0.05)
-             for relation, centre in (("r0", 0.3), ("r1", -0.3), ("r2", 0.1)) for trial in (0, 1)}  # fmt: skip
+             for relation, centre in centres for trial in (0, 1)}  # fmt: skip
     word, why = judged(mixed)
     assert word == "inconclusive" and why.endswith(": no detectable difference")
     low, high = (float(x) for x in why.split("[")[1].split("]")[0].split(", "))
-    assert low < 0 < high and f"{sum(mixed.values()) / 6:+.3f} [" in why
+    assert low < 0 < high and f"{sum(mixed.values()) / 10:+.3f} [" in why
     word, why = judged({("r0", 0): 0.4, ("r0", 1): 0.3})
-    assert word == "inconclusive" and "+0.350 [one relation: no interval]" in why
+    assert word == "inconclusive" and "+0.350 [1 relation: too few for an interval]" in why
+    word, why = judged({(f"r{i}", t): 0.2 for i in range(4) for t in (0, 1)})
+    assert word == "inconclusive"
+    assert why.endswith(
+        "W_chord's efficacy − the LRE's +0.200 [4 relations: too few for an interval] (4 relations, 8 bundles): "
+        "no detectable difference"
+    )

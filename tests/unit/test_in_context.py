@@ -1,6 +1,8 @@
 """Question 16's pieces without a model: the n-example prompts, where a miss lands, the pooled numbers
 and the verdict."""
 
+import statistics
+
 import pytest
 import torch
 
@@ -113,39 +115,54 @@ def test_numbers_pool_the_misses_over_bundles():
 
 
 def numbers(pull: tuple, betas: dict) -> dict:
-    """Numbers of two relations: few-shot's β = 1 misses on in-context objects (share, chance) per
-    relation, and each variant's dev-chosen β per relation."""
-    keys = [("r1", 0), ("r2", 0)]
+    """Numbers of one relation per entry of ``pull[0]``: few-shot's β = 1 misses on in-context objects
+    (share, chance) per relation, and each variant's dev-chosen β per relation."""
+    keys = [(f"r{i}", 0) for i in range(1, len(pull[0]) + 1)]
     return {
-        "variants": {variant: {"median_beta": sum(both) / 2} for variant, both in betas.items()},
+        "variants": {variant: {"median_beta": statistics.median(each)} for variant, each in betas.items()},
         "per_bundle": {
             "miss_on_in_context": dict(zip(keys, pull[0])),
             "miss_chance": dict(zip(keys, pull[1])),
-            "chosen_beta": {variant: dict(zip(keys, both)) for variant, both in betas.items()},
+            "chosen_beta": {variant: dict(zip(keys, each)) for variant, each in betas.items()},
         },
     }
 
 
 def test_the_verdict_reads_the_intervals_of_its_four_differences():
-    """Pull, closer (b from dev, zero-shot), falls, each a difference over the two relations: all above 0
-    confirms, one below 0 refutes, one holding 0 leaves it inconclusive."""
+    """Pull, closer (b from dev, zero-shot), falls, each a difference over five relations: all above 0
+    confirms, one below 0 refutes, one holding 0 leaves it inconclusive, and four relations are too few.
+
+    Each difference takes one value a on relations r1, r3, r5 and another, b, on r2, r4: a resample of the
+    5 relations with k draws of a has mean b + (a − b) k / 5, k ~ Binomial(5, 0.6); P(k = 0) ≈ 0.01 and
+    P(k ≤ 1) ≈ 0.09 straddle 2.5 %, P(k = 5) ≈ 0.08 is above it, so the interval's ends are the means at
+    k = 1 and k = 5: (4 b + a) / 5 and a."""
     question = InContext()
-    pull = ((0.6, 0.5), (0.2, 0.2))  # +0.4 and +0.3 above chance
-    betas = {"few_shot": (2.5, 2.0), "b_from_dev": (1.75, 1.5), "zero_shot": (1.0, 1.25),
-             "shots_1": (1.5, 1.25), "shots_8": (2.5, 2.0)}  # fmt: skip
+    pull = ((0.6, 0.5, 0.6, 0.5, 0.6), (0.2,) * 5)  # +0.4 and +0.3 above chance: ends 0.32 and 0.40
+    betas = {"few_shot": (2.5, 2.0, 2.5, 2.0, 2.5), "b_from_dev": (1.75, 1.5, 1.75, 1.5, 1.75),
+             "zero_shot": (1.0, 1.25, 1.0, 1.25, 1.0), "shots_1": (1.5, 1.25, 1.5, 1.25, 1.5),
+             "shots_8": (2.5, 2.0, 2.5, 2.0, 2.5)}  # fmt: skip
     word, why = question.judge(numbers(pull, betas))
     assert word == "confirmed"
-    basis = "(2 relations, 2 bundles, 95 % bootstrap interval): a real difference"
+    basis = "(5 relations, 5 bundles, 95 % bootstrap interval): a real difference"
     assert why == "; ".join([
-        f"pull: share of β = 1 misses on in-context objects − chance +0.350 [+0.300, +0.400] {basis}",
-        f"closer: |β − 1|, few-shot − b_from_dev +0.62 [+0.50, +0.75] {basis}",
-        f"closer: |β − 1|, few-shot − zero_shot +1.12 [+0.75, +1.50] {basis}",
-        f"falls: dev-chosen β, most − fewest examples +0.88 [+0.75, +1.00] {basis}",
+        f"pull: share of β = 1 misses on in-context objects − chance +0.360 [+0.320, +0.400] {basis}",
+        f"closer: |β − 1|, few-shot − b_from_dev +0.65 [+0.55, +0.75] {basis}",  # a 0.75, b 0.5
+        f"closer: |β − 1|, few-shot − zero_shot +1.20 [+0.90, +1.50] {basis}",  # a 1.5, b 0.75
+        f"falls: dev-chosen β, most − fewest examples +0.90 [+0.80, +1.00] {basis}",  # a 1.0, b 0.75
     ])  # fmt: skip
-    # zero-shot needs more β than few-shot in both relations: that part is reversed
-    assert question.judge(numbers(pull, {**betas, "zero_shot": (3.0, 3.0)})).word == "refuted"
-    # misses on in-context objects above chance in one relation, below in the other: no detectable pull
-    word, why = question.judge(numbers(((0.6, 0.1), (0.2, 0.2)), betas))
-    assert word == "inconclusive" and "+0.150 [-0.100, +0.400]" in why and "no detectable difference" in why
+    # zero-shot needs more β than few-shot in every relation: that part is reversed
+    assert question.judge(numbers(pull, {**betas, "zero_shot": (3.0,) * 5})).word == "refuted"
+    # misses on in-context objects above chance in two relations (+0.4), below in three (−0.1): k draws of
+    # +0.4, k ~ Binomial(5, 0.4), give −0.1 + 0.1 k; P(k = 0) ≈ 0.08, P(k = 5) ≈ 0.01 < 2.5 % < P(k ≥ 4):
+    # the interval [−0.1, +0.3] holds 0, so no detectable pull
+    word, why = question.judge(numbers(((0.6, 0.1, 0.6, 0.1, 0.1), (0.2,) * 5), betas))
+    assert word == "inconclusive" and "+0.100 [-0.100, +0.300]" in why and "no detectable difference" in why
+    # the confirmed numbers on their first four relations: every difference too few for an interval
+    first_four = numbers(tuple(each[:4] for each in pull), {v: each[:4] for v, each in betas.items()})
+    word, why = question.judge(first_four)
+    assert (
+        word == "inconclusive"
+        and why.count("[4 relations: too few for an interval] (4 relations, 4 bundles)") == 4
+    )
     one_shot_count = {v: b for v, b in betas.items() if v != "shots_8"}  # one n: nothing falls or rises
     assert question.judge(numbers(pull, one_shot_count)).why.endswith("– (no bundle has both values)")

@@ -94,11 +94,16 @@ def gain_points(*bundles: tuple[float, float]) -> dict:
 @pytest.mark.parametrize(
     "bundles, word",
     [
-        # β_LS 1.5 on the dev-chosen β 1.5 (+0.5 above 1, +0.5 closer than 1), trials of noise about it
-        ([(1.5, 1.5), (1.4, 1.5), (1.6, 1.5), (1.5, 1.6)], "confirmed"),
-        ([(0.8, 1.5), (0.7, 1.5), (0.9, 1.25)], "refuted"),  # β_LS below 1: the secant is flatter than W
-        ([(1.5, 1.0), (1.4, 1.0), (1.6, 1.0)], "refuted"),  # above 1, but farther from the β chosen than 1 is
-        ([(1.5, 1.5), (0.5, 1.5), (1.5, 1.5), (0.6, 1.5)], "inconclusive"),  # β_LS − 1 straddles 0
+        # β_LS 1.5 on the dev-chosen β 1.5 (+0.5 above 1, +0.5 closer than 1), relations of noise about it
+        ([(1.5, 1.5), (1.4, 1.5), (1.6, 1.5), (1.5, 1.6), (1.45, 1.5)], "confirmed"),
+        # β_LS below 1: the secant is flatter than W
+        ([(0.8, 1.5), (0.7, 1.5), (0.9, 1.25), (0.85, 1.5), (0.75, 1.25)], "refuted"),
+        # above 1, but farther from the β chosen than 1 is
+        ([(1.5, 1.0), (1.4, 1.0), (1.6, 1.0), (1.45, 1.0), (1.55, 1.0)], "refuted"),
+        # β_LS − 1 straddles 0
+        ([(1.5, 1.5), (0.5, 1.5), (1.5, 1.5), (0.6, 1.5), (1.4, 1.5)], "inconclusive"),
+        # the confirmed case's first 4 relations: too few for an interval
+        ([(1.5, 1.5), (1.4, 1.5), (1.6, 1.5), (1.5, 1.6)], "inconclusive"),
         ([(1.5, 1.5)], "inconclusive"),  # one relation: no interval
     ],
 )
@@ -109,6 +114,10 @@ def test_the_secant_gain_verdict_reads_the_intervals_of_its_two_differences(bund
     assert f"median β_LS {numbers['median_beta_ls']:.2f}" in found.why
     mean = sum(beta_ls for beta_ls, _ in bundles) / len(bundles) - 1
     assert f"β_LS − 1 {mean:+.2f} [" in found.why
+    assert ("no detectable difference" in found.why) == (word == "inconclusive")
+    relations = len(bundles)
+    too_few = f"[{relations} relation{'s' * (relations > 1)}: too few for an interval]"
+    assert (too_few in found.why) == (relations < 5)
 
 
 def test_the_secant_gain_summary_pairs_each_bundles_beta_ls_with_its_chosen_beta():
@@ -147,9 +156,10 @@ def confidence_rows(*slopes: float, samples: int = 8) -> list[dict]:
 @pytest.mark.parametrize(
     "slopes, word",
     [
-        ((0.1, 0.2, 0.1), "confirmed"),  # every relation's ρ is +1
-        ((-0.1, -0.2, -0.1), "refuted"),  # every relation's ρ is −1
-        ((0.1, -0.1, 0.1, -0.1), "inconclusive"),  # the relations disagree: the interval holds 0
+        ((0.1, 0.2, 0.1, 0.3, 0.2), "confirmed"),  # every relation's ρ is +1
+        ((-0.1, -0.2, -0.1, -0.3, -0.2), "refuted"),  # every relation's ρ is −1
+        ((0.1, -0.1, 0.1, -0.1, 0.1), "inconclusive"),  # the relations disagree: the interval holds 0
+        ((0.1, 0.2, 0.1, 0.3), "inconclusive"),  # every ρ is +1, but 4 relations are too few for an interval
         ((0.1,), "inconclusive"),  # one relation: no interval
     ],
 )
@@ -161,3 +171,6 @@ def test_the_confidence_verdict_reads_the_interval_of_each_measures_rho_per_bund
     mean = sum(math.copysign(1.0, slope) for slope in slopes) / len(slopes)
     assert f"ρ per bundle (probability) {mean:+.2f} [" in found.why
     assert ("no detectable difference" in found.why) == (word == "inconclusive")
+    relations = len(slopes)
+    too_few = f"[{relations} relation{'s' * (relations > 1)}: too few for an interval]"
+    assert (too_few in found.why) == (relations < 5)

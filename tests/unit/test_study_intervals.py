@@ -11,8 +11,13 @@ from lre_pl.protocol.rows import make_row
 from lre_pl.protocol.selection import SelectionRule
 
 RULE = SelectionRule([0.5, 1.0, 2.0], 1.0)
-#: (relation, trial) bundles: two relations with two trials, two with one.
-BUNDLES = [("r1", 0), ("r1", 1), ("r2", 0), ("r3", 0), ("r3", 1), ("r4", 0)]
+#: (relation, trial) bundles: two relations with two trials, four with one (an interval needs at least
+#: :data:`~lre_pl.protocol.intervals.MIN_RELATIONS` relations).
+BUNDLES = [("r1", 0), ("r1", 1), ("r2", 0), ("r3", 0), ("r3", 1), ("r4", 0), ("r5", 0), ("r6", 0)]
+#: Per-bundle differences: relations on both sides of 0 (mean -0.00625), and all below 0 (mean -0.15; 0.1
+#: above them, of both signs, clear of 0 so that rounding does not decide which side an interval's end is).
+STRADDLES = [0.1, 0.1, -0.2, 0.1, 0.1, -0.25, 0.1, -0.1]
+BELOW = [-0.1, -0.2, -0.05, -0.1, -0.3, -0.15, -0.25, -0.05]
 #: The tuned LRE's test faithfulness at its dev-chosen β (2.0) on every bundle.
 TUNED = 0.6
 
@@ -51,11 +56,11 @@ def expected(differences: list[float]) -> str:
 
 
 def test_a_variant_whose_loss_straddles_0_is_not_ruled_out_and_reads_no_detectable_difference():
-    differences = [0.1, 0.1, -0.2, 0.1, 0.1, -0.25]  # mean -0.0083, relations both sides of 0
+    differences = STRADDLES
     line = removes_line(differences)
     words = expected(differences)
-    assert words.startswith("-0.008 [") and words.endswith(
-        "(4 relations, 6 bundles, 95 % bootstrap interval): no detectable difference"
+    assert words.startswith("-0.006 [") and words.endswith(
+        "(6 relations, 8 bundles, 95 % bootstrap interval): no detectable difference"
     )
     assert f"b = mean_output: {words}." in line
     assert (
@@ -66,7 +71,7 @@ def test_a_variant_whose_loss_straddles_0_is_not_ruled_out_and_reads_no_detectab
 
 
 def test_a_variant_detectably_below_the_tuned_lre_does_not_remove_beta():
-    differences = [-0.1, -0.2, -0.05, -0.1, -0.3, -0.15]  # every bundle below: mean -0.15
+    differences = BELOW
     line = removes_line(differences)
     words = expected(differences)
     assert words.startswith("-0.150 [") and words.endswith("bootstrap interval): a real difference")
@@ -75,15 +80,17 @@ def test_a_variant_detectably_below_the_tuned_lre_does_not_remove_beta():
 
 
 def test_bias_variants_verdict_compares_each_b_with_the_papers_at_beta_1_per_bundle():
-    differences = [-0.1, -0.2, -0.05, -0.1, -0.3, -0.15]
+    differences = BELOW
     question = REGISTRY["bias_variants"]()
     numbers = question.summarize(bias_rows(differences), RULE)
     assert numbers["variants"]["paper"]["chosen_by_bundle"] == dict.fromkeys(BUNDLES, TUNED)
     text = question.render(numbers, Findings("m", RULE))
-    # mean_output at β = 1 minus the paper's b at β = 1 (0.5): 0.1 + each difference, all of one sign but one.
-    against_paper = [0.1 + d for d in differences]
+    # mean_output at β = 1 minus the paper's b at β = 1 (0.5): 0.1 + each difference, of both signs (in the
+    # rows' arithmetic, so that an interval's end at -0.1125 rounds as the report's does).
+    against_paper = [(TUNED + d) - 0.5 for d in differences]
     assert f"`mean_output` {expected(against_paper)}" in text
-    assert f"at β = 1: {expected([TUNED - 0.5] * 6)}." in text  # the gain of tuning β: +0.1 everywhere
+    # The gain of tuning β: +0.1 everywhere.
+    assert f"at β = 1: {expected([TUNED - 0.5] * len(BUNDLES))}." in text
 
 
 def global_rows(learned_differences: list[float], grid_differences: list[float]) -> list[dict]:
@@ -108,7 +115,7 @@ def global_rows(learned_differences: list[float], grid_differences: list[float])
 
 
 def test_one_global_beta_states_each_difference_from_the_per_relation_beta_with_its_interval():
-    straddles, below = [0.1, 0.1, -0.2, 0.1, 0.1, -0.25], [-0.1, -0.2, -0.05, -0.1, -0.3, -0.15]
+    straddles, below = STRADDLES, BELOW
     _, numbers = model_sections(global_rows(straddles, below), RULE)
     line = _verdicts("m", numbers).splitlines()[3]
     assert line.startswith("- **One global β?**")
@@ -116,9 +123,10 @@ def test_one_global_beta_states_each_difference_from_the_per_relation_beta_with_
         "no detectable difference"
     )
     assert f"(1.00): {expected(below)}" in line and expected(below).endswith("a real difference")
-    # The test-chosen one β against one per relation: -0.2 on every bundle, and per category alike.
-    assert f"with one β per relation: {expected([-0.2] * 6)}" in line
-    assert "(worst category: a, -0.200 [-0.200, -0.200];" in line
+    # The test-chosen one β against one per relation: -0.2 on every bundle, and per category alike, where
+    # category a's 2 relations are too few for an interval.
+    assert f"with one β per relation: {expected([-0.2] * len(BUNDLES))}" in line
+    assert "(worst category: a, -0.200 [2 relations: too few for an interval];" in line
     assert interval_cell(numbers, "global_beta", "grid:global:dev", "vs_best") == (
         bootstrap_mean(dict(zip(BUNDLES, below))).cell()
     )
@@ -138,7 +146,8 @@ def test_across_trials_shows_each_relations_spread_over_trials():
     rows = [
         make_row(model="m", relation=relation, trial=trial, kind="across_trials", estimator=variant,
                  split="test", metric="faithfulness@1", value=value)
-        for relation, values in (("r1", (0.4, 0.6)), ("r2", (0.5, 0.5)))
+        for relation, values in (("r1", (0.4, 0.6)), ("r2", (0.5, 0.5)), ("r3", (0.3, 0.5)), ("r4", (0.6, 0.6)),
+                                 ("r5", (0.2, 0.3)))
         for trial, value in enumerate(values)
         for variant, value in (("fixed", value), ("own", value + 0.1 * trial))
     ]  # fmt: skip
@@ -146,19 +155,21 @@ def test_across_trials_shows_each_relations_spread_over_trials():
     text = question.render(question.summarize(rows, RULE), Findings("m", RULE))
     assert "| r1 | 2 | 0.500 ± 0.141 | 0.550 ± 0.212 |" in text
     assert "| r2 | 2 | 0.500 ± 0.000 | 0.550 ± 0.071 |" in text
-    # Held fixed minus own std per relation: -0.071 on both: one value per relation.
-    assert "held fixed minus own, per relation: -0.071 [-0.071, -0.071] (2 relations, 2 bundles" in text
+    assert "| r3 | 2 | 0.400 ± 0.141 | 0.450 ± 0.212 |" in text
+    # Held fixed minus own std per relation: the own trial 1 is 0.1 higher, so -0.1 / √2 = -0.071 on every
+    # relation: one value per relation.
+    assert "held fixed minus own, per relation: -0.071 [-0.071, -0.071] (5 relations, 5 bundles" in text
 
 
 def test_the_coverage_line_names_relations_trials_known_samples_the_cap_and_the_grid():
     rows = [
         make_row(model="m", relation=relation, trial=trial, kind="residual", split="all",
                  metric="residual_norm", value=1.0, n=n)
-        for (relation, trial), n in zip(BUNDLES, (5, 9, 7, 6, 20, 7))
+        for (relation, trial), n in zip(BUNDLES, (5, 9, 7, 6, 20, 7, 7, 8))
     ]  # fmt: skip
     sweep = {"max_known": 20, "betas": [0.0, 1.0, 2.0], "layers": ["emb", 3]}
     assert _grid_line("m", rows, sweep) == (
-        "**m**: 4 relations, 6 bundles, trials [0, 1] (relations by their number of trials: 2 with 1, 2 with 2), "
+        "**m**: 6 relations, 8 bundles, trials [0, 1] (relations by their number of trials: 4 with 1, 2 with 2), "
         "7 known samples per bundle (median; 5–20), the sweep's cap on known samples per bundle (max_known): 20; "
         "the sweep's grid: layers emb, 3, β 0.0..2.0 (3 values)."
     )

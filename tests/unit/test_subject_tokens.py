@@ -116,17 +116,18 @@ def test_a_relation_of_one_token_subjects_is_one_line(llama, prompts):
     )
 
 
-def study_rows(multi_token_beta: float, two_token_betas: tuple[float, float] = (2.0, 2.0)) -> list[dict]:
-    """Hand-written rows of two relations: the LRE's dev faithfulness peaks at β = 3, the multi-token
-    LRE's at ``multi_token_beta``; one-token subjects need β = 1, two-token ones ``two_token_betas``
-    (per relation; 5 samples each)."""
+def study_rows(multi_token_beta: float, two_token_betas: tuple[float, ...] = (2.0,) * 5) -> list[dict]:
+    """Hand-written rows of one relation per entry of ``two_token_betas`` (r1, r2, …): the LRE's dev
+    faithfulness peaks at β = 3, the multi-token LRE's at ``multi_token_beta``; one-token subjects need
+    β = 1, two-token ones ``two_token_betas`` (per relation; 5 samples each)."""
     from lre_pl.protocol.rows import make_row
 
     def row(relation, **fields):
         return make_row(model="m", relation=relation, category="c", trial=0, kind="subject_tokens", **fields)
 
+    relations = [f"r{i}" for i in range(1, len(two_token_betas) + 1)]
     rows = []
-    for relation in ("r1", "r2"):
+    for relation in relations:
         for estimator, peak in (("lre", 3.0), ("multi_token", multi_token_beta)):
             rows += [
                 row(relation, estimator=estimator, beta=beta, split=split, metric="faithfulness@1",
@@ -138,7 +139,7 @@ def study_rows(multi_token_beta: float, two_token_betas: tuple[float, float] = (
             for split in ("train", "all")
             for group, n in (("1", 2), ("2", 3), ("3+", 0))
         ]  # fmt: skip
-    for relation, two_token in zip(("r1", "r2"), two_token_betas):
+    for relation, two_token in zip(relations, two_token_betas):
         rows += [
             row(relation, estimator="lre:tokens=1", split="all", metric="smallest_beta", value=1.0, n=1)
         ] * 5
@@ -152,10 +153,12 @@ def study_rows(multi_token_beta: float, two_token_betas: tuple[float, float] = (
     ("multi_token_beta", "two_token_betas", "word", "smallest", "closer"),
     [
         # 2-token subjects need β 2 against 1 (+1.00), the multi-token LRE's β 1 is 2 closer to 1 than the LRE's 3
-        (1.0, (2.0, 2.0), "confirmed", "+1.00 [+1.00, +1.00]", "+2.00 [+2.00, +2.00]"),
-        (2.0, (0.5, 0.5), "refuted", "-0.50 [-0.50, -0.50]", "+1.00 [+1.00, +1.00]"),
-        # the two relations disagree on the smallest β (+1.00 and −0.50): its interval holds 0
-        (1.0, (2.0, 0.5), "inconclusive", "+0.25 [-0.50, +1.00]", "+2.00 [+2.00, +2.00]"),
+        (1.0, (2.0,) * 5, "confirmed", "+1.00 [+1.00, +1.00]", "+2.00 [+2.00, +2.00]"),
+        (2.0, (0.5,) * 5, "refuted", "-0.50 [-0.50, -0.50]", "+1.00 [+1.00, +1.00]"),
+        # the relations disagree on the smallest β (+1.00, −0.50, +1.00, −0.50, −0.50): its interval holds 0.
+        # A resample of 5 with k of the +1.00s has mean −0.50 + 0.30 k; P(k = 0) = 0.6⁵ ≈ 0.08 > 2.5 %, and
+        # P(k ≥ 4) ≈ 0.09 > 2.5 % > P(k = 5) ≈ 0.01: the interval is [−0.50, +0.70].
+        (1.0, (2.0, 0.5, 2.0, 0.5, 0.5), "inconclusive", "+0.10 [-0.50, +0.70]", "+2.00 [+2.00, +2.00]"),
     ],
 )  # fmt: skip
 def test_the_verdict_reads_the_intervals_of_its_two_differences(
@@ -169,12 +172,12 @@ def test_the_verdict_reads_the_intervals_of_its_two_differences(
     numbers = question.summarize(study_rows(multi_token_beta, two_token_betas), rule)
     found = question.judge(numbers)
     assert found.word == word
-    basis = "(2 relations, 2 bundles, 95 % bootstrap interval)"
+    basis = "(5 relations, 5 bundles, 95 % bootstrap interval)"
     assert f"smallest β, 2+-token − one-token subjects {smallest} {basis}" in found.why
     assert f"|chosen β − 1|, LRE − multi-token LRE {closer} {basis}" in found.why
     assert ("no detectable difference" in found.why) == (word == "inconclusive")
-    assert numbers["one_token_relations"] == {} and numbers["samples"] == {"1": 4, "2": 6, "3+": 0}
-    assert numbers["smallest_beta"]["lre"]["1"] == {"median": 1.0, "found": 10, "n": 10}
+    assert numbers["one_token_relations"] == {} and numbers["samples"] == {"1": 10, "2": 15, "3+": 0}
+    assert numbers["smallest_beta"]["lre"]["1"] == {"median": 1.0, "found": 25, "n": 25}
     assert f"**Verdict.** {found.word}: {found.why}." in question.render(numbers, Findings("m", rule))
     one_token = [  # r2's training subjects all one token
         r | {"value": 0.0, "n": 0}
