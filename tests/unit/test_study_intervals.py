@@ -173,3 +173,10 @@ def test_the_coverage_line_names_relations_trials_known_samples_the_cap_and_the_
         "7 known samples per bundle (median; 5–20), the sweep's cap on known samples per bundle (max_known): 20; "
         "the sweep's grid: layers emb, 3, β 0.0..2.0 (3 values)."
     )
+    listed = {**sweep, "relations": ["country capital city", "name gender"], "trials": [0, 1]}
+    studied = [make_row(model="m", relation="country capital city", trial=1, kind="residual", split="all",
+                        metric="residual_norm", value=1.0, n=5)]  # fmt: skip
+    assert _grid_line("m", studied, listed).endswith(
+        "; listed by the sweep's config but not studied (too few known samples, or not run): "
+        "country capital city trial 0, name gender trial 0, name gender trial 1."
+    )

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from lre_pl.dataset.relations import load_relation
 from lre_pl.experiments.beta_study.questions import REGISTRY
 from lre_pl.experiments.beta_study.questions.base import (
     NAN,
@@ -27,6 +28,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     paper_lre,
 )
 from lre_pl.experiments.beta_study.questions.global_beta import by_category
+from lre_pl.experiments.sweep.runner import resolve_relations
 from lre_pl.files import write_text_atomically
 from lre_pl.lightning.outputs import write_figure
 from lre_pl.protocol.folder import StudyFolder, read_json
@@ -90,6 +92,17 @@ def _grid_line(model: str, rows: list[dict], sweep: dict | None) -> str:
             "every layer" if sweep["layers"] == "all" else f"layers {', '.join(map(str, sweep['layers']))}"
         )
         line += f"; the sweep's grid: {layers}, β {min(betas)}..{max(betas)} ({len(betas)} values)"
+        if "relations" in sweep and "trials" in sweep:
+            listed = {
+                (load_relation(relation).name, trial)
+                for relation in resolve_relations(sweep["relations"])
+                for trial in sweep["trials"]
+            }
+            lacking = sorted(listed - bundles)
+            line += (
+                "; listed by the sweep's config but not studied (too few known samples, or not run): "
+                + (", ".join(f"{relation} trial {trial}" for relation, trial in lacking) if lacking else "none")
+            )
     return line + "."
 
 
