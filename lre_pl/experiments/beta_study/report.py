@@ -99,9 +99,8 @@ def _grid_line(model: str, rows: list[dict], sweep: dict | None) -> str:
                 for trial in sweep["trials"]
             }
             lacking = sorted(listed - bundles)
-            line += (
-                "; listed by the sweep's config but not studied (too few known samples, or not run): "
-                + (", ".join(f"{relation} trial {trial}" for relation, trial in lacking) if lacking else "none")
+            line += "; listed by the sweep's config but not studied (too few known samples, or not run): " + (
+                ", ".join(f"{relation} trial {trial}" for relation, trial in lacking) if lacking else "none"
             )
     return line + "."
 
