@@ -311,9 +311,17 @@ def test_a_folder_takes_more_relations_and_trials_but_not_another_grid(swept, ti
     assert (swept / "command.txt").read_text() == "lre-pl sweep (test)\n(narrower)\n"
     assert rows_of(swept) == rows_before  # nothing redone: both bundles had rows
     assert "| bias | 1 | " in (swept / "summary.md").read_text()  # the folder's report: both relations
+    # A folder swept before a field existed was swept with its default: it resumes, and refuses another.
+    written = json.loads((swept / "sweep_config.json").read_text())
+    (swept / "sweep_config.json").write_text(
+        json.dumps({k: v for k, v in written.items() if k != "edit_targets"})
+    )
+    Sweep(tiny_config(tiny_model_dir, swept), command="lre-pl sweep (test)").check_folder()
+    with pytest.raises(InputError, match="was swept with edit_targets='known', not 'relation'"):
+        Sweep(tiny_config(tiny_model_dir, swept, edit_targets="relation")).check_folder()
 
 
-@pytest.mark.parametrize("name", ["smollm2.yaml", "smollm2_beta.yaml", "gemma3.yaml"])
+@pytest.mark.parametrize("name", ["smollm2.yaml", "smollm2_beta.yaml", "gemma3.yaml", "gemma3_full.yaml"])
 def test_shipped_sweep_configs_are_valid(name):
     import yaml
 

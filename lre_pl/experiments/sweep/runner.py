@@ -311,11 +311,14 @@ class Sweep:
         if before is None:
             return
         now = json.loads(json.dumps(asdict(self.config)))  # as written: tuples as lists, layers parsed
-        changed = [name for name in now if name not in RESUMABLE_FIELDS and before.get(name) != now[name]]
+        # A field newer than the folder's config had, when it was swept, its default.
+        defaults = json.loads(json.dumps(asdict(SweepConfig())))
+        before = {**defaults, **before}
+        changed = [name for name in now if name not in RESUMABLE_FIELDS and before[name] != now[name]]
         if changed:
             name = changed[0]
             raise InputError(
-                f"output_dir={self.config.output_dir!r} was swept with {name}={before.get(name)!r}, not "
+                f"output_dir={self.config.output_dir!r} was swept with {name}={before[name]!r}, not "
                 f"{now[name]!r}: rerun with the folder's {', '.join(changed)} or give a new output_dir"
             )
 
