@@ -74,6 +74,11 @@ def test_every_missing_value_carries_its_reason_and_every_cell_its_count():
     assert "- job (bias), trial 1: faithfulness@1: not run: the config lists it" in text
     assert "**listed but not in the folder** (1 of 6 tasks): job trial 1" in text
     assert "at most 50 (a seeded subset)" in text
+    never = summary_markdown(SweepResults(NO_TARGET, [*listed, ("moon", 0)]), config)
+    assert (
+        "| moon | – (not run) | – (not run) | – (not run) | – (not run) | – | – | – (not run) | – |" in never
+    )
+    assert "(2 of 7 tasks): job trial 1, moon trial 0" in never
 
 
 def test_a_category_without_any_value_says_why_and_unmeasured_columns_are_left_out():

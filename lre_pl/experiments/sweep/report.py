@@ -269,11 +269,12 @@ def summary_markdown(results: SweepResults, config) -> str:
         trials = results.trials_of[relation]
         known = [results.counts.get((relation, t, "known_test_samples"), math.nan) for t in trials]
         accuracy = [results.counts.get((relation, t, "lm_accuracy"), math.nan) for t in trials]
+        run = relation in results.category  # else no trial of it has rows: every cell says so
         cells = [
             relation,
-            results.category.get(relation, "–"),
-            mean_std_cell(known, ".0f"),
-            mean_std_cell(accuracy),
+            results.category.get(relation, "– (not run)"),
+            mean_std_cell(known, ".0f") if run else "– (not run)",
+            mean_std_cell(accuracy) if run else "– (not run)",
             results.relation_cell(relation, lre, "faithfulness@1"),
             results.chosen_per_trial(relation, "faithfulness@1", "layer"),
             results.chosen_per_trial(relation, "faithfulness@1", "beta", "g"),
