@@ -16,11 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from lre_pl.dataset.relations import load_relation
 from lre_pl.experiments.beta_study.questions import REGISTRY
 from lre_pl.experiments.beta_study.report import ModelStudy, committed_study, study_markdown
 from lre_pl.experiments.sweep.report import write_summary
-from lre_pl.experiments.sweep.runner import SweepConfig, resolve_relations
+from lre_pl.experiments.sweep.runner import SweepConfig, listed_tasks
 from lre_pl.lightning.outputs import write_figure
 from lre_pl.protocol.rows import read_rows_csv
 
@@ -96,8 +95,7 @@ def remake_sweep_summary(folder: Path) -> str:
     """Write a committed sweep's ``summary.md`` (and its figures) again from its rows; returns the text.
     The tasks its config lists that have no rows are named in it."""
     config = SweepConfig(**json.loads((folder / "sweep_config.json").read_text()))
-    names = [load_relation(relation).name for relation in resolve_relations(config.relations)]
-    listed = [(name, trial) for name in names for trial in config.trials]
+    listed = listed_tasks(config.relations, config.trials)
     write_summary(folder, read_rows_csv(folder / "results.csv.gz"), config, listed, tensorboard=False)
     return (folder / "summary.md").read_text()
 

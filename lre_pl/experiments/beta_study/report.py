@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from lre_pl.dataset.relations import load_relation
 from lre_pl.experiments.beta_study.questions import REGISTRY
 from lre_pl.experiments.beta_study.questions.base import (
     NAN,
@@ -28,7 +27,7 @@ from lre_pl.experiments.beta_study.questions.base import (
     paper_lre,
 )
 from lre_pl.experiments.beta_study.questions.global_beta import by_category
-from lre_pl.experiments.sweep.runner import resolve_relations
+from lre_pl.experiments.sweep.runner import listed_tasks
 from lre_pl.files import write_text_atomically
 from lre_pl.lightning.outputs import write_figure
 from lre_pl.protocol.folder import StudyFolder, read_json
@@ -93,12 +92,7 @@ def _grid_line(model: str, rows: list[dict], sweep: dict | None) -> str:
         )
         line += f"; the sweep's grid: {layers}, β {min(betas)}..{max(betas)} ({len(betas)} values)"
         if "relations" in sweep and "trials" in sweep:
-            listed = {
-                (load_relation(relation).name, trial)
-                for relation in resolve_relations(sweep["relations"])
-                for trial in sweep["trials"]
-            }
-            lacking = sorted(listed - bundles)
+            lacking = sorted(set(listed_tasks(sweep["relations"], sweep["trials"])) - bundles)
             line += "; listed by the sweep's config but not studied (too few known samples, or not run): " + (
                 ", ".join(f"{relation} trial {trial}" for relation, trial in lacking) if lacking else "none"
             )
@@ -306,10 +300,14 @@ def committed_study(folder: Path, answered: Sequence[str] | None = None) -> tupl
     if answered is None:
         answered = sorted({row["kind"] for row in rows} | {"across_trials"})
     model = rows[0]["model"]
-    commands = (folder / "sweep_command.txt").read_text().splitlines()
-    made_by = f"{model}'s sweep: " + ", then ".join(f"`{line}`" for line in commands)
+    made_by = _sweep_made_by(model, (folder / "sweep_command.txt").read_text().splitlines())
     study = ModelStudy(rows, {}, list(answered), SelectionRule.of_sweep(sweep))
     return study, made_by, _grid_line(model, rows, sweep)
+
+
+def _sweep_made_by(model: str, commands: Sequence[str]) -> str:
+    """``<model>'s sweep: `cmd`, then `cmd```: what made a model's sweep, in a report's "Made by"."""
+    return f"{model}'s sweep: " + (", then ".join(f"`{line}`" for line in commands) or "–")
 
 
 def write_study_report(
@@ -338,7 +336,7 @@ def write_study_report(
         )
         studies[model] = ModelStudy(rows, folder.tables(), folder.answered(), SelectionRule.of_sweep(sweep))
         lines = folder.sweep_commands.read_text().splitlines() if folder.sweep_commands.exists() else []
-        commands[model] = f"{model}'s sweep: " + (", then ".join(f"`{line}`" for line in lines) or "–")
+        commands[model] = _sweep_made_by(model, lines)
         grids[model] = _grid_line(model, rows, sweep)
         if folder.unfinished.exists():  # a sweep studied unfinished, on purpose
             grids[model] += " " + folder.unfinished.read_text().strip()

@@ -93,14 +93,6 @@ class SweepResults:
         """The tasks the config lists and the folder has no rows for."""
         return [task for task in self.listed if task not in self.run]
 
-    def too_few_known(self) -> dict[str, list[int]]:
-        """relation -> the trials in which it had too few known test samples to be evaluated."""
-        skipped = defaultdict(list)
-        for relation, trial, metric in sorted(self.counts):
-            if metric == "too_few_known":
-                skipped[relation].append(trial)
-        return dict(skipped)
-
     def in_category(self, category: str | None) -> list[str]:
         """The relations of ``category`` (every relation for ``None``) that have rows."""
         return [r for r in self.relations if r in self.category and category in (None, self.category[r])]
@@ -187,7 +179,8 @@ class SweepResults:
 
 def _columns(columns, config, causal: bool) -> list[tuple]:
     """The columns the config measured (its estimators, emb among its layers, its ranks, its comparison
-    edits); what it did not measure is said once under the table, never shown as empty cells."""
+    edits): what it did not measure is no column of empty cells (the coverage lines give the config's
+    estimators, layers, ranks and comparison edits)."""
     kept = []
     for column in columns:
         estimator = column[1]
@@ -207,7 +200,7 @@ def coverage_lines(results: SweepResults, config) -> list[str]:
     every task the config lists that the folder lacks."""
     evaluated = {r for r, t in results.run if "too_few_known" not in results.reasons.get((r, t), [])}
     cap = f"at most {config.max_known} (a seeded subset)" if config.max_known else "all"
-    rule = getattr(config, "edit_targets", "known")
+    rule = config.edit_targets
     lines = [
         f"- **model** {config.model}; **relations** {len(results.relations)} listed, "
         f"{len(results.category)} with rows, {len(evaluated)} evaluated in at least one trial; "
@@ -232,7 +225,7 @@ def coverage_lines(results: SweepResults, config) -> list[str]:
 
 def summary_markdown(results: SweepResults, config) -> str:
     """The summary page: what it covers, by category, by relation, then every missing value and why."""
-    efficacy = EDIT_TARGETS[getattr(config, "edit_targets", "known")]
+    efficacy = EDIT_TARGETS[config.edit_targets]
     parts = [
         f"# LRE sweep: {config.model}\n",
         *coverage_lines(results, config),

@@ -233,6 +233,13 @@ def resolve_relations(requested: list[str]) -> list[str]:
     return list(requested)
 
 
+def listed_tasks(relations: list[str], trials: list[int]) -> list[tuple[str, int]]:
+    """The (relation, trial) tasks a sweep config lists, each relation by the name its rows carry (a JSON
+    file's own name), relations in the config's order: what a report names when the folder lacks it."""
+    names = [load_relation(relation).name for relation in resolve_relations(relations)]
+    return [(name, trial) for name in names for trial in trials]
+
+
 def unfinished_pairs(root: Path, config: dict) -> list[tuple[str, int]]:
     """The (relation, trial) pairs that the sweep config of the folder ``root`` (as written in its
     ``sweep_config.json``) asks for and that have no whole rows file yet: what a rerun would still do."""
@@ -520,8 +527,7 @@ class Sweep:
         from lre_pl.experiments.sweep.report import write_report
 
         # The folder's report: every row file in it (one grid, see check_folder), earlier commands' too.
-        names = [load_relation(relation).name for relation in self.relations]  # a JSON file's own name
-        listed = [(name, seed) for name in names for seed in self.config.trials]
+        listed = listed_tasks(self.config.relations, self.config.trials)
         write_report(self.root, self.folder.row_files(), self.config, listed)
 
     def _write_command(self) -> None:

@@ -215,14 +215,9 @@ class GlobalBeta(AcrossBundlesQuestion):
         best = faith.get(BEST, {})
         numbers = {}
         for variant, values in faith.items():
-            against_best = paired_difference(values, best)  # on the bundles that have both
             numbers[variant] = {
                 "mean": nanmean(values.values()),
-                "vs_best": against_best,
-                "loss_vs_best": against_best.estimate,
-                "loss_by_category": {
-                    c: nanmean(v - best[r] for r, v in values.items() if category[r] == c) for c in categories
-                },
+                "vs_best": paired_difference(values, best),  # on the bundles that have both
                 "mean_by_category": {
                     c: nanmean(v for r, v in values.items() if category[r] == c) for c in categories
                 },
