@@ -416,7 +416,7 @@ def test_every_beta_config_names_known_questions_and_one_config_per_question():
     # questions the β sweeps, the explanations of β (questions with a hypothesis) the explanation sweeps.
     sweeps, explain = (
         [yaml.safe_load((folder.parent / "sweep" / name).read_text())["output_dir"] for name in names]
-        for names in (("smollm2_beta.yaml", "gemma3.yaml"), ("smollm2_explain.yaml", "gemma3_explain.yaml"))
+        for names in (("smollm2_beta.yaml", "gemma3_full.yaml"), ("smollm2_explain.yaml", "gemma3_explain.yaml"))
     )
     groups = {"all": list(STUDY), "explain": list(EXPLANATIONS)}
     assert set(STUDY) | set(EXPLANATIONS) == set(QUESTIONS) and len(STUDY) == 10

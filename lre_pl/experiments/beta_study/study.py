@@ -35,7 +35,10 @@ class BetaStudyConfig:
     """The β study over finished ``lre-pl sweep`` folders; rerunning the same config resumes it."""
 
     sweep_dirs: list[str] = field(
-        default_factory=lambda: ["lightning_logs/sweep_beta_smollm2-135m", "lightning_logs/sweep_gemma3-270m"]
+        default_factory=lambda: [
+            "lightning_logs/sweep_beta_smollm2-135m",
+            "lightning_logs/sweep_gemma3-270m-full",
+        ]
     )
     """Sweep folders (bundles, rows, sweep_config.json), one per model: each is studied with its own
     model, grid and splits, and the report sets them side by side."""
