@@ -61,9 +61,12 @@ def beta_study_reports(root: Path) -> dict[Path, str]:
 def explanation_reports(root: Path) -> dict[Path, str]:
     """{path: text}: ``docs/explaining_beta.md`` (every question ``configs/beta/explain.yaml`` asks, its
     conclusion file) and each model's ``results/explaining_beta/<model>/beta_study.md``."""
-    asked = yaml.safe_load((root / "configs" / "beta" / "explain.yaml").read_text())["questions"]
+    config = yaml.safe_load((root / "configs" / "beta" / "explain.yaml").read_text())
     studies = {
-        model: committed_study(root / "results" / "explaining_beta" / model, asked) for model in MODELS
+        model: committed_study(
+            root / "results" / "explaining_beta" / model, config["questions"], config.get("relations")
+        )
+        for model in MODELS
     }
     report = root / "docs" / "explaining_beta.md"
     notes = [

@@ -180,3 +180,9 @@ def test_the_coverage_line_names_relations_trials_known_samples_the_cap_and_the_
         "; listed by the sweep's config but not studied (too few known samples, or not run): "
         "country capital city trial 0, name gender trial 0, name gender trial 1."
     )
+    # A study restricted to some of the sweep's relations (its config's `relations`) counts the others as
+    # left out by choice and names only its own relations' missing trials.
+    assert _grid_line("m", studied, listed, ["country capital city"]).endswith(
+        "; the study's relations (`relations`): 1 of the sweep's 2; listed by the sweep's config but not "
+        "studied (too few known samples, or not run): country capital city trial 0."
+    )

@@ -68,9 +68,14 @@ def model_sections(
     return sections, numbers
 
 
-def _grid_line(model: str, rows: list[dict], sweep: dict | None) -> str:
+def _grid_line(
+    model: str, rows: list[dict], sweep: dict | None, relations: Sequence[str] | None = None
+) -> str:
     """One line on what a model's study covers: relations, bundles and their trials, known samples and
-    their cap (the sweep's ``max_known``), the sweep's grid."""
+    their cap (the sweep's ``max_known``), the sweep's grid, and what the sweep's config lists that the
+    study lacks. ``relations``: the study's own choice of the sweep's relations (its config's
+    ``relations``; ``None``: all of them): the others are counted as left out by choice, not named as
+    missing."""
     bundles = {(row["relation"], row["trial"]) for row in rows if row["trial"] is not None}
     known = sorted(row["n"] for row in rows if row["kind"] == "residual" and row["split"] == "all"
                    and row["metric"] == "residual_norm")  # fmt: skip
@@ -92,7 +97,15 @@ def _grid_line(model: str, rows: list[dict], sweep: dict | None) -> str:
         )
         line += f"; the sweep's grid: {layers}, β {min(betas)}..{max(betas)} ({len(betas)} values)"
         if "relations" in sweep and "trials" in sweep:
-            lacking = sorted(set(listed_tasks(sweep["relations"], sweep["trials"])) - bundles)
+            listed = listed_tasks(sweep["relations"], sweep["trials"])
+            if relations is not None:
+                swept = {relation for relation, _ in listed}
+                listed = [(relation, trial) for relation, trial in listed if relation in relations]
+                line += (
+                    f"; the study's relations (`relations`): {len({r for r, _ in listed})} of the "
+                    f"sweep's {len(swept)}"
+                )
+            lacking = sorted(set(listed) - bundles)
             line += "; listed by the sweep's config but not studied (too few known samples, or not run): " + (
                 ", ".join(f"{relation} trial {trial}" for relation, trial in lacking) if lacking else "none"
             )
@@ -290,11 +303,13 @@ def study_markdown(studies: dict[str, ModelStudy], made_by: Sequence[str] = (),
     return "\n".join(parts), numbers
 
 
-def committed_study(folder: Path, answered: Sequence[str] | None = None) -> tuple[ModelStudy, str, str]:
+def committed_study(
+    folder: Path, answered: Sequence[str] | None = None, relations: Sequence[str] | None = None
+) -> tuple[ModelStudy, str, str]:
     """A study as ``results/`` keeps it (``results.csv.gz``, ``sweep_config.json``, ``sweep_command.txt``;
     no study folder, no bundles): the :class:`ModelStudy`, what made its sweep ("<model>'s sweep: …")
     and its grid line. ``answered``: the questions asked (default: those with rows, and across_trials,
-    which has none with one trial)."""
+    which has none with one trial); ``relations``: the study config's choice of relations."""
     rows = read_rows_csv(folder / "results.csv.gz")
     sweep = json.loads((folder / "sweep_config.json").read_text())
     if answered is None:
@@ -302,7 +317,7 @@ def committed_study(folder: Path, answered: Sequence[str] | None = None) -> tupl
     model = rows[0]["model"]
     made_by = _sweep_made_by(model, (folder / "sweep_command.txt").read_text().splitlines())
     study = ModelStudy(rows, {}, list(answered), SelectionRule.of_sweep(sweep))
-    return study, made_by, _grid_line(model, rows, sweep)
+    return study, made_by, _grid_line(model, rows, sweep, relations)
 
 
 def _sweep_made_by(model: str, commands: Sequence[str]) -> str:
@@ -316,12 +331,14 @@ def write_study_report(
     made_by: Sequence[str] = (),
     conclusion: str | None = None,
     notes: Sequence[str] = (),
+    relations: Sequence[str] | None = None,
 ) -> None:
     """``<out>/beta_study.md`` and ``<out>/results.csv`` (every row) for each study folder (its model
     alone) and, if given, ``report`` over all of them, each with its figures beside it (and, per
     folder, in its TensorBoard log), from the folders' rows alone. Each folder's ``sweep_command.txt``
     (the sweep's commands) opens the list of what made the report; ``conclusion`` (markdown) closes a
-    report of hypotheses; ``notes`` are lines beside the grids' (what the study covered)."""
+    report of hypotheses; ``notes`` are lines beside the grids' (what the study covered); ``relations``: the
+    study config's choice of relations (:func:`_grid_line`)."""
     studies, commands, folders, grids = {}, {}, {}, {}
     for out in outs:
         folder = StudyFolder(out)
@@ -337,7 +354,7 @@ def write_study_report(
         studies[model] = ModelStudy(rows, folder.tables(), folder.answered(), SelectionRule.of_sweep(sweep))
         lines = folder.sweep_commands.read_text().splitlines() if folder.sweep_commands.exists() else []
         commands[model] = _sweep_made_by(model, lines)
-        grids[model] = _grid_line(model, rows, sweep)
+        grids[model] = _grid_line(model, rows, sweep, relations)
         if folder.unfinished.exists():  # a sweep studied unfinished, on purpose
             grids[model] += " " + folder.unfinished.read_text().strip()
     if not studies:

@@ -193,7 +193,7 @@ def run_beta_study(config: BetaStudyConfig, command: str | None = None) -> list[
          "(`costly_relations`); the others on every studied relation."]
         if costly and config.costly_relations is not None else []
     )  # fmt: skip
-    write_study_report(list(folders.values()), config.report, made_by, conclusion, notes)
+    write_study_report(list(folders.values()), config.report, made_by, conclusion, notes, config.relations)
     if config.results_dir is not None:
         for out in folders.values():
             copy_results(out, Path(config.results_dir))
