@@ -412,18 +412,27 @@ def test_every_beta_config_names_known_questions_and_one_config_per_question():
         path.stem: BetaStudyConfig(**yaml.safe_load(path.read_text())) for path in folder.glob("*.yaml")
     }
     assert set(configs) == {*QUESTIONS, "all", "explain"}
-    # Every question reads the folders the shipped sweep configs of the two models write: the β study's
-    # questions the β sweeps, the explanations of β (questions with a hypothesis) the explanation sweeps.
-    sweeps, explain = (
-        [yaml.safe_load((folder.parent / "sweep" / name).read_text())["output_dir"] for name in names]
-        for names in (("smollm2_beta.yaml", "gemma3_full.yaml"), ("smollm2_explain.yaml", "gemma3_explain.yaml"))
-    )
-    groups = {"all": list(STUDY), "explain": list(EXPLANATIONS)}
+    # Every question reads the folders the shipped sweep configs of the two models write; the explanations
+    # of β (questions with a hypothesis) keep their rows apart, on the β study's relations, all in one
+    # folder with one setting, so that a question answered by its own config is not redone by explain.yaml.
+    sweeps = [
+        yaml.safe_load((folder.parent / "sweep" / name).read_text())["output_dir"]
+        for name in ("smollm2_beta.yaml", "gemma3_full.yaml")
+    ]
     assert set(STUDY) | set(EXPLANATIONS) == set(QUESTIONS) and len(STUDY) == 10
+    explain = configs["explain"]
+    assert explain.questions == [name for name in EXPLANATIONS if name in explain.questions]
+    assert set(explain.costly_relations) < set(explain.relations) and len(explain.relations) == 12
     for name, config in configs.items():
-        assert config.questions == groups.get(name, [name]), name
+        assert config.sweep_dirs == sweeps, name
         explains = name == "explain" or (name in REGISTRY and REGISTRY[name].hypothesis)
-        assert config.sweep_dirs == (explain if explains else sweeps) and config.output_dir is None, name
+        if explains:
+            assert (config.output_dir, config.relations) == (explain.output_dir, explain.relations), name
+            assert config.settings == explain.settings, name
+        else:
+            assert (config.output_dir, config.relations) == (None, None), name
+        if name != "explain":
+            assert config.questions == (list(STUDY) if name == "all" else [name]), name
 
 
 def test_two_ddp_processes_learn_the_beta_one_process_learns(study, tiny_model_dir, tmp_path):
