@@ -13,10 +13,15 @@ from make_golden import GOLDEN, run  # noqa: E402
 
 
 def differences(expected, actual, where: str = "") -> list[str]:
-    """Where two rows/report structures differ; floats equal to 1e-6 relative (BLAS may reorder sums)."""
+    """Where two rows/report structures differ; floats equal to 1e-4 relative or 1e-7 absolute.
+
+    The rows are float32 sums whose order the CPU's BLAS kernel sets: the fixture, made on an AMD
+    EPYC, differs on an Intel Xeon by up to 3.2e-5 relative (6e-8 absolute, in differences of two
+    values near 1e-3) and 8e-7 absolute in the residual norms; every discrete cell (selection, layer,
+    beta, counts) is equal."""
     if isinstance(expected, float) and isinstance(actual, float):
         same = (math.isnan(expected) and math.isnan(actual)) or math.isclose(
-            expected, actual, rel_tol=1e-6, abs_tol=1e-9
+            expected, actual, rel_tol=1e-4, abs_tol=1e-7
         )
         return [] if same else [f"{where}: {expected!r} != {actual!r}"]
     if isinstance(expected, dict) and isinstance(actual, dict):
