@@ -123,7 +123,7 @@ def attribute_lens(
     lm: LanguageModel | None = None,
     *,
     relation: str | None = None,
-    trial: int = 0,
+    trial: int | None = None,
     k: int = 3,
     positions: str = "all",
     subject: str | None = None,
@@ -133,8 +133,9 @@ def attribute_lens(
     every token, the top-``k`` objects of decode(β W h + b), with the logit lens beside it.
 
     ``operators``: a fit's run folder (``lightning_logs/version_N``), an ``operator.pt``, a sweep folder
-    with ``relation`` (every layer at the sweep's dev-chosen β), or ``{layer: operator}``. ``lm``: the
-    model they were estimated on (``None``: loaded from their model spec).
+    with ``relation`` and ``trial`` (default 0; every layer at the sweep's dev-chosen β), or
+    ``{layer: operator}``. ``lm``: the model they were estimated on (``None``: loaded from their model
+    spec).
 
     >>> view = attribute_lens("lightning_logs/version_0", "Rome is lovely. The capital city of France is")
     >>> print(view.table()); view.figure().savefig("lens.png")

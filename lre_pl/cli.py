@@ -2,6 +2,7 @@
 ``sweep``, ``beta-study`` and ``cross-relation``.
 
 lre-pl --help
+lre-pl --version
 lre-pl fit --config configs/quickstart.yaml [-v | --verbose]
 lre-pl fit --config configs/quickstart.yaml --print_config
 lre-pl validate --config configs/quickstart.yaml --model.operator_path RUN/operator.pt
@@ -15,8 +16,9 @@ lre-pl cross-relation --sweep_dir DIR [--relations "[factual]"] [--output_dir DI
 
 Bad input ends in one line ``lre-pl: error: ...`` and exit code 2, and leaves no run folder: what
 needs no model is checked before the model is loaded, and a run that fails later removes the folder
-it created (:class:`~lre_pl.lightning.callbacks.FailedRunCleanup`). SIGTERM stops a run at once with
-exit code 143. Without ``--verbose`` only the progress of the real work and the summary are printed.
+it created (:class:`~lre_pl.lightning.callbacks.FailedRunCleanup`). SIGINT and SIGTERM stop any command
+at once, with exit code 130 and 143 and one line saying what is kept (:data:`STOPPED_KEEPS`). Without
+``--verbose`` only the progress of the real work and the summary are printed.
 torch, Lightning and transformers are imported by the commands that use them: ``lre-pl --help`` and
 ``lre-pl relations`` answer at once.
 """
@@ -27,6 +29,7 @@ import argparse
 import functools
 import logging
 import shlex
+import signal
 import sys
 import warnings
 from argparse import ArgumentError
@@ -60,6 +63,8 @@ USAGE = "\n".join(
         "options:",
         "  -h, --help        show this help and exit",
         "  -v, --verbose     also show the libraries' INFO lines and warnings",
+        "",
+        "  --version         show lre-pl's version and exit",
         "",
         "A command's options: lre-pl <command> --help (e.g. lre-pl fit --help).",
     ]
@@ -121,9 +126,10 @@ def run_lightning(subcommand: str, argv: list[str]) -> None:
 
 
 def read_lines(path: str, option: str = "subjects_file", what: str = "subject") -> list[str]:
-    """The non-blank lines of a text file (the subjects, or the prompts, one per line)."""
+    """The non-blank lines of a text file (the subjects, or the prompts, one per line); a UTF-8 byte
+    order mark (an editor's) is not part of the first line."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
         raise InputError(
@@ -133,6 +139,16 @@ def read_lines(path: str, option: str = "subjects_file", what: str = "subject") 
     if not lines:
         raise InputError(f"{option} {path!r} holds no {what}s: write one {what} per line")
     return lines
+
+
+def check_top_k(top_k: int, lm=None) -> None:
+    """``top_k`` is at least 1 (checked before any model loads) and, given the loaded ``lm``, at most its
+    vocabulary."""
+    if top_k < 1:
+        raise InputError(f"top_k={top_k} must be at least 1")
+    vocabulary = None if lm is None else lm.unembedding.weight.shape[0]
+    if vocabulary is not None and top_k > vocabulary:
+        raise InputError(f"top_k={top_k} exceeds the vocabulary of {lm.spec} ({vocabulary} tokens)")
 
 
 def format_predictions(predictions: dict[str, list[tuple[str, float]]]) -> list[str]:
@@ -176,8 +192,13 @@ def run_predict(argv: list[str]) -> None:
     blank = [index for index, subject in enumerate(subjects, 1) if not subject.strip()]
     if blank:
         raise InputError(f"subject {blank[0]} of {len(subjects)} is empty: give a non-empty subject")
-    if args.top_k < 1:
-        raise InputError(f"top_k={args.top_k} must be at least 1")
+    check_top_k(args.top_k)
+    if Path(args.operator).is_dir():
+        inside = Path(args.operator) / "operator.pt"
+        raise InputError(
+            f"operator {args.operator!r} is a folder: give the operator file in it"
+            + (f" (--operator {inside})" if inside.is_file() else ", the operator.pt of an lre-pl fit")
+        )
 
     from lre_pl.lm.models import load_language_model
     from lre_pl.lre.operator import LinearRelationOperator
@@ -190,11 +211,7 @@ def run_predict(argv: list[str]) -> None:
             f"{args.operator!r} holds a {width}-dimensional LRE of layer {layer}, but {operator.model} has "
             f"d={lm.hidden_size} and blocks 0..{lm.num_blocks - 1}: it is not the model the LRE was estimated on"
         )
-    vocabulary = lm.unembedding.weight.shape[0]
-    if args.top_k > vocabulary:
-        raise InputError(
-            f"top_k={args.top_k} exceeds the vocabulary of {operator.model} ({vocabulary} tokens)"
-        )
+    check_top_k(args.top_k, lm)
     predictions = {
         subject: operator.predict(subject, lm, k=args.top_k) for subject in dict.fromkeys(subjects)
     }
@@ -208,21 +225,10 @@ def run_predict(argv: list[str]) -> None:
 def run_sweep(argv: list[str]) -> None:
     """``lre-pl sweep``: a :class:`~lre_pl.experiments.sweep.runner.SweepConfig` (YAML and flags), run."""
     from lre_pl.experiments.sweep.runner import Sweep, SweepConfig
-    from lre_pl.lightning.callbacks import RunInterrupted, RunTerminated, sigint_raises_run_interrupted
 
     description = "The paper's protocol over many relations and trials; rerun to resume."
     config = parse_dataclass(SweepConfig, "lre-pl sweep", description, argv)
-    with sigint_raises_run_interrupted():
-        try:
-            root = Sweep(config, command=shlex.join(["lre-pl", "sweep", *argv])).run()
-        except (RunInterrupted, RunTerminated) as stop:  # the folder stays: every whole file counts as done
-            name = "SIGINT" if isinstance(stop, RunInterrupted) else "SIGTERM"
-            print(
-                f"lre-pl: error: stopped by {name}; the sweep folder {config.output_dir} is kept, and rerunning "
-                "the same command resumes it",
-                file=sys.stderr,
-            )
-            sys.exit(stop.code)
+    root = Sweep(config, command=shlex.join(["lre-pl", "sweep", *argv])).run()
     if root is not None:
         print(f"lre_pl sweep: {root}/summary.md, results.csv, figures *.png (tensorboard --logdir {root})")
 
@@ -258,7 +264,7 @@ def run_lens(argv: list[str]) -> None:
         "--model", type=str, help="the model spec to read (default: the operators' own); it must be theirs"
     )
     parser.add_argument(
-        "--trial", type=int, default=0, help="the sweep's trial, where --operators is a sweep folder"
+        "--trial", type=int | None, help="the sweep's trial, where --operators is a sweep folder (default 0)"
     )
     parser.add_argument(
         "--prompt", type=list[str] | str, default=[], help='a prompt, or several: ["...", "..."]'
@@ -288,6 +294,10 @@ def run_lens(argv: list[str]) -> None:
         raise InputError(f"prompt {empty[0]} of {len(prompts)} is empty: give a text for the lens to read")
     if args.positions == "subject" and not args.subject:
         raise InputError("--positions subject needs --subject: the subject whose tokens to show")
+    check_top_k(args.top_k)
+    from lre_pl.files import check_writable_folder
+
+    check_writable_folder(args.output_dir, "output_dir")
 
     from lre_pl.api import attribute_lens
     from lre_pl.experiments.attribute_lens.operators import lens_operators
@@ -302,6 +312,7 @@ def run_lens(argv: list[str]) -> None:
             "drop --model, or give operators estimated on that model"
         )
     lm = load_language_model(estimated_on)
+    check_top_k(args.top_k, lm)
     views = [
         attribute_lens(
             operators,
@@ -360,10 +371,11 @@ def run_cross_relation(argv: list[str]) -> None:
     )
 
 
-#: The commands that make a run folder or an experiment's files, and their runners.
+#: The commands that load a model, and their runners.
 RUNS = {
     "fit": functools.partial(run_lightning, "fit"),
     "validate": functools.partial(run_lightning, "validate"),
+    "predict": run_predict,
     "sweep": run_sweep,
     "beta-study": run_beta_study,
     "lens": run_lens,
@@ -371,28 +383,43 @@ RUNS = {
     "cross-relation": run_cross_relation,
 }
 
+#: What a command stopped by SIGINT or SIGTERM leaves: the end of its one line (``stopped by SIGINT; ...``).
+STOPPED_KEEPS = {
+    "fit": "the run folder was removed",
+    "validate": "the run folder was removed",
+    "predict": "it writes nothing",
+    "sweep": "the sweep folder is kept (every whole file counts as done), and rerunning the same command "
+    "resumes it",
+    "beta-study": "the rows of each bundle's questions answered so far are kept, and rerunning the same "
+    "command resumes it",
+    "lens": "the pictures of the prompts written so far are kept; rerunning the same command makes them all",
+    "distracted-lens": "the rows of each relation done so far are kept, and rerunning the same command "
+    "resumes it",
+    "cross-relation": "its files appear together at its end, so none of this run's is there (an earlier "
+    "run's stay as they were); rerun the same command",
+}
 
-def run_until_sigterm(command: str, argv: list[str], verbose: bool) -> None:
-    """Run ``command`` with SIGTERM stopping it at once (exit code 143)."""
-    from lre_pl.lightning.callbacks import RunTerminated, install_sigterm_handler
+
+def run_stoppable(command: str, argv: list[str], verbose: bool) -> None:
+    """Run ``command`` with SIGINT and SIGTERM stopping it at once, exit code 130 or 143, in one line
+    saying what it leaves (:data:`STOPPED_KEEPS`)."""
+    from lre_pl.lightning.callbacks import (
+        RunInterrupted,
+        RunTerminated,
+        install_sigterm_handler,
+        sigint_raises_run_interrupted,
+    )
 
     if not verbose:
         quiet_libraries()
     install_sigterm_handler()
-    try:
-        RUNS[command](argv)
-    except RunTerminated:
-        left = {
-            "beta-study": "the study's rows so far are kept, and rerunning the same command resumes it",
-            "distracted-lens": "the rows so far are kept, and rerunning the same command resumes it",
-            "lens": "the pictures of the prompts so far are kept",
-            "cross-relation": "its files are written at its end, so none was; rerun the same command",
-        }
-        print(
-            "lre-pl: error: terminated by SIGTERM; " + left.get(command, "the run folder was removed"),
-            file=sys.stderr,
-        )
-        raise
+    with sigint_raises_run_interrupted():
+        try:
+            RUNS[command](argv)
+        except (RunInterrupted, RunTerminated) as stop:
+            name = signal.Signals(stop.code - 128).name
+            print(f"lre-pl: error: stopped by {name}; {STOPPED_KEEPS[command]}", file=sys.stderr)
+            raise
 
 
 def take_verbose_flag(argv: list[str]) -> tuple[list[str], bool]:
@@ -412,6 +439,11 @@ def dispatch(argv: list[str], verbose: bool) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"lre-pl {version('lre_pl')}")
+        return
     command, options = argv[0], argv[1:]
     if command == "relations":
         print_relations(options)
@@ -428,12 +460,7 @@ def dispatch(argv: list[str], verbose: bool) -> None:
     if command not in COMMANDS:
         choices = ", ".join(repr(name) for name in COMMANDS)
         raise ArgumentError(None, f"invalid choice: {command!r} (choose from {choices})")
-    if command != "predict":
-        run_until_sigterm(command, options, verbose)
-        return
-    if not verbose:
-        quiet_libraries()
-    run_predict(options)  # writes nothing, so nothing to clean up: SIGTERM keeps its default action
+    run_stoppable(command, options, verbose)
 
 
 def main(args: list[str] | None = None) -> None:

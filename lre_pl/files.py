@@ -1,5 +1,6 @@
-"""Files that are complete under their final name (written beside it, then renamed over it), the
-checks that a folder can be written before any work, and a lock that keeps two runs out of one folder.
+"""Files that are complete under their final name (written beside it, then renamed over it), sets of
+files that appear together, the checks that a folder or a file can be written before any work, and a
+lock that keeps two runs out of one folder.
 
 A failed write (a full disk, a folder that went away) removes what it had written and ends in one
 :class:`~lre_pl.errors.InputError` line naming the folder and the space it needed: nothing half
@@ -12,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,6 +114,34 @@ def check_writable_folder(folder: str | Path, option: str) -> None:
                 path.rmdir()
     if reason:
         raise InputError(f"{option}: cannot write in {str(folder)!r} ({reason}): give another {option}")
+
+
+def check_writable_file(path: str | Path, option: str) -> None:
+    """Raise a one-line error unless ``path`` can be written as a file: not a folder, in a folder that
+    can be written (:func:`check_writable_folder`); before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option}: {str(path)!r} is a folder: give the path of a file to write")
+    check_writable_folder(path.parent, option)
+
+
+@contextlib.contextmanager
+def files_together(folder: str | Path) -> Iterator[Path]:
+    """Yield a hidden folder inside ``folder`` to write a set of files in; when the body ends well they
+    move to the same places under ``folder``, together (one rename each, after all are written). A stop
+    or a failure before that leaves none of them (the hidden folder goes), and an earlier run's set
+    stays as it was."""
+    folder = Path(folder)
+    staged = folder / f".partial-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        staged.mkdir(parents=True)
+        yield staged
+        for path in sorted(path for path in staged.rglob("*") if path.is_file()):
+            target = folder / path.relative_to(staged)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 @contextlib.contextmanager

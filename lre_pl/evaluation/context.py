@@ -149,6 +149,8 @@ class BundleContext:
         Decoding is an evaluation's whole cost (a [rows, d] x [d, vocab] product): one call for all
         readouts keeps its matrix products wide (on a CPU, 1024 rows run at 1.6x the speed per row of 77).
         """
+        if not readouts:  # a grid of one β: nothing beyond the layer search's β to decode
+            return []
         hits = self.decoder.hits(torch.cat(list(readouts)), self.objects * len(readouts), apply_norm)
         return list(hits.reshape(len(readouts), len(self), 2))
 

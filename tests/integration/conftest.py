@@ -45,20 +45,25 @@ def run_cli(tmp_path, monkeypatch, capsys):
     return run
 
 
-def start_held_in_its_first_jacobian(tmp_path: Path, arguments: list[str]) -> subprocess.Popen:
-    """``lre-pl ARGUMENTS`` in a process (cwd ``tmp_path``) held inside its first Jacobian (a stand-in that
-    sleeps), once it is there: a run to interrupt or to compete with."""
-    started = tmp_path / "jacobians-started"
+def start_held_in(tmp_path: Path, arguments: list[str], function: str) -> subprocess.Popen:
+    """``lre-pl ARGUMENTS`` in a process (cwd ``tmp_path``) held inside ``function`` (``module:name`` or
+    ``module:Class.name``, replaced by a stand-in that sleeps), once it is there: a run to interrupt or
+    to compete with."""
+    started = tmp_path / "held-started"
+    module, name = function.split(":")
     program = f"""
-import sys, time
+import importlib, sys, time
 from pathlib import Path
-import lre_pl.lightning.module
 
-def slow_jacobians(*args, **kwargs):
+def held(*args, **kwargs):
     Path({str(started)!r}).touch()
     time.sleep(120)
 
-lre_pl.lightning.module.compute_jacobians = slow_jacobians
+owner = importlib.import_module({module!r})
+*path, last = {name!r}.split(".")
+for part in path:
+    owner = getattr(owner, part)
+setattr(owner, last, held)
 from lre_pl.cli import main
 main(sys.argv[1:])
 """
@@ -71,3 +76,8 @@ main(sys.argv[1:])
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
         time.sleep(0.2)
     return process
+
+
+def start_held_in_its_first_jacobian(tmp_path: Path, arguments: list[str]) -> subprocess.Popen:
+    """``lre-pl ARGUMENTS`` held inside its first Jacobian (:func:`start_held_in`)."""
+    return start_held_in(tmp_path, arguments, "lre_pl.lightning.module:compute_jacobians")

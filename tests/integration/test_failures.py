@@ -150,9 +150,7 @@ def test_sigterm_stops_the_run_at_once_and_leaves_nothing(tmp_path, tiny_args):
     _, stderr = process.communicate(timeout=60)
     assert time.monotonic() - sent < 10
     assert process.returncode == 143
-    assert (
-        stderr.strip().splitlines()[-1] == "lre-pl: error: terminated by SIGTERM; the run folder was removed"
-    )
+    assert stderr.strip().splitlines()[-1] == "lre-pl: error: stopped by SIGTERM; the run folder was removed"
     assert not (tmp_path / "lightning_logs").exists() and not list(tmp_path.rglob("operator.pt"))
 
 

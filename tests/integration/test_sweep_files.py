@@ -261,8 +261,8 @@ def test_a_stopped_sweep_says_that_it_resumes(tiny_model_dir, tmp_path, sent, co
     assert time.monotonic() - sent_at < 10
     assert process.returncode == code, stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == (
-        f"lre-pl: error: stopped by {sent.name}; the sweep folder {folder} is kept, and rerunning the same "
-        "command resumes it"
+        f"lre-pl: error: stopped by {sent.name}; the sweep folder is kept (every whole file counts as done), "
+        "and rerunning the same command resumes it"
     )
     assert "Traceback" not in stderr
     assert (folder / "sweep_config.json").exists() and not list(folder.rglob("*.partial*"))

@@ -3,6 +3,7 @@ per bundle, then one report over the models (``configs/lens/distracted.yaml``)."
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from lre_pl.experiments.attribute_lens.distracted import (
     check_template,
 )
 from lre_pl.experiments.sweep.finished import FinishedSweep
-from lre_pl.files import check_writable_folder, write_text_atomically
+from lre_pl.files import check_writable_file, check_writable_folder, folder_lock, write_text_atomically
+from lre_pl.lm.models import check_model_spec
 from lre_pl.protocol.folder import LensFolder
 from lre_pl.protocol.rows import rows_complete, write_rows
 
@@ -37,8 +39,9 @@ class DistractedLensConfig:
     """Finished sweep folders, one per model: each bundle's LRE is read at the layer and β its sweep chose
     on dev."""
     relations: list[str] = field(default_factory=lambda: ["factual"])
-    """The relations (names, or one category such as ``[factual]``, or ``[all]``); those a sweep did not
-    evaluate (too few known samples) are left out and named in the report."""
+    """The relations (names, or one category such as ``[factual]``, or ``[all]``). Those a sweep did not
+    evaluate (not swept, or too few known samples) are left out, with a warning line, and named in the
+    report; a sweep that evaluated none of them is refused before any model loads."""
     trial: int = 0
     """Which trial's bundles."""
     templates: dict[str, str] = field(
@@ -65,7 +68,8 @@ class DistractedLensConfig:
     """Also copy each model's rows (``results.csv.gz``), report and figures to ``<results_dir>/<model>/``."""
 
     def check(self) -> list[tuple[FinishedSweep, Path]]:
-        """Each sweep (read once) and its lens folder, every setting checked before any model loads."""
+        """Each sweep (read once) and its lens folder, every setting checked before any model loads
+        (nothing is written yet)."""
         from lre_pl.experiments.sweep.runner import resolve_relations
 
         if not self.sweep_dirs:
@@ -84,26 +88,25 @@ class DistractedLensConfig:
         folders = []
         for sweep_dir in self.sweep_dirs:
             sweep = FinishedSweep.read(sweep_dir)
+            sweep.studied_relations(self.relations, "relations", self.trial)
+            check_model_spec(sweep.model)
             root = sweep.folder.root
             out = root / "attribute_lens" if self.output_dir is None else Path(self.output_dir) / root.name
             check_writable_folder(out, "output_dir")
             folders.append((sweep, out))
-        for option in ("report", "results_dir"):
-            value = getattr(self, option)
-            if value is not None:
-                check_writable_folder(Path(value).parent if option == "report" else Path(value), option)
+        if self.report is not None:
+            check_writable_file(self.report, "report")
+        if self.results_dir is not None:
+            check_writable_folder(self.results_dir, "results_dir")
         return folders
 
 
 def lens_sweep(sweep: FinishedSweep, out: Path, config: DistractedLensConfig) -> list[str]:
     """Rows of every evaluated bundle of ``config.relations`` in ``sweep``, into ``out``; returns the
     relations the sweep did not evaluate. A bundle whose rows file is whole is done."""
-    from lre_pl.experiments.sweep.runner import resolve_relations
-
     grid: EvaluationGrid = sweep.sweep_config.grid()
-    wanted = resolve_relations(config.relations)
-    keys = [(relation, config.trial) for relation in wanted if (relation, config.trial) in sweep.points]
-    skipped = [relation for relation in wanted if (relation, config.trial) not in sweep.points]
+    found, skipped = sweep.split_relations(config.relations, config.trial)
+    keys = [(relation, config.trial) for relation in found]
     folder, lm = LensFolder(out), None
     bar = tqdm(keys, desc=f"distracted lens ({sweep.model})", unit="relation")
     for relation, trial in bar:
@@ -125,13 +128,18 @@ def lens_sweep(sweep: FinishedSweep, out: Path, config: DistractedLensConfig) ->
 
 
 def run_distracted_lens(config: DistractedLensConfig, command: str | None = None) -> list[Path]:
-    """Every sweep's rows (:func:`lens_sweep`), then each folder's report and the report over models."""
+    """Every sweep's rows (:func:`lens_sweep`), then each folder's report and the report over models;
+    each lens folder is locked while it runs (a second run into one is refused at once)."""
     from lre_pl.experiments.attribute_lens.report import copy_results, write_lens_report
 
-    studied = [(sweep, out, lens_sweep(sweep, out, config)) for sweep, out in config.check()]
-    made_by = [f"`{command}`" if command else "lre-pl distracted-lens"]
-    write_lens_report(studied, config, made_by)
-    if config.results_dir is not None:
-        for _, out, _ in studied:
-            copy_results(out, Path(config.results_dir))
+    checked = config.check()
+    with contextlib.ExitStack() as locks:
+        for _, out in checked:
+            locks.enter_context(folder_lock(out, "distracted-lens"))
+        studied = [(sweep, out, lens_sweep(sweep, out, config)) for sweep, out in checked]
+        made_by = [f"`{command}`" if command else "lre-pl distracted-lens"]
+        write_lens_report(studied, config, made_by)
+        if config.results_dir is not None:
+            for _, out, _ in studied:
+                copy_results(out, Path(config.results_dir))
     return [out for _, out, _ in studied]

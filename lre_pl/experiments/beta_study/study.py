@@ -11,6 +11,7 @@ needs the LM (the corner's unembedding rows, decoding) it takes the loaded model
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,14 @@ from lre_pl.evaluation.context import Decoder
 from lre_pl.experiments.beta_study.context import StudySettings, SweepStudy
 from lre_pl.experiments.beta_study.questions import QUESTIONS, REGISTRY, STUDY
 from lre_pl.experiments.sweep.finished import FinishedSweep, nothing_evaluated
-from lre_pl.files import check_writable_folder, write_bytes_atomically, write_text_atomically
+from lre_pl.files import (
+    check_writable_file,
+    check_writable_folder,
+    folder_lock,
+    write_bytes_atomically,
+    write_text_atomically,
+)
+from lre_pl.lm.models import check_model_spec
 from lre_pl.protocol.folder import StudyFolder, SweepFolder, read_json
 from lre_pl.protocol.rows import read_rows, rows_complete, write_rows
 
@@ -63,14 +71,17 @@ class BetaStudyConfig:
     shots: list[int] = field(default_factory=lambda: [1, 2, 5, 8])
     """The numbers of in-context examples compared by ``in_context`` (each costs one layer's Jacobians)."""
     relations: list[str] | None = None
-    """Study only these relations of each sweep (names), e.g. a subset chosen before any result for the
-    questions that compute new Jacobians; ``None``: every evaluated relation. Rows of a bundle do not
-    depend on it: a later run over more relations adds rows and keeps these."""
+    """Study only these relations of each sweep (names, or one category such as ``[factual]``), e.g. a
+    subset chosen before any result for the questions that compute new Jacobians; ``None``: every
+    evaluated relation. Rows of a bundle do not depend on it: a later run over more relations adds rows
+    and keeps these. Those a sweep did not evaluate are left out, with a warning line, and named in the
+    report; a sweep that evaluated none of them is refused before any model loads."""
     costly_relations: list[str] | None = None
     """The relations on which the costly questions (those that compute new Jacobians or products: the
     chord, the held-fixed, the multi-token and the in-context ones) are asked, e.g. a subset chosen
     before any result when the CPU allows no more; the other questions cover every studied relation.
-    ``None``: every studied relation."""
+    ``None``: every studied relation. Checked against each sweep as ``relations`` is, where a costly
+    question is asked."""
     conclusion: str | None = None
     """A markdown file whose text closes the report of hypotheses (the conclusion written in plain words
     from the verdicts above it), e.g. ``docs/explaining_beta_conclusion.md``; ``None``: none."""
@@ -82,8 +93,9 @@ class BetaStudyConfig:
     (the console and the report name what is missing). ``False``: such a sweep is refused, so that a
     report never covers a subset of its sweep unnoticed."""
 
-    def check(self) -> dict[Path, Path]:
-        """{sweep folder: its study folder}; one-line errors before any model is loaded."""
+    def check(self) -> list[tuple[FinishedSweep, Path]]:
+        """Each sweep (read once) and its study folder; one-line errors before any model is loaded and
+        before anything is written."""
         unknown = sorted(set(self.questions) - set(QUESTIONS))
         if unknown or not self.questions:
             raise InputError(f"questions={self.questions}: choose from {list(QUESTIONS)}")
@@ -133,6 +145,14 @@ class BetaStudyConfig:
                     f"{unfinished_line(root, missing, sweep)}: rerun its sweep to finish it, or give "
                     "allow_unfinished true to study what it has"
                 )
+        finished = [FinishedSweep.read(sweep_dir) for sweep_dir in self.sweep_dirs]
+        costly = any(REGISTRY[name].costly for name in self.questions)
+        for sweep in finished:
+            if self.relations is not None:
+                sweep.studied_relations(self.relations, "relations")
+            if self.costly_relations is not None and costly:
+                sweep.studied_relations(self.costly_relations, "costly_relations")
+            check_model_spec(sweep.model)
         roots = [Path(sweep_dir) for sweep_dir in self.sweep_dirs]
         if self.output_dir is None:
             folders = {root: root / "beta_study" for root in roots}
@@ -155,10 +175,10 @@ class BetaStudyConfig:
                 )
             check_writable_folder(out, "output_dir")
         if self.report:
-            check_writable_folder(Path(self.report).parent, "report")
+            check_writable_file(self.report, "report")
         if self.results_dir is not None:
             check_writable_folder(Path(self.results_dir), "results_dir")
-        return folders
+        return [(sweep, folders[root]) for sweep, root in zip(finished, roots)]
 
     @property
     def settings(self) -> StudySettings:
@@ -179,25 +199,42 @@ def unfinished_line(root: Path, missing: Sequence[tuple[str, int]], sweep: dict)
 
 def run_beta_study(config: BetaStudyConfig, command: str | None = None) -> list[Path]:
     """Every sweep's study (:func:`study_sweep`), then the report over all of them; returns the study
-    folders. ``command`` (the study's command line) is written into the report."""
+    folders. ``command`` (the study's command line) is written into the report. Each study folder is
+    locked while it runs (a second study into one is refused at once)."""
     from lre_pl.experiments.beta_study.report import write_study_report
+    from lre_pl.experiments.sweep.runner import relation_names
 
-    folders = config.check()
-    for root, out in folders.items():
-        study_sweep(root, out, config)
-    made_by = [f"the study: `{command}`" if command else f"the study: questions {config.questions}"]
-    conclusion = Path(config.conclusion).read_text(encoding="utf-8") if config.conclusion else None
-    costly = [name for name in config.questions if REGISTRY[name].costly]
-    notes = (
-        [f"The costly questions ({', '.join(costly)}) on {', '.join(config.costly_relations)} only "
-         "(`costly_relations`); the others on every studied relation."]
-        if costly and config.costly_relations is not None else []
-    )  # fmt: skip
-    write_study_report(list(folders.values()), config.report, made_by, conclusion, notes, config.relations)
-    if config.results_dir is not None:
-        for out in folders.values():
-            copy_results(out, Path(config.results_dir))
-    return list(folders.values())
+    studies = config.check()
+    folders = [out for _, out in studies]
+    with contextlib.ExitStack() as locks:
+        for out in folders:
+            locks.enter_context(folder_lock(out, "beta-study"))
+        for sweep, out in studies:
+            study_sweep(sweep, out, config)
+        made_by = [f"the study: `{command}`" if command else f"the study: questions {config.questions}"]
+        conclusion = Path(config.conclusion).read_text(encoding="utf-8") if config.conclusion else None
+        costly = [name for name in config.questions if REGISTRY[name].costly]
+        notes = (
+            [f"The costly questions ({', '.join(costly)}) on {', '.join(config.costly_relations)} only "
+             "(`costly_relations`); the others on every studied relation."]
+            if costly and config.costly_relations is not None else []
+        )  # fmt: skip
+        asked = {
+            "relations": config.relations,
+            "costly_relations": config.costly_relations if costly else None,
+        }
+        notes += [
+            f"Left out of `{option}` on {sweep.model}, with no evaluated bundle in its sweep: "
+            f"{', '.join(lacking)}."
+            for option, requested in asked.items() if requested is not None
+            for sweep, _ in studies if (lacking := sweep.split_relations(requested)[1])
+        ]  # fmt: skip
+        chosen = None if config.relations is None else relation_names(config.relations)
+        write_study_report(folders, config.report, made_by, conclusion, notes, chosen)
+        if config.results_dir is not None:
+            for out in folders:
+                copy_results(out, Path(config.results_dir))
+    return folders
 
 
 def copy_results(out: Path, results_dir: Path) -> Path | None:
@@ -220,8 +257,8 @@ def copy_results(out: Path, results_dir: Path) -> Path | None:
     return target
 
 
-def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
-    """Rows of the config's questions for every evaluated bundle of the sweep in ``root``, into ``out/rows``.
+def study_sweep(finished: FinishedSweep, out: Path, config: BetaStudyConfig) -> None:
+    """Rows of the config's questions for every evaluated bundle of the ``finished`` sweep, into ``out/rows``.
 
     Per bundle, a question's row file is skipped when it exists; the cross-bundle questions are redone
     when the sweep's evaluated bundles are no longer the ones their rows cover. The sweep's commands
@@ -230,14 +267,14 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
     """
     from lre_pl.experiments.sweep.runner import unfinished_pairs, warn
 
-    finished, folder = FinishedSweep.read(root), StudyFolder(out)  # one line where nothing is evaluated
-    sweep_folder, swept, points = finished.folder, finished.config, finished.points
-    sweep = finished.sweep_config
+    folder, sweep_folder, swept, points = StudyFolder(out), finished.folder, finished.config, finished.points
+    root, sweep = sweep_folder.root, finished.sweep_config
     grid = sweep.grid()
     if config.relations is not None:
-        points = {key: point for key, point in points.items() if key[0] in config.relations}
-        if not points:
-            raise InputError(f"relations={config.relations}: none of them is evaluated in {root}")
+        studied = finished.split_relations(config.relations)[0]
+        points = {key: point for key, point in points.items() if key[0] in studied}
+    costly = None if config.costly_relations is None else finished.split_relations(config.costly_relations)[0]
+    lm = finished.load_model()  # before anything is written: a model that fails to load leaves nothing
     missing = unfinished_pairs(root, swept)
     unfinished = folder.unfinished
     if missing:
@@ -248,7 +285,6 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
         unfinished.unlink(missing_ok=True)
     folder.copy_from(sweep_folder)
     write_text_atomically(folder.settings, json.dumps(config.settings.as_json()) + "\n")
-    lm = finished.load_model()
     study = SweepStudy(
         sweep_folder, grid, Decoder(lm, grid.top_k), points, sweep.model, out / "tensorboard", config.settings
     )
@@ -260,7 +296,7 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
         missing = [
             q for q in asked
             if not rows_complete(folder.rows(q.name, relation, trial))
-            and (not q.costly or config.costly_relations is None or relation in config.costly_relations)
+            and (not q.costly or costly is None or relation in costly)
         ]  # fmt: skip
         if not missing:
             continue

@@ -25,8 +25,15 @@ from lre_pl.experiments.cross_relation.matrix import (
 )
 from lre_pl.experiments.cross_relation.report import FIGURES, CrossMatrices, heatmap, report_markdown
 from lre_pl.experiments.sweep.finished import BundleKey, FinishedSweep
-from lre_pl.files import check_writable_folder, write_bytes_atomically, write_text_atomically
+from lre_pl.files import (
+    check_writable_folder,
+    files_together,
+    folder_lock,
+    write_bytes_atomically,
+    write_text_atomically,
+)
 from lre_pl.lightning.outputs import write_figure
+from lre_pl.lm.models import check_model_spec
 from lre_pl.protocol.folder import CrossRelationFolder
 from lre_pl.protocol.rows import read_rows, write_rows, write_rows_csv
 
@@ -73,6 +80,7 @@ class CrossRelationConfig:
                     f"trial {trial} of {self.sweep_dir} has {len(found)} evaluated relation(s) among "
                     f"relations={self.relations}: cross-relation application needs at least 2"
                 )
+        check_model_spec(sweep.model)
         out = Path(self.output_dir) if self.output_dir else Path(self.sweep_dir) / "cross_relation"
         check_writable_folder(out, "output_dir")
         if self.results_dir is not None:
@@ -150,17 +158,21 @@ def copy_results(folder: CrossRelationFolder, model: str, results_dir: Path) -> 
 
 
 def run_cross_relation(config: CrossRelationConfig, command: str | None = None) -> Path:
-    """The rows, report and figures of every ordered pair; returns the output folder."""
+    """The rows, report and figures of every ordered pair; returns the output folder. The folder is
+    locked while it runs (a second run into it is refused at once), and its files appear together at
+    the end (:func:`~lre_pl.files.files_together`): a run stopped or failed on the way leaves none."""
     sweep, keys, out = config.check()
-    folder = CrossRelationFolder(out)
-    lm = sweep.load_model()
-    rows, examples = cross_relation_rows(sweep, keys, lm.tokenizer, Decoder(lm, top_k=1))
-    folder.copy_from(sweep.folder)
-    write_rows(folder.rows, rows)
-    made_by = [f"`{command}`"] if command else []
-    write_cross_report(
-        folder, read_rows([folder.rows]), examples, config.family_threshold, config.trials, made_by
-    )
-    if config.results_dir is not None:
-        copy_results(folder, sweep.model, Path(config.results_dir))
+    with folder_lock(out, "cross-relation"):
+        lm = sweep.load_model()
+        rows, examples = cross_relation_rows(sweep, keys, lm.tokenizer, Decoder(lm, top_k=1))
+        with files_together(out) as staged:
+            folder = CrossRelationFolder(staged)
+            folder.copy_from(sweep.folder)
+            write_rows(folder.rows, rows)
+            made_by = [f"`{command}`"] if command else []
+            write_cross_report(
+                folder, read_rows([folder.rows]), examples, config.family_threshold, config.trials, made_by
+            )
+        if config.results_dir is not None:
+            copy_results(CrossRelationFolder(out), sweep.model, Path(config.results_dir))
     return out

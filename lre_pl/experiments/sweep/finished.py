@@ -94,6 +94,40 @@ class FinishedSweep:
             keys = [key for key in keys if key[1] in trials]
         return keys
 
+    def split_relations(
+        self, requested: Sequence[str], trial: int | None = None
+    ) -> tuple[list[str], list[str]]:
+        """The names of ``requested`` (as a config's ``relations`` gives them: names, JSON files,
+        ``[<category>]``, ``[all]``) that have an evaluated bundle here (of ``trial`` where given), and
+        those that have none (not swept, or too few known samples), each in the request's order."""
+        from lre_pl.experiments.sweep.runner import relation_names
+
+        has = {relation for relation, seed in self.points if trial is None or seed == trial}
+        names = relation_names(list(requested))
+        return [name for name in names if name in has], [name for name in names if name not in has]
+
+    def studied_relations(self, requested: Sequence[str], option: str, trial: int | None = None) -> list[str]:
+        """The evaluated relations of ``requested`` (:meth:`split_relations`), checked before any model
+        loads: none of them is one line naming them and the relations the sweep has; some is a warning
+        line naming those left out (the report names them too)."""
+        from lre_pl.experiments.sweep.runner import warn
+
+        found, lacking = self.split_relations(requested, trial)
+        of_trial = "" if trial is None else f" of trial {trial}"
+        if not found:
+            has = sorted({relation for relation, seed in self.points if trial is None or seed == trial})
+            raise InputError(
+                f"{option}={list(requested)}: the sweep in {self.folder.root} has no evaluated bundle"
+                f"{of_trial} of {', '.join(lacking)}; it has {', '.join(has) or 'none'}: choose among those, "
+                "or sweep them first"
+            )
+        if lacking:
+            warn(
+                f"{option}: the sweep in {self.folder.root} has no evaluated bundle{of_trial} of "
+                f"{', '.join(lacking)}; left out"
+            )
+        return found
+
     def bundle(self, relation: str, trial: int) -> Bundle:
         return Bundle.load(self.folder.bundle(relation, trial))
 

@@ -233,11 +233,16 @@ def resolve_relations(requested: list[str]) -> list[str]:
     return list(requested)
 
 
+def relation_names(relations: list[str]) -> list[str]:
+    """The names the rows carry (a JSON file's own name) of ``relations`` as a config gives them
+    (:func:`resolve_relations`), in its order."""
+    return [load_relation(relation).name for relation in resolve_relations(relations)]
+
+
 def listed_tasks(relations: list[str], trials: list[int]) -> list[tuple[str, int]]:
-    """The (relation, trial) tasks a sweep config lists, each relation by the name its rows carry (a JSON
-    file's own name), relations in the config's order: what a report names when the folder lacks it."""
-    names = [load_relation(relation).name for relation in resolve_relations(relations)]
-    return [(name, trial) for name in names for trial in trials]
+    """The (relation, trial) tasks a sweep config lists, relations by name in the config's order: what
+    a report names when the folder lacks it."""
+    return [(name, trial) for name in relation_names(relations) for trial in trials]
 
 
 def unfinished_pairs(root: Path, config: dict) -> list[tuple[str, int]]:
