@@ -85,7 +85,9 @@ class DistractedLensConfig:
         for sweep_dir in self.sweep_dirs:
             sweep = FinishedSweep.read(sweep_dir)
             root = sweep.folder.root
-            out = root / "attribute_lens" if self.output_dir is None else Path(self.output_dir) / root.name
+            out = (
+                sweep.folder.attribute_lens if self.output_dir is None else Path(self.output_dir) / root.name
+            )
             check_writable_folder(out, "output_dir")
             folders.append((sweep, out))
         for option in ("report", "results_dir"):
@@ -115,7 +117,14 @@ def lens_sweep(sweep: FinishedSweep, out: Path, config: DistractedLensConfig) ->
         samples = grid.known_samples(bundle)
         layer, beta = sweep.points[relation, trial]
         experiment = DistractedLens(
-            bundle, layer, beta, samples.indices, config.templates, config.seed, grid.batch_size
+            bundle,
+            sweep.folder.relation(relation),
+            layer,
+            beta,
+            samples.indices,
+            config.templates,
+            config.seed,
+            grid.batch_size,
         )
         rows = experiment.run(lm)
         write_text_atomically(folder.table(relation, trial), experiment.examples(config.examples))

@@ -24,7 +24,7 @@ from lre_pl.experiments.beta_study.context import StudySettings, SweepStudy
 from lre_pl.experiments.beta_study.questions import QUESTIONS, REGISTRY, STUDY
 from lre_pl.experiments.sweep.finished import FinishedSweep, nothing_evaluated
 from lre_pl.files import check_writable_folder, write_bytes_atomically, write_text_atomically
-from lre_pl.protocol.folder import StudyFolder, SweepFolder, read_json
+from lre_pl.protocol.folder import StudyFolder, SweepFolder, read_json, results_folder
 from lre_pl.protocol.rows import read_rows, rows_complete, write_rows
 
 Layer = int | str
@@ -135,7 +135,7 @@ class BetaStudyConfig:
                 )
         roots = [Path(sweep_dir) for sweep_dir in self.sweep_dirs]
         if self.output_dir is None:
-            folders = {root: root / "beta_study" for root in roots}
+            folders = {root: SweepFolder(root).beta_study for root in roots}
         elif len({root.resolve().name for root in roots}) < len(roots):
             raise InputError(f"sweep_dirs={self.sweep_dirs} share a folder name: give output_dir null")
         else:
@@ -206,14 +206,14 @@ def copy_results(out: Path, results_dir: Path) -> Path | None:
     import gzip
 
     folder = StudyFolder(out)
-    table = out / "results.csv"
+    table = folder.results
     if not table.exists():  # no rows: nothing studied
         return None
     model = read_json(folder.sweep_config, "rerun lre-pl beta-study")["model"]
-    target = results_dir / Path(model).name
+    target = results_folder(results_dir, model)
     target.mkdir(parents=True, exist_ok=True)
     write_bytes_atomically(target / "results.csv.gz", gzip.compress(table.read_bytes(), mtime=0))
-    for path in [out / "beta_study.md", folder.sweep_commands, folder.sweep_config, folder.settings,
+    for path in [folder.report, folder.sweep_commands, folder.sweep_config, folder.settings,
                  *sorted(out.glob("*.png"))]:  # fmt: skip
         if path.exists():
             write_bytes_atomically(target / path.name, path.read_bytes())
