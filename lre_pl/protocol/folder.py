@@ -62,10 +62,10 @@ def file_name(name: str) -> str:
 
     A plain name (:data:`PLAIN_NAME`) has its spaces made underscores (``country capital city`` ->
     ``country_capital_city``). Any other name (``capital/city``, ``..``, ``a_b``, a leading dot, control
-    characters, a very long one) has every character but ASCII letters, digits, dots and dashes, and a
-    leading dot or dash, made ``_``, is cut to 60 characters, and gets ``__`` and the first 16 hex digits of the
-    SHA-256 of its UTF-8 bytes appended (``capital/city`` -> ``capital_city__<16 hex>``). A plain name's
-    file name holds no ``__``, any other's ends with ``__<hash>``: two names never share one."""
+    characters, a very long one) has every character but ASCII letters, digits, dots and dashes (and a
+    leading dot or dash) made ``_``, is cut to 60 characters, and gets ``__`` and the first 16 hex
+    digits of the SHA-256 of the name appended (``capital/city`` -> ``capital_city__<16 hex>``). A plain
+    name's file name holds no ``__``, any other's ends with ``__<hash>``: two names never share one."""
     if len(name) <= PLAIN_LENGTH and PLAIN_NAME.fullmatch(name):
         return name.replace(" ", "_")
     kept = re.sub(r"^[.-]|[^A-Za-z0-9.-]", "_", name)[:60]

@@ -250,7 +250,7 @@ def study_sweep(root: Path, out: Path, config: BetaStudyConfig) -> None:
     write_text_atomically(folder.settings, json.dumps(config.settings.as_json()) + "\n")
     lm = finished.load_model()
     study = SweepStudy(
-        sweep_folder, grid, Decoder(lm, grid.top_k), points, sweep.model, out / "tensorboard", config.settings
+        sweep_folder, grid, Decoder(lm, grid.top_k), points, sweep.model, folder.tensorboard, config.settings
     )
     questions = [REGISTRY[name]() for name in config.questions]
     # One row file per question and bundle: each resumes on its own when the questions change.
