@@ -21,6 +21,25 @@ from pathlib import Path
 from lre_pl.errors import InputError
 
 
+def inside(root: str | Path, *parts: str) -> Path:
+    """``root / parts``, a path that stays in ``root``: each part is one file name (not empty, ``.`` or
+    ``..``, without a separator or NUL: a programming error otherwise, as every name reaches a path
+    through :func:`~lre_pl.protocol.folder.file_name`), and none of the folders and files on the way
+    below ``root`` is a symbolic link, which would take a write elsewhere (a handed-over folder's
+    ``beta_study -> /elsewhere``): one line naming the link. ``root`` itself is the user's to choose."""
+    path = Path(root)
+    for part in parts:
+        if part in ("", ".", "..") or any(c in part for c in "/\\\0"):
+            raise ValueError(f"{part!r} is not one file name")
+        path = path / part
+        if path.is_symlink():
+            raise InputError(
+                f"{path} is a symbolic link (to {os.readlink(path)}): lre-pl writes only inside {root} "
+                "itself; remove the link, or replace it by a real folder or file, or give another folder"
+            )
+    return path
+
+
 def create_exclusively(path: str | Path, text: str = "") -> bool:
     """Create ``path`` holding ``text`` unless it exists (``O_CREAT | O_EXCL``: of several processes that
     try, exactly one succeeds, also on NFS 3+); returns whether this call created it."""
@@ -152,7 +171,8 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
     ``what`` names the work in the message (``sweep``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = inside(folder, ".lock")  # a link there would be truncated through
+    descriptor = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -23,7 +23,7 @@ from lre_pl.experiments.sweep.runner import Sweep
 from lre_pl.lm.models import load_language_model
 from lre_pl.lre.bundle import Bundle
 from lre_pl.lre.operator import relation_readout
-from lre_pl.protocol.folder import slug
+from lre_pl.protocol.folder import SweepFolder
 from lre_pl.protocol.rows import read_rows
 from lre_pl.protocol.selection import SelectionRule
 
@@ -183,7 +183,7 @@ def test_the_study_runs_resumes_per_question_and_reports(swept, study, tmp_path)
     # The grid's single β by hand: the β of the sweep's grid with the best mean dev faithfulness.
     points = chosen_points(read_rows(sorted((swept / "rows").glob("*.jsonl"))))
     grid = tiny_config(study.decoder.lm.spec, swept).grid()
-    studies = [StudyContext.of(Bundle.load(swept / "bundles" / slug(relation) / f"trial_{trial}.pt"), grid,
+    studies = [StudyContext.of(Bundle.load(SweepFolder(swept).bundle(relation, trial)), grid,
                                study.decoder, layer) for (relation, trial), (layer, _) in sorted(points.items())]  # fmt: skip
     betas = [1.0] + [
         beta for beta in grid.betas if beta != 1.0
@@ -535,7 +535,7 @@ def test_global_beta_decodes_a_grid_beta_once(study, swept, grid, tmp_path, monk
     from lre_pl.experiments.beta_study.questions import global_beta as question
 
     points = chosen_points(read_rows(sorted((swept / "rows").glob("*.jsonl"))))
-    contexts = [StudyContext.of(Bundle.load(swept / "bundles" / slug(relation) / f"trial_{trial}.pt"), grid,
+    contexts = [StudyContext.of(Bundle.load(SweepFolder(swept).bundle(relation, trial)), grid,
                                 study.decoder, layer) for (relation, trial), (layer, _) in sorted(points.items())]  # fmt: skip
     monkeypatch.setattr(
         question, "fit_betas", lambda model, samples, *_, **__: dict.fromkeys(samples.group_names, 1.7)

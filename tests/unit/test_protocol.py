@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lre_pl.errors import InputError
-from lre_pl.protocol.folder import StudyFolder, SweepFolder, read_json, slug
+from lre_pl.protocol.folder import StudyFolder, SweepFolder, read_json
 from lre_pl.protocol.markdown import markdown_table, mean_std_cell, nanmean
 from lre_pl.protocol.rows import ROW_FIELDS, make_row, read_rows, rows_complete, write_rows, write_rows_csv
 from lre_pl.protocol.selection import SELECTIONS, SelectionRule, first_best
@@ -113,8 +113,7 @@ def test_the_folder_layout_names_every_file(tmp_path):
         sweep.bundle("country capital city", 2)
         == tmp_path / "bundles" / "country_capital_city" / "trial_2.pt"
     )
-    assert sweep.rows("my/rel.json", 0) == tmp_path / "rows" / "rel__trial_0.jsonl"
-    assert slug("a b") == "a_b" and sweep.read_commands() == []
+    assert sweep.rows("a b", 0) == tmp_path / "rows" / "a_b__trial_0.jsonl" and sweep.read_commands() == []
     study = StudyFolder(tmp_path / "study")
     assert study.rows("residual", "a b", 1) == tmp_path / "study" / "rows" / "residual" / "a_b__trial_1.jsonl"
     assert study.rows("global_beta") == tmp_path / "study" / "rows" / "global_beta.jsonl"

@@ -20,7 +20,9 @@ def test_tasks_are_claimed_largest_relation_first():
         sizes[relation] = len({(s["subject"].strip(), s["object"].strip()) for s in data["samples"]})
     assert len(set(sizes.values())) == 3
     by_size = sorted(sizes, key=sizes.get, reverse=True)
-    assert largest_first(tasks) == [(relation, seed) for relation in by_size for seed in (0, 1)]
+    assert largest_first(tasks, {relation: relation for relation in sizes}) == [
+        (relation, seed) for relation in by_size for seed in (0, 1)
+    ]
 
 
 def test_two_claimers_over_one_folder_never_take_the_same_task(tmp_path):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lre_pl.dataset.prompts import PromptText, encode_prompt, fill_subject
-from lre_pl.dataset.relations import Relation, load_relation
+from lre_pl.dataset.relations import Relation
 from lre_pl.errors import InputError
 from lre_pl.evaluation.context import Decoder
 from lre_pl.evaluation.metrics import prefix_hits
@@ -101,6 +101,8 @@ class DistractedLens:
     """The experiment on one bundle at its dev-chosen (layer, β)."""
 
     bundle: Bundle
+    relation: Relation
+    """The bundle's relation (its templates and objects), as its sweep estimated it."""
     layer: Layer
     beta: float
     indices: torch.Tensor  # [k] the evaluated (known, capped) test samples of the bundle
@@ -117,10 +119,6 @@ class DistractedLens:
     @property
     def objects(self) -> list[str]:
         return [self.bundle.test_objects[i] for i in self.indices.tolist()]
-
-    @functools.cached_property
-    def relation(self) -> Relation:
-        return load_relation(self.bundle.relation)
 
     @functools.cached_property
     def distractors(self) -> list[str]:

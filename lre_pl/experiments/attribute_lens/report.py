@@ -13,7 +13,7 @@ from lre_pl.experiments.attribute_lens.distracted import UNDISTRACTED
 from lre_pl.experiments.sweep.finished import FinishedSweep
 from lre_pl.files import write_bytes_atomically, write_text_atomically
 from lre_pl.lightning.outputs import write_figure
-from lre_pl.protocol.folder import LensFolder
+from lre_pl.protocol.folder import LensFolder, model_file_name, results_folder
 from lre_pl.protocol.markdown import markdown_table, nanmean
 from lre_pl.protocol.rows import read_rows, write_rows_csv
 
@@ -125,7 +125,7 @@ def lens_figure(rows: Sequence[dict], model: str):
 
 
 def figure_name(model: str) -> str:
-    return f"attribute_lens_{Path(model).name}.png"
+    return f"attribute_lens_{model_file_name(model)}.png"
 
 
 def model_section(rows: Sequence[dict], model: str, tables: Sequence[str], examples: int) -> list[str]:
@@ -162,10 +162,10 @@ def write_lens_report(
         rows = read_rows(folder.row_files())
         if not rows:
             continue
-        write_rows_csv(out / "results.csv", rows)
+        write_rows_csv(folder.results, rows)
         model = rows[0]["model"]
         cap = sweep.config.get("max_known")
-        tables = [path.read_text() for path in sorted((out / "tables").glob("*.md"))]
+        tables = folder.tables()
         section = model_section(rows, model, tables, config.examples)
         sweep_commands = [f"{model}'s sweep: `{line}`" for line in sweep.folder.read_commands()]
         commands += sweep_commands
@@ -182,8 +182,8 @@ def write_lens_report(
         )
         header = report_header([*sweep_commands, *made_by], [covered[-1]], config)
         write_text_atomically(folder.report, "\n".join([*header, *section]))
-        figure = out / figure_name(model)
-        with contextlib.closing(SummaryWriter(str(out / "tensorboard"))) as experiment:
+        figure = folder.path(figure_name(model))
+        with contextlib.closing(SummaryWriter(str(folder.tensorboard))) as experiment:
             experiment.add_text("attribute_lens", folder.report.read_text())
             write_figure(lens_figure(rows, model), figure, experiment)  # the PNG and TensorBoard's image
         sections += [section]
@@ -227,13 +227,14 @@ def report_header(commands: Sequence[str], covered: Sequence[str], config) -> li
 def copy_results(out: Path, results_dir: Path) -> Path | None:
     """A lens folder's rows (gzipped), report and figure to ``results_dir/<model>/`` (what a repository
     commits)."""
-    table = out / "results.csv"
+    folder = LensFolder(out)
+    table = folder.results
     if not table.exists():
         return None
-    rows = read_rows(LensFolder(out).row_files())
-    target = results_dir / Path(rows[0]["model"]).name
+    rows = read_rows(folder.row_files())
+    target = results_folder(results_dir, rows[0]["model"])
     target.mkdir(parents=True, exist_ok=True)
     write_bytes_atomically(target / "results.csv.gz", gzip.compress(table.read_bytes(), mtime=0))
-    for path in [LensFolder(out).report, *sorted(out.glob("*.png"))]:
+    for path in [folder.report, *sorted(out.glob("*.png"))]:
         write_bytes_atomically(target / path.name, path.read_bytes())
     return target

@@ -70,11 +70,8 @@ class DistractedLensConfig:
     def check(self) -> list[tuple[FinishedSweep, Path]]:
         """Each sweep (read once) and its lens folder, every setting checked before any model loads
         (nothing is written yet)."""
-        from lre_pl.experiments.sweep.runner import resolve_relations
-
         if not self.sweep_dirs:
             raise InputError("sweep_dirs is empty: give the folders of finished lre-pl sweep runs")
-        resolve_relations(self.relations)  # an unknown name fails here
         if UNDISTRACTED in self.templates:
             raise InputError(
                 f"templates: {UNDISTRACTED!r} is the reference prompt's name: call yours otherwise"
@@ -91,7 +88,9 @@ class DistractedLensConfig:
             sweep.studied_relations(self.relations, "relations", self.trial)
             check_model_spec(sweep.model)
             root = sweep.folder.root
-            out = root / "attribute_lens" if self.output_dir is None else Path(self.output_dir) / root.name
+            out = (
+                sweep.folder.attribute_lens if self.output_dir is None else Path(self.output_dir) / root.name
+            )
             check_writable_folder(out, "output_dir")
             folders.append((sweep, out))
         if self.report is not None:
@@ -118,7 +117,14 @@ def lens_sweep(sweep: FinishedSweep, out: Path, config: DistractedLensConfig) ->
         samples = grid.known_samples(bundle)
         layer, beta = sweep.points[relation, trial]
         experiment = DistractedLens(
-            bundle, layer, beta, samples.indices, config.templates, config.seed, grid.batch_size
+            bundle,
+            sweep.folder.relation(relation),
+            layer,
+            beta,
+            samples.indices,
+            config.templates,
+            config.seed,
+            grid.batch_size,
         )
         rows = experiment.run(lm)
         write_text_atomically(folder.table(relation, trial), experiment.examples(config.examples))

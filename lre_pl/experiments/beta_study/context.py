@@ -4,13 +4,13 @@ and a sweep's evaluated bundles together (:class:`SweepStudy`, for the cross-bun
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from lre_pl.dataset.relations import load_relation
+from lre_pl.dataset.relations import Relation, load_relation
 from lre_pl.evaluation.context import BundleContext, Decoder
 from lre_pl.evaluation.grid import EvaluationGrid
 from lre_pl.lightning.datamodule import RelationPrompts
@@ -46,6 +46,8 @@ class StudyContext(BundleContext):
 
     settings: StudySettings = field(default_factory=StudySettings)
     """The study's settings (a question's own parameters, such as the chord's quadrature nodes)."""
+    find_relation: Callable[[str], Relation] = load_relation
+    """A relation by its name, as the bundle's sweep estimated it (:meth:`SweepFolder.relation`)."""
 
     @classmethod
     def of(
@@ -55,6 +57,7 @@ class StudyContext(BundleContext):
         decoder: Decoder,
         layer: Layer,
         settings: StudySettings | None = None,
+        find_relation: Callable[[str], Relation] = load_relation,
     ) -> StudyContext:
         """The sweep's known samples and split of ``bundle``, at most ``settings.max_known`` of them (a
         seeded subset of the sweep's own dev and test splits, so no study test sample chose the sweep's
@@ -63,7 +66,13 @@ class StudyContext(BundleContext):
         if settings is not None and settings.max_known is not None:
             samples = samples.capped(settings.max_known, bundle.seed)
         return cls(
-            bundle, samples, decoder, grid.selection_rule, layer, settings or StudySettings(max_known=None)
+            bundle,
+            samples,
+            decoder,
+            grid.selection_rule,
+            layer,
+            settings or StudySettings(max_known=None),
+            find_relation,
         )
 
     def projection_and_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,10 +81,15 @@ class StudyContext(BundleContext):
         return self.projection(self.bundle.weights[i]), self.bundle.biases[i]
 
     @functools.cached_property
+    def relation(self) -> Relation:
+        """The bundle's relation (its templates and samples)."""
+        return self.find_relation(self.bundle.relation)
+
+    @functools.cached_property
     def train_prompts(self) -> list:
         """The training items of the bundle's trial (rebuilt: the split is seeded)."""
         b = self.bundle
-        return RelationPrompts.build(load_relation(b.relation), self.decoder.lm, b.n_train, b.seed).train
+        return RelationPrompts.build(self.relation, self.decoder.lm, b.n_train, b.seed).train
 
     @functools.cached_property
     def jacobians(self) -> torch.Tensor:
@@ -124,7 +138,12 @@ class SweepStudy:
         """The bundle's context at its dev-chosen layer (the bundle is loaded on each call)."""
         bundle = Bundle.load(self.sweep.bundle(relation, trial))
         return StudyContext.of(
-            bundle, self.grid, self.decoder, self.points[relation, trial][0], self.settings
+            bundle,
+            self.grid,
+            self.decoder,
+            self.points[relation, trial][0],
+            self.settings,
+            self.sweep.relation,
         )
 
     def usable(self, keys: Iterable[BundleKey]) -> dict[BundleKey, StudyContext]:

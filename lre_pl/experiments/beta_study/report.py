@@ -28,7 +28,7 @@ from lre_pl.experiments.beta_study.questions.base import (
 )
 from lre_pl.experiments.beta_study.questions.global_beta import by_category
 from lre_pl.experiments.sweep.runner import listed_tasks
-from lre_pl.files import write_text_atomically
+from lre_pl.files import inside, write_text_atomically
 from lre_pl.lightning.outputs import write_figure
 from lre_pl.protocol.folder import StudyFolder, read_json
 from lre_pl.protocol.intervals import paired_difference
@@ -345,7 +345,7 @@ def write_study_report(
         rows = read_rows(folder.row_files())
         if not rows:
             continue
-        write_rows_csv(out / "results.csv", rows)  # every question's rows in one tidy table
+        write_rows_csv(folder.results, rows)  # every question's rows in one tidy table
         model = rows[0]["model"]
         folders[model] = out
         sweep = read_json(
@@ -361,7 +361,7 @@ def write_study_report(
         return
     from torch.utils.tensorboard import SummaryWriter
 
-    targets = [(out / "beta_study.md", [model]) for model, out in folders.items()]
+    targets = [(StudyFolder(out).report, [model]) for model, out in folders.items()]
     targets += [(Path(report), list(studies))] if report else []
     for target, models in targets:
         text, _ = study_markdown(
@@ -375,11 +375,14 @@ def write_study_report(
             for name, question in REGISTRY.items():
                 rows = [row for row in studies[model].rows if row["kind"] == name]
                 for file_name, figure in question().figures(rows, model).items():
-                    write_figure(figure, target.parent / file_name, None)
+                    write_figure(figure, inside(target.parent, file_name), None)
     for model, out in folders.items():
-        with contextlib.closing(SummaryWriter(str(out / "tensorboard"))) as experiment:
-            experiment.add_text("beta_study", (out / "beta_study.md").read_text())
-            for path in sorted((out / "tables").glob("*/*.md")):  # e.g. per_sample_w/<relation>__trial_<t>
+        folder = StudyFolder(out)
+        with contextlib.closing(SummaryWriter(str(folder.tensorboard))) as experiment:
+            experiment.add_text("beta_study", folder.report.read_text())
+            for path in sorted(
+                folder.path("tables").glob("*/*.md")
+            ):  # e.g. per_sample_w/<relation>__trial_<t>
                 experiment.add_text(f"{path.parent.name}/{path.stem}", path.read_text())
             for name, question in REGISTRY.items():  # the figures, as images beside the text
                 rows = [row for row in studies[model].rows if row["kind"] == name]

@@ -32,7 +32,7 @@ from lre_pl.files import (
     write_text_atomically,
 )
 from lre_pl.lm.models import check_model_spec
-from lre_pl.protocol.folder import StudyFolder, SweepFolder, read_json
+from lre_pl.protocol.folder import StudyFolder, SweepFolder, read_json, results_folder
 from lre_pl.protocol.rows import read_rows, rows_complete, write_rows
 
 Layer = int | str
@@ -111,11 +111,6 @@ class BetaStudyConfig:
             raise InputError(
                 f"shots={self.shots} must be non-negative numbers of examples, e.g. [1, 2, 5, 8]"
             )
-        from lre_pl.experiments.sweep.runner import resolve_relations
-
-        for subset in (self.relations, self.costly_relations):
-            if subset is not None:
-                resolve_relations(subset)  # an unknown name: one line with the known ones
         if self.conclusion is not None and not Path(self.conclusion).is_file():
             raise InputError(f"conclusion={self.conclusion!r} is not a file: give a markdown file or null")
         if not self.sweep_dirs:
@@ -155,7 +150,7 @@ class BetaStudyConfig:
             check_model_spec(sweep.model)
         roots = [Path(sweep_dir) for sweep_dir in self.sweep_dirs]
         if self.output_dir is None:
-            folders = {root: root / "beta_study" for root in roots}
+            folders = {root: SweepFolder(root).beta_study for root in roots}
         elif len({root.resolve().name for root in roots}) < len(roots):
             raise InputError(f"sweep_dirs={self.sweep_dirs} share a folder name: give output_dir null")
         else:
@@ -243,14 +238,14 @@ def copy_results(out: Path, results_dir: Path) -> Path | None:
     import gzip
 
     folder = StudyFolder(out)
-    table = out / "results.csv"
+    table = folder.results
     if not table.exists():  # no rows: nothing studied
         return None
     model = read_json(folder.sweep_config, "rerun lre-pl beta-study")["model"]
-    target = results_dir / Path(model).name
+    target = results_folder(results_dir, model)
     target.mkdir(parents=True, exist_ok=True)
     write_bytes_atomically(target / "results.csv.gz", gzip.compress(table.read_bytes(), mtime=0))
-    for path in [out / "beta_study.md", folder.sweep_commands, folder.sweep_config, folder.settings,
+    for path in [folder.report, folder.sweep_commands, folder.sweep_config, folder.settings,
                  *sorted(out.glob("*.png"))]:  # fmt: skip
         if path.exists():
             write_bytes_atomically(target / path.name, path.read_bytes())
@@ -286,7 +281,7 @@ def study_sweep(finished: FinishedSweep, out: Path, config: BetaStudyConfig) -> 
     folder.copy_from(sweep_folder)
     write_text_atomically(folder.settings, json.dumps(config.settings.as_json()) + "\n")
     study = SweepStudy(
-        sweep_folder, grid, Decoder(lm, grid.top_k), points, sweep.model, out / "tensorboard", config.settings
+        sweep_folder, grid, Decoder(lm, grid.top_k), points, sweep.model, folder.tensorboard, config.settings
     )
     questions = [REGISTRY[name]() for name in config.questions]
     # One row file per question and bundle: each resumes on its own when the questions change.

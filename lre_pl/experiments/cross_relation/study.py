@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from lre_pl.dataset.relations import CATEGORIES, load_relation
+from lre_pl.dataset.relations import CATEGORIES
 from lre_pl.errors import InputError
 from lre_pl.evaluation.context import Decoder
 from lre_pl.experiments.cross_relation.matrix import (
@@ -34,7 +34,7 @@ from lre_pl.files import (
 )
 from lre_pl.lightning.outputs import write_figure
 from lre_pl.lm.models import check_model_spec
-from lre_pl.protocol.folder import CrossRelationFolder
+from lre_pl.protocol.folder import CrossRelationFolder, results_folder
 from lre_pl.protocol.rows import read_rows, write_rows, write_rows_csv
 
 
@@ -71,7 +71,7 @@ class CrossRelationConfig:
         evaluated = {relation for relation, _ in sweep.points}
         relations = None if self.relations == ["all"] else self.relations
         if relations is not None and len(relations) == 1 and relations[0] in CATEGORIES:
-            relations = [r for r in sorted(evaluated) if load_relation(r).category == relations[0]]
+            relations = [r for r in sorted(evaluated) if sweep.folder.relation(r).category == relations[0]]
         keys = sweep.keys(relations, self.trials)  # a relation the sweep did not evaluate: one line
         for trial in self.trials:
             found = sorted(relation for relation, seed in keys if seed == trial)
@@ -81,7 +81,7 @@ class CrossRelationConfig:
                     f"relations={self.relations}: cross-relation application needs at least 2"
                 )
         check_model_spec(sweep.model)
-        out = Path(self.output_dir) if self.output_dir else Path(self.sweep_dir) / "cross_relation"
+        out = Path(self.output_dir) if self.output_dir else sweep.folder.cross_relation
         check_writable_folder(out, "output_dir")
         if self.results_dir is not None:
             check_writable_folder(Path(self.results_dir), "results_dir")
@@ -103,7 +103,7 @@ def cross_relation_rows(
         for relation, _ in tqdm(at, desc=f"cross-relation: bundles of trial {trial}", unit="bundle"):
             bundle = sweep.bundle(relation, trial)
             layer, beta = sweep.points[relation, trial]
-            samples = load_relation(relation).samples
+            samples = sweep.folder.relation(relation).samples
             readers.append(Reader.of(bundle, layer, beta, tokenizer, samples))
             subjects.append(Subjects.of(bundle, grid.known_samples(bundle).indices, layers))
             del bundle
@@ -131,11 +131,11 @@ def write_cross_report(
     """results.csv, the figures (PNG and TensorBoard) and the report of ``rows``."""
     from torch.utils.tensorboard import SummaryWriter
 
-    write_rows_csv(folder.table, rows)
+    write_rows_csv(folder.results, rows)
     matrices = CrossMatrices.of(rows)
     report = report_markdown(matrices, threshold, examples, trials, made_by)
     write_text_atomically(folder.report, report)
-    experiment = SummaryWriter(str(folder.root / "tensorboard"))
+    experiment = SummaryWriter(str(folder.tensorboard))
     experiment.add_text("cross_relation", report)
     for metric, (stem, _, _) in FIGURES.items():
         write_figure(heatmap(matrices, metric), folder.figure(stem), experiment)
@@ -148,8 +148,8 @@ def copy_results(folder: CrossRelationFolder, model: str, results_dir: Path) -> 
     (what a repository commits: no bundles)."""
     import gzip
 
-    target = results_dir / Path(model).name
-    write_bytes_atomically(target / "results.csv.gz", gzip.compress(folder.table.read_bytes(), mtime=0))
+    target = results_folder(results_dir, model)
+    write_bytes_atomically(target / "results.csv.gz", gzip.compress(folder.results.read_bytes(), mtime=0))
     paths = [folder.report, folder.sweep_config, folder.sweep_commands]
     for path in [*paths, *(folder.figure(stem) for stem, _, _ in FIGURES.values())]:
         if path.exists():

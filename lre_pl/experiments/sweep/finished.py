@@ -98,12 +98,17 @@ class FinishedSweep:
         self, requested: Sequence[str], trial: int | None = None
     ) -> tuple[list[str], list[str]]:
         """The names of ``requested`` (as a config's ``relations`` gives them: names, JSON files,
-        ``[<category>]``, ``[all]``) that have an evaluated bundle here (of ``trial`` where given), and
-        those that have none (not swept, or too few known samples), each in the request's order."""
+        ``[<category>]``, ``[all]``, or the name of a custom relation this sweep evaluated) that have an
+        evaluated bundle here (of ``trial`` where given), and those that have none (not swept, or too
+        few known samples), each in the request's order. A name that is neither the sweep's nor shipped
+        is a one-line error naming the shipped ones."""
         from lre_pl.experiments.sweep.runner import relation_names
 
+        evaluated = {relation for relation, _ in self.points}
         has = {relation for relation, seed in self.points if trial is None or seed == trial}
-        names = relation_names(list(requested))
+        names = [
+            name for item in requested for name in ([item] if item in evaluated else relation_names([item]))
+        ]
         return [name for name in names if name in has], [name for name in names if name not in has]
 
     def studied_relations(self, requested: Sequence[str], option: str, trial: int | None = None) -> list[str]:
@@ -112,6 +117,8 @@ class FinishedSweep:
         line naming those left out (the report names them too)."""
         from lre_pl.experiments.sweep.runner import warn
 
+        if not requested:
+            raise InputError(f"{option} is empty: give [all], a category such as [factual], or names")
         found, lacking = self.split_relations(requested, trial)
         of_trial = "" if trial is None else f" of trial {trial}"
         if not found:

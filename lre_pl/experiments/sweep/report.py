@@ -18,6 +18,7 @@ from lre_pl.dataset.relations import CATEGORIES
 from lre_pl.evaluation.causality import EDIT_TARGETS
 from lre_pl.files import write_text_atomically
 from lre_pl.lightning.outputs import write_figure
+from lre_pl.protocol.folder import SweepFolder
 from lre_pl.protocol.markdown import markdown_table, mean_std_cell, nanmean
 from lre_pl.protocol.rows import MISSING_REASONS, read_rows, write_rows_csv
 
@@ -376,7 +377,7 @@ def write_report(root: Path, row_paths: list[Path], config, listed: Sequence[Tas
     ``listed``: the tasks the config asks for (those without rows are named in the summary)."""
     rows = read_rows(row_paths)
     if rows:
-        write_rows_csv(root / "results.csv", rows)
+        write_rows_csv(SweepFolder(root).results, rows)
         write_summary(root, rows, config, listed)
 
 
@@ -387,13 +388,13 @@ def write_summary(
     ``tensorboard`` is false (a committed ``results/`` folder keeps none)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    results = SweepResults(rows, listed)
+    results, folder = SweepResults(rows, listed), SweepFolder(root)
     summary = summary_markdown(results, config)
-    write_text_atomically(root / "summary.md", summary)
-    experiment = SummaryWriter(str(root / "tensorboard")) if tensorboard else None
+    write_text_atomically(folder.summary, summary)
+    experiment = SummaryWriter(str(folder.tensorboard)) if tensorboard else None
     if experiment:
         experiment.add_text("summary", summary)
     for name, figure in plot_figures(results, config).items():
-        write_figure(figure, root / f"{name}.png", experiment)
+        write_figure(figure, folder.figure(name), experiment)
     if experiment:
         experiment.close()

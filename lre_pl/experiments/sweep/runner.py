@@ -43,7 +43,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -51,12 +51,18 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
-from lre_pl.dataset.relations import CATEGORIES, list_relations, load_relation
+from lre_pl.dataset.relations import CATEGORIES, Relation, list_relations, load_relation
 from lre_pl.errors import InputError
 from lre_pl.evaluation.causality import EDIT_TARGETS
 from lre_pl.evaluation.context import Decoder
 from lre_pl.evaluation.grid import BundleEvaluation, EvaluationGrid
-from lre_pl.files import check_writable_folder, create_exclusively, folder_lock, write_text_atomically
+from lre_pl.files import (
+    check_writable_folder,
+    create_exclusively,
+    folder_lock,
+    write_bytes_atomically,
+    write_text_atomically,
+)
 from lre_pl.lightning.datamodule import RelationDataModule, check_trial
 from lre_pl.lightning.module import LinearRelationModule
 from lre_pl.lightning.processes import Place, Processes, find_place
@@ -250,17 +256,36 @@ def unfinished_pairs(root: Path, config: dict) -> list[tuple[str, int]]:
     ``sweep_config.json``) asks for and that have no whole rows file yet: what a rerun would still do."""
     folder = SweepFolder(root)
     return [
-        (relation, seed)
-        for relation in resolve_relations(config["relations"])
-        for seed in config["trials"]
-        if not rows_complete(folder.rows(relation, seed))
+        task
+        for task in listed_tasks(config["relations"], config["trials"])
+        if not rows_complete(folder.rows(*task))
     ]
 
 
-def largest_first(tasks: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """``tasks`` by the size of their relation (its samples), largest first, else in their order: the
-    longest first shortens the tail of a list schedule (no process is left alone with a large one)."""
-    sizes = {relation: len(load_relation(relation).samples) for relation, _ in tasks}
+def named_relations(requested: list[str]) -> dict[str, str]:
+    """{relation name: the relation as given (a name, a file stem or a JSON file)}: a sweep names its
+    files, and the commands after it their relations, by the name; two relations of one name are one line."""
+    names: dict[str, str] = {}
+    for given in requested:
+        name = load_relation(given).name
+        if name in names:
+            raise InputError(
+                f"relations {names[name]!r} and {given!r} are both named {name!r}: give one of them, or rename one"
+            )
+        names[name] = given
+    return names
+
+
+def same_relation(first: Relation, second: Relation) -> bool:
+    """Whether two relations are one but for the file each was read from."""
+    return replace(first, source="") == replace(second, source="")
+
+
+def largest_first(tasks: list[tuple[str, int]], given: dict[str, str]) -> list[tuple[str, int]]:
+    """``tasks`` by the size of their relation (its samples; ``given``: {name: as given}), largest first,
+    else in their order: the longest first shortens the tail of a list schedule (no process is left
+    alone with a large one)."""
+    sizes = {relation: len(load_relation(given[relation]).samples) for relation, _ in tasks}
     return sorted(tasks, key=lambda task: -sizes[task[0]])
 
 
@@ -305,13 +330,16 @@ class Sweep:
     def __init__(self, config: SweepConfig, command: str | None = None):
         self.config = config
         self.command = command
-        self.relations = config.check()
+        #: {relation name: as given}: the tasks, files and rows are named by the name.
+        self.given = named_relations(config.check())
+        self.relations = list(self.given)
         self.deadline = Deadline.after(config.stop_after_hours)
         self.grid = config.grid()
         self.root = Path(config.output_dir)
         self.folder = SweepFolder(self.root)
         self.check_folder()
         check_writable_folder(self.root, "output_dir")
+        self.check_paths()
         self.decoder: Decoder | None = None  # made at the first evaluation (the LM is loaded once)
         #: This process among those of a ``spread: tasks`` sweep (``None``: one process, or prompts spread).
         self.place: Place | None = None
@@ -333,6 +361,19 @@ class Sweep:
                 f"output_dir={self.config.output_dir!r} was swept with {name}={before[name]!r}, not "
                 f"{now[name]!r}: rerun with the folder's {', '.join(changed)} or give a new output_dir"
             )
+        for name, given in self.given.items():  # a relation's bundles and rows were made from its copy
+            copy = self.folder.relation_copy(name)
+            if copy.exists() and not same_relation(load_relation(copy), load_relation(given)):
+                raise InputError(
+                    f"relation {name!r} was swept in {self.root} from another file ({copy} differs from "
+                    f"{given}): give that file again, rename the relation, or give a new output_dir"
+                )
+
+    def check_paths(self) -> None:
+        """Every task's files named once, before any work: a symbolic link among them is one line."""
+        for relation, seed in self.work():
+            self.folder.done(relation, seed)
+            self.folder.claim(relation, seed)
 
     def check_against_model(self) -> None:
         """Layers and ranks against the model (loaded once; estimation reuses it), before any work."""
@@ -391,7 +432,7 @@ class Sweep:
             bundle_min_known=c.min_known if c.known_only else 0,
         )  # fmt: skip
         data = RelationDataModule(
-            relation=relation, model=c.model, dtype=c.dtype, n_train=c.n_train, seed=seed,
+            relation=self.given[relation], model=c.model, dtype=c.dtype, n_train=c.n_train, seed=seed,
             batch_size=c.batch_size, filter_known=False,
         )  # fmt: skip
         # One estimation pass, no validation loop (evaluation reads the bundle), no logger or checkpoint:
@@ -473,7 +514,9 @@ class Sweep:
             with Processes(place) as processes, bar:
                 processes.barrier()
                 progress()
-                for relation, seed in claimed_tasks(self.folder, largest_first(work), rank, self.deadline):
+                for relation, seed in claimed_tasks(
+                    self.folder, largest_first(work, self.given), rank, self.deadline
+                ):
                     bar.set_postfix_str(f"{relation}, trial {seed}")
                     if not self.bundle_path(relation, seed).exists():
                         self.estimate(relation, seed)
@@ -502,6 +545,7 @@ class Sweep:
         with folder_lock(self.root, "sweep"):
             self.check_folder()
             self._write_command()
+            self._write_relations()
             self.repair()
             yield
 
@@ -545,3 +589,11 @@ class Sweep:
                     self.folder.commands, "".join(f"{line}\n" for line in [*commands, self.command])
                 )
         write_text_atomically(self.folder.config, json.dumps(asdict(self.config), indent=2) + "\n")
+
+    def _write_relations(self) -> None:
+        """A copy of each relation given as a JSON file, under its name (``relations/``): what the
+        commands after the sweep read it from, wherever the file goes."""
+        for name, given in self.given.items():
+            path = Path(given).expanduser()
+            if path.is_file():
+                write_bytes_atomically(self.folder.relation_copy(name), path.read_bytes())

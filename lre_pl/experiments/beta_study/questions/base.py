@@ -11,15 +11,14 @@ decorated with :func:`register`; its config is ``configs/beta/<name>.yaml``. The
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from lre_pl.experiments.beta_study.context import StudyContext, SweepStudy
+from lre_pl.protocol.folder import model_file_name
 from lre_pl.protocol.intervals import Interval, paired_difference
 from lre_pl.protocol.markdown import markdown_table, nanmean
 from lre_pl.protocol.selection import SelectionRule
@@ -166,8 +165,8 @@ def registered() -> list[type[Question]]:
 
 def figure_name(model: str, stem: str) -> str:
     """``<stem>_<model>.png``: a question's figure file name for a model spec (a name, hub id or local
-    folder: only its last part, with anything but word characters, dots and dashes made ``_``)."""
-    return f"{stem}_" + re.sub(r"[^\w.-]+", "_", Path(model).name) + ".png"
+    folder: :func:`~lre_pl.protocol.folder.model_file_name`)."""
+    return f"{stem}_{model_file_name(model)}.png"
 
 
 def bundles_of(rows: list[dict], estimator: str) -> set[tuple[str, int]]:

@@ -39,7 +39,7 @@ import torch
 
 from lre_pl.dataset.matching import is_prefix_match
 from lre_pl.dataset.prompts import SUBJECT_SLOT, PromptText, encode_prompt, fill_subject, make_prompt
-from lre_pl.dataset.relations import Relation, RelationSample, load_relation
+from lre_pl.dataset.relations import Relation, RelationSample
 from lre_pl.evaluation.metrics import prefix_hits
 from lre_pl.experiments.beta_study.context import StudyContext
 from lre_pl.experiments.beta_study.questions.base import (
@@ -285,7 +285,7 @@ class InContext(ScanQuestion):
                 yield shots_variant(n), prompted_variant(lm, prompts, evaluated, context.layer)
 
     def rows(self, context: StudyContext) -> list[dict]:
-        relation = load_relation(context.bundle.relation)
+        relation = context.relation
         objects = sorted({sample.object for sample in relation.samples})
         return [
             row for name, variant in self.variants(context, relation)
