@@ -56,7 +56,13 @@ from lre_pl.errors import InputError
 from lre_pl.evaluation.causality import EDIT_TARGETS
 from lre_pl.evaluation.context import Decoder
 from lre_pl.evaluation.grid import BundleEvaluation, EvaluationGrid
-from lre_pl.files import check_writable_folder, create_exclusively, folder_lock, write_text_atomically
+from lre_pl.files import (
+    check_writable_folder,
+    create_exclusively,
+    folder_lock,
+    write_text_atomically,
+    zip_damage,
+)
 from lre_pl.lightning.datamodule import RelationDataModule, check_trial
 from lre_pl.lightning.module import LinearRelationModule
 from lre_pl.lightning.processes import Place, Processes, find_place
@@ -376,7 +382,7 @@ class Sweep:
                 if rows.exists():
                     warn(f"{bundle} is missing: its trial is estimated again (its rows are kept)")
                 continue
-            damage = Bundle.damage(bundle, whole=not rows.exists())
+            damage = zip_damage(bundle, whole=not rows.exists())
             if damage:
                 warn(f"{bundle} is damaged ({damage}): its trial is estimated again")
                 bundle.unlink()
