@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from lre_pl.class_paths import allow_only_known_class_paths
 from lre_pl.evaluation.lens import LensView
 from lre_pl.evaluation.lens import attribute_lens as lens_of_text
 from lre_pl.experiments.attribute_lens.operators import lens_operators
@@ -106,6 +107,7 @@ class LRECLI(LightningCLI):
 
 def lightning_cli(args: list[str]) -> LRECLI:
     """Run ``lre-pl fit|validate ARGS`` (``args`` starts with the subcommand)."""
+    allow_only_known_class_paths()
     return LRECLI(
         LinearRelationModule,
         RelationDataModule,
