@@ -20,7 +20,7 @@ from lre_pl.evaluation.lens import LensView
 from lre_pl.evaluation.lens import attribute_lens as lens_of_text
 from lre_pl.experiments.attribute_lens.operators import lens_operators
 from lre_pl.lightning.callbacks import SampleProgressBar
-from lre_pl.lightning.checkpoints import disagreement, read_checkpoint
+from lre_pl.lightning.checkpoints import disagreement, local_checkpoint, read_checkpoint
 from lre_pl.lightning.datamodule import RelationDataModule
 from lre_pl.lightning.module import Layer, LinearRelationModule
 from lre_pl.lm.models import LanguageModel, load_language_model
@@ -116,7 +116,7 @@ class LRECLI(LightningCLI):
         if found is not None:
             name, value, given = found
             flag = value if isinstance(value, str) else json.dumps(value)
-            run_config = Path(path).parent.parent / "config.yaml"
+            run_config = local_checkpoint(path).parent.parent / "config.yaml"
             config = run_config if run_config.is_file() else "<run>/config.yaml"
             raise InputError(
                 f"--ckpt_path {path} was estimated with model.{name}={value}, not {given}: give "

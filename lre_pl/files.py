@@ -205,12 +205,18 @@ def field_problem(
             return f"{name} is {_described(value)}, not {_type_name(hints[name])}"
         if name in shapes and value is not None:
             kind, *dims = shapes[name]
+            shape = list(getattr(value, "shape", None) or []) if hasattr(value, "is_floating_point") else None
             expected = [bound.setdefault(dim, size) if isinstance(dim, str) else dim
-                        for dim, size in zip(dims, getattr(value, "shape", ()))]  # fmt: skip
-            is_float = getattr(value, "is_floating_point", lambda: None)()
-            if list(value.shape) != expected or len(dims) != value.dim() or is_float is not (kind is float):
+                        for dim, size in zip(dims, shape or [])]  # fmt: skip
+            if (
+                shape is None
+                or shape != expected
+                or len(shape) != len(dims)
+                or value.is_floating_point() is not (kind is float)
+            ):
                 names = ", ".join(str(dim) for dim in dims)
-                return f"{name} is a {_described(value)}, not a {kind.__name__} tensor [{names}]"
+                what = f"a {_described(value)}" if shape is not None else _described(value)
+                return f"{name} is {what}, not a {kind.__name__} tensor [{names}]"
     return None
 
 

@@ -118,6 +118,10 @@ def test_a_checkpoint_without_lre_state_is_one_line(tmp_path):
     assert str(refused.value).startswith(
         f"ckpt_path {str(path)!r} is not a readable lre_pl checkpoint (no biases, estimated): give "
     )
+    saved = {"layers": [1], "weights": torch.zeros(1, 4, 4), "biases": torch.zeros(1, 4), "estimated": True}
+    torch.save({"state_dict": {"log_beta": [0.0]}, "lre": saved}, path)
+    with pytest.raises(InputError, match=r"\(log_beta is list \[0.0\], not a float tensor \[layer\]\)"):
+        read_checkpoint(path)
 
 
 def test_hyper_parameters_are_compared_as_data():
