@@ -6,7 +6,7 @@
 
 The package is layered; each layer imports only the ones before it (``tests/unit/test_layers.py``):
 ``dataset`` → ``protocol`` → ``lm`` → ``lre`` → ``evaluation`` → ``lightning`` → ``experiments`` →
-``api`` / ``cli``. ``errors`` and ``files`` serve every layer.
+``api`` / ``cli``. ``errors``, ``files`` and ``class_paths`` serve every layer.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,10 +14,13 @@ from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from lre_pl.class_paths import allow_only_known_class_paths
+from lre_pl.errors import InputError
 from lre_pl.evaluation.lens import LensView
 from lre_pl.evaluation.lens import attribute_lens as lens_of_text
 from lre_pl.experiments.attribute_lens.operators import lens_operators
 from lre_pl.lightning.callbacks import SampleProgressBar
+from lre_pl.lightning.checkpoints import disagreement, local_checkpoint, read_checkpoint
 from lre_pl.lightning.datamodule import RelationDataModule
 from lre_pl.lightning.module import Layer, LinearRelationModule
 from lre_pl.lm.models import LanguageModel, load_language_model
@@ -97,6 +102,27 @@ class LRECLI(LightningCLI):
             kwargs["callbacks"] = [*callbacks, SampleProgressBar()]
         return super().instantiate_trainer(**kwargs)
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's parses the checkpoint's hyper-parameters into the config: they would override the
+        command line, and their ``class_path`` be imported. Here the checkpoint is read weights-only
+        (:func:`~lre_pl.lightning.checkpoints.read_checkpoint`) and its hyper-parameters only compared
+        with the config (YAML, flags and defaults): any difference is one line, before anything loads."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not path:
+            return
+        saved = read_checkpoint(path).get("hyper_parameters") or {}
+        found = disagreement(saved, self.config[subcommand]["model"].as_dict())
+        if found is not None:
+            name, value, given = found
+            flag = value if isinstance(value, str) else json.dumps(value)
+            run_config = local_checkpoint(path).parent.parent / "config.yaml"
+            config = run_config if run_config.is_file() else "<run>/config.yaml"
+            raise InputError(
+                f"--ckpt_path {path} was estimated with model.{name}={value}, not {given}: give "
+                f"--model.{name} {shlex.quote(flag)} (or --config {config}), or another checkpoint"
+            )
+
     def _check_before_running(self) -> None:
         # Cheap cross-checks (model, dtype, the operator's relation) before the run loads anything.
         self.model.check_datamodule(self.datamodule)
@@ -106,6 +132,7 @@ class LRECLI(LightningCLI):
 
 def lightning_cli(args: list[str]) -> LRECLI:
     """Run ``lre-pl fit|validate ARGS`` (``args`` starts with the subcommand)."""
+    allow_only_known_class_paths()
     return LRECLI(
         LinearRelationModule,
         RelationDataModule,

@@ -35,6 +35,7 @@ import warnings
 from argparse import ArgumentError
 from pathlib import Path
 
+from lre_pl.class_paths import allow_only_known_class_paths, refused_class_path
 from lre_pl.dataset.relations import CATEGORIES, list_relations
 from lre_pl.errors import InputError, ProcessFailed
 
@@ -111,6 +112,7 @@ def parse_dataclass(config_class, prog: str, description: str, argv: list[str]):
     from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    allow_only_known_class_paths()
     parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML config (configs/)")
     parser.add_class_arguments(config_class)
@@ -477,8 +479,10 @@ def main(args: list[str] | None = None) -> None:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         message = " ".join(line if line.endswith(":") else line + ";" for line in lines).rstrip(";")
         command = argv[0] if argv and argv[0] in COMMANDS else ""
+        refused = refused_class_path(message)  # a class_path outside the allow-list: what is allowed
         print(
-            f"lre-pl: error: {message} (options: lre-pl {command} --help)".replace("  ", " "), file=sys.stderr
+            f"lre-pl: error: {refused or message} (options: lre-pl {command} --help)".replace("  ", " "),
+            file=sys.stderr,
         )
         sys.exit(2)
 

@@ -1,6 +1,7 @@
 """Files that are complete under their final name (written beside it, then renamed over it), sets of
-files that appear together, the checks that a folder or a file can be written before any work, and a
-lock that keeps two runs out of one folder.
+files that appear together, the checks that a folder or a file can be written before any work, a lock
+that keeps two runs out of one folder, and the checks every file the tool wrote gets when it is read
+back (:func:`zip_damage`, :func:`field_problem`).
 
 A failed write (a full disk, a folder that went away) removes what it had written and ends in one
 :class:`~lre_pl.errors.InputError` line naming the folder and the space it needed: nothing half
@@ -11,12 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+import types
+import typing
+import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import IO, Any
 
 from lre_pl.errors import InputError
 
@@ -186,3 +192,84 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)  # releases the lock
+
+
+def zip_damage(source: str | Path | IO[bytes], whole: bool = True) -> str | None:
+    """Why the ``torch.save`` file at ``source`` (a path, or its bytes) cannot be read whole, or ``None``.
+
+    ``torch.save`` writes a zip file, whose directory is at its end: a file cut short has none (found by
+    reading the end alone), and so has a file of another format (a plain pickle, text). ``whole`` also
+    checks every member's CRC, which reads the whole file: ``torch.load`` checks none, and would read
+    damaged bytes as numbers. Every reader of operators, bundles and checkpoints asks this first."""
+    try:
+        with zipfile.ZipFile(source) as archive:
+            failed = archive.testzip() if whole else None
+    except OSError as error:
+        return error.strerror or str(error)
+    except zipfile.BadZipFile as error:
+        return f"cut short or damaged: {error}"
+    return f"its {failed} fails its CRC check" if failed else None
+
+
+def field_problem(
+    payload: Mapping[str, Any], cls: type, shapes: Mapping[str, tuple], sizes: Mapping[str, int] | None = None
+) -> str | None:
+    """The first field of ``payload`` (a file's fields, read back) whose value does not fit the
+    dataclass ``cls``'s annotation or its tensor shape, as ``"<field> is <what it is>, not <what it
+    must be>"``; ``None`` when all fit. ``shapes``: field -> ``(float | int, size, ...)``, the sizes numbers or
+    names (``"d"``) bound by ``sizes`` or by the first field that uses them. A float is a finite number."""
+    hints = typing.get_type_hints(cls)
+    bound = dict(sizes or {})
+    for name, value in payload.items():
+        if name in hints and not _fits(value, hints[name]):
+            return f"{name} is {_described(value)}, not {_type_name(hints[name])}"
+        if name in shapes and value is not None:
+            kind, *dims = shapes[name]
+            shape = list(getattr(value, "shape", None) or []) if hasattr(value, "is_floating_point") else None
+            expected = [bound.setdefault(dim, size) if isinstance(dim, str) else dim
+                        for dim, size in zip(dims, shape or [])]  # fmt: skip
+            if (
+                shape is None
+                or shape != expected
+                or len(shape) != len(dims)
+                or value.is_floating_point() is not (kind is float)
+            ):
+                names = ", ".join(str(dim) for dim in dims)
+                what = f"a {_described(value)}" if shape is not None else _described(value)
+                return f"{name} is {what}, not a {kind.__name__} tensor [{names}]"
+    return None
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, argument) for argument in arguments)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_fits(item, arguments[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _fits(key, arguments[0]) and _fits(item, arguments[1]) for key, item in value.items()
+        )
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return (
+        getattr(hint, "__name__", None)
+        if typing.get_origin(hint) is None
+        else str(hint).replace("typing.", "")
+    )
+
+
+def _described(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"{getattr(value, 'dtype', type(value).__name__)} tensor {list(shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"

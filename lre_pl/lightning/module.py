@@ -16,6 +16,13 @@ from lre_pl.evaluation.causality import all_pairs, comparison_edits, efficacy, p
 from lre_pl.evaluation.context import Decoder
 from lre_pl.evaluation.metrics import PrefixRecallAtK
 from lre_pl.lightning.callbacks import FailedRunCleanup
+from lre_pl.lightning.checkpoints import (
+    CheckpointGuard,
+    SavedEstimate,
+    check_state_agrees,
+    saved_hparams,
+    trusted_checkpoint,
+)
 from lre_pl.lightning.distributed import gather_objects, rank_and_world
 from lre_pl.lightning.outputs import RunOutputs
 from lre_pl.lm.activations import collect_states
@@ -73,7 +80,11 @@ class LinearRelationModule(pl.LightningModule):
     - ``on_validation_epoch_end``: computes and logs the metrics (faithfulness, causality, beta) and
       keeps them in ``last_metrics``.
     - ``on_save_checkpoint`` / ``on_load_checkpoint``: W and b of every layer (plain tensors, not
-      buffers), under the checkpoint's ``lre`` key.
+      buffers), under the checkpoint's ``lre`` key; the estimator as its ``{class_path, init_args}``, so
+      every checkpoint loads weights-only. Loading refuses a checkpoint of other layers or another beta.
+      Every checkpoint is read by :func:`~lre_pl.lightning.checkpoints.read_checkpoint` (local, whole,
+      weights only): the Trainer's through :class:`~lre_pl.lightning.checkpoints.CheckpointGuard`,
+      :meth:`load_from_checkpoint`'s directly.
 
     At the end of ``fit`` (``RunOutputs.on_fit_end``): :meth:`operator` of every layer and a checkpoint,
     or, with ``bundle_path``, only the estimation bundle (:meth:`bundle`) that ``lre-pl sweep`` evaluates.
@@ -186,7 +197,7 @@ class LinearRelationModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------- set-up
     def configure_callbacks(self):
-        return [FailedRunCleanup(self.trainer), RunOutputs()]
+        return [FailedRunCleanup(self.trainer), RunOutputs(), CheckpointGuard()]
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -256,17 +267,35 @@ class LinearRelationModule(pl.LightningModule):
         self.seconds_estimating = 0.0  # this rank's wall seconds in training_step (Jacobians)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["lre"] = {"layers": self.layers, "weights": self.weights.cpu(), "biases": self.biases.cpu(),
-                             "estimated": self.estimated}  # fmt: skip
+        checkpoint["lre"] = vars(
+            SavedEstimate(self.layers, self.weights.cpu(), self.biases.cpu(), self.estimated)
+        )
+        checkpoint["hyper_parameters"] = saved_hparams(checkpoint["hyper_parameters"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            raise InputError(
+                "a checkpoint holds a finished fit (an estimate is one pass, so there is nothing to resume): "
+                "evaluate it with validate and ckpt_path, or fit without ckpt_path"
+            )
         self.configure_model()
+        check_state_agrees(checkpoint, self.layers, self.hparams.beta, self.hparams.learn_beta)
         saved = checkpoint["lre"]
-        if saved["layers"] != self.layers:
-            raise InputError(f"the checkpoint holds layers {saved['layers']}, not model.layers={self.layers}")
         self.weights.copy_(saved["weights"])
         self.biases.copy_(saved["biases"])
         self.estimated = saved["estimated"]
+
+    @classmethod
+    def load_from_checkpoint(
+        cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs
+    ):
+        """Lightning's, on the checkpoint as :func:`~lre_pl.lightning.checkpoints.trusted_checkpoint` reads
+        it: local, checked whole, weights only, its estimator resolved without importing anything."""
+        kwargs.pop("weights_only", None)  # always weights only
+        checkpoint, overrides = trusted_checkpoint(checkpoint_path)
+        return super().load_from_checkpoint(
+            checkpoint, map_location, hparams_file, strict, weights_only=True, **{**overrides, **kwargs}
+        )
 
     def _decode(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits of float32 states, whatever the LM's dtype (W and b are kept in float32)."""

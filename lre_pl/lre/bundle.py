@@ -5,12 +5,12 @@ test prompt); evaluation (layer x beta x rank grids, baselines, causality) only 
 every new question is an evaluation variant, never a new Jacobian pass. A bundle is written
 atomically by the Lightning fit that estimates it (:class:`~lre_pl.lightning.module.LinearRelationModule` with
 ``bundle_path``): a file under its final name is complete, and damage done to it later (a copy cut
-short, a bad disk) is found before it is read (:meth:`Bundle.damage`).
+short, a bad disk) is found before it is read (:func:`~lre_pl.files.zip_damage`), and every field is
+checked against its type and shape (:data:`BUNDLE_SHAPES`).
 """
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,13 +21,28 @@ import lre_pl
 from lre_pl.dataset.matching import is_prefix_match
 from lre_pl.dataset.relations import Relation, RelationSample
 from lre_pl.errors import InputError
-from lre_pl.files import write_torch_atomically
+from lre_pl.files import field_problem, write_torch_atomically, zip_damage
 from lre_pl.lm.activations import PromptStates
 from lre_pl.lre.accumulation import TrainingSamples
 from lre_pl.lre.estimators import TrainingStatistics
 from lre_pl.lre.operator import LinearRelationOperator
 
 Layer = int | str
+
+#: The tensors of a bundle: their kind of numbers and shape (``layer``: its layers; ``state_layer``:
+#: its state layers; ``n`` training and ``m`` test samples).
+BUNDLE_SHAPES = {
+    "weights": (float, "layer", "d", "d"),
+    "biases": (float, "layer", "d"),
+    "train_subject_states": (float, "n", "layer", "d"),
+    "train_output_states": (float, "n", "d"),
+    "train_biases": (float, "n", "layer", "d"),
+    "train_jacobian_states": (float, "n", "layer", "d"),
+    "train_object_tokens": (int, "n"),
+    "test_subject_states": (float, "m", "state_layer", "d"),
+    "test_output_states": (float, "m", "d"),
+    "train_jacobians": (float, "n", "layer", "d", "d"),
+}
 
 
 @dataclass
@@ -158,34 +173,36 @@ class Bundle:
         write_torch_atomically(path, payload)
         return Path(path)
 
-    @staticmethod
-    def damage(path: str | Path, whole: bool = True) -> str | None:
-        """Why the bundle file at ``path`` is damaged, or ``None`` when it is not.
-
-        ``torch.save`` writes a zip file, whose directory is at its end: a file cut short has none
-        (found by reading the end alone). ``whole`` also checks every member's CRC, which reads the
-        whole file: ``torch.load`` checks none, and would read damaged bytes as numbers."""
-        try:
-            with zipfile.ZipFile(path) as archive:
-                failed = archive.testzip() if whole else None
-        except OSError as error:
-            return error.strerror or str(error)
-        except zipfile.BadZipFile as error:
-            return f"cut short or damaged: {error}"
-        return f"its {failed} fails its CRC check" if failed else None
-
     @classmethod
     def load(cls, path: str | Path) -> Bundle:
-        """Read a bundle, checked whole first (:meth:`damage`); a one-line error where it is not."""
+        """Read a bundle, checked whole first (:func:`~lre_pl.files.zip_damage`), then every field's type
+        and shape; a one-line error where it is not."""
         path = Path(path)
-        reason = cls.damage(path)
+        reason = zip_damage(path)
         if reason is None:
             try:
                 payload = torch.load(path, weights_only=True, map_location="cpu")
-                return cls(**{f.name: payload[f.name] for f in fields(cls) if f.name in payload})
+                fields_ = {f.name: payload[f.name] for f in fields(cls) if f.name in payload}
+                reason = cls._field_problem(fields_)
+                if reason is None:
+                    return cls(**fields_)
             except Exception as error:
                 reason = type(error).__name__
         raise InputError(
             f"{str(path)!r} is not a readable lre_pl bundle ({reason}): delete it and rerun the sweep, "
             "which estimates it again"
         )
+
+    @classmethod
+    def _field_problem(cls, payload: dict) -> str | None:
+        sizes = {
+            "layer": len(payload.get("layers", ())),
+            "state_layer": len(payload.get("state_layers", ())),
+            "m": len(payload.get("test_subjects", ())),
+        }
+        problem = field_problem(payload, cls, BUNDLE_SHAPES, sizes)
+        lengths = {name: len(payload.get(name, ())) for name in ("test_objects", "test_lm_predictions")}
+        unequal = next((name for name, length in lengths.items() if length != sizes["m"]), None)
+        if problem is None and unequal:
+            problem = f"{unequal} has {lengths[unequal]} entries for {sizes['m']} test subjects"
+        return problem

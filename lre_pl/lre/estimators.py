@@ -52,6 +52,15 @@ class Estimator:
         arguments = ", ".join(f"{name}={value!r}" for name, value in vars(self).items())
         return f"{type(self).__name__}({arguments})"
 
+    @property
+    def config(self) -> dict:
+        """This estimator as jsonargparse writes it (``{class_path, init_args}``): what a checkpoint's
+        hyper-parameters hold, a dict that a weights-only load accepts; :func:`estimator_of` reads it."""
+        return {
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            "init_args": dict(vars(self)),
+        }
+
     def __eq__(self, other) -> bool:
         return type(self) is type(other) and vars(self) == vars(other)
 
@@ -142,3 +151,31 @@ def estimator_named(name: str) -> Estimator:
     if name not in ESTIMATORS:
         raise InputError(f"unknown estimator {name!r}: use one of {', '.join(ESTIMATORS)}")
     return ESTIMATORS[name]()
+
+
+#: ``class_path`` -> estimator class, for lre_pl's estimators under their path of today and of 0.1
+#: (``lre_pl.estimators``): the only classes a checkpoint's hyper-parameters may name.
+CLASS_PATHS: dict[str, type[Estimator]] = {
+    f"{prefix}.{cls.__qualname__}": cls
+    for cls in ESTIMATORS.values()
+    for prefix in (cls.__module__, "lre_pl.estimators")
+}
+
+
+def estimator_of(config: dict | Estimator | None) -> Estimator | None:
+    """The estimator of a checkpoint's ``{class_path, init_args}`` (``None`` and instances as given),
+    resolved among :data:`CLASS_PATHS` only: nothing is imported; any other class is one line."""
+    if config is None or isinstance(config, Estimator):
+        return config
+    cls = CLASS_PATHS.get(config.get("class_path")) if isinstance(config, dict) else None
+    if cls is None:
+        raise InputError(
+            f"estimator {config!r} is not one of lre_pl's estimators ({', '.join(CLASS_PATHS)}): "
+            "give the checkpoint of an lre_pl fit"
+        )
+    try:
+        return cls(**(config.get("init_args") or {}))
+    except TypeError as error:
+        raise InputError(
+            f"estimator {config!r} cannot be built ({error}): give the checkpoint of an lre_pl fit"
+        ) from None

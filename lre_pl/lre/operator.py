@@ -19,13 +19,16 @@ import lre_pl
 from lre_pl.dataset.prompts import SUBJECT_SLOT, EncodedPrompt, encode_prompt, fill_subject
 from lre_pl.dataset.relations import Relation
 from lre_pl.errors import InputError
-from lre_pl.files import write_torch_atomically
+from lre_pl.files import field_problem, write_torch_atomically, zip_damage
 from lre_pl.lm.hooks import capture
 from lre_pl.lm.models import LanguageModel, load_language_model
 from lre_pl.lre.estimators import Estimator
 
 #: Fields an operator file must hold.
 REQUIRED_FIELDS = ("weight", "bias", "beta", "layer", "relation", "model")
+
+#: The tensors of an operator file: their kind of numbers and shape.
+OPERATOR_SHAPES = {"weight": (float, "d", "d"), "bias": (float, "d")}
 
 
 #: Where β acts in :func:`relation_readout`.
@@ -174,26 +177,42 @@ class LinearRelationOperator:
 
     @classmethod
     def load(cls, path: str | Path) -> LinearRelationOperator:
-        """Read an operator file, or raise a one-line InputError saying what is wrong with it."""
+        """Read an operator file, checked whole first (its zip CRCs: :func:`~lre_pl.files.zip_damage`),
+        then every field's type and shape; a one-line InputError saying what is wrong with it."""
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise InputError(
                 f"operator file {str(path)!r} does not exist: give the operator.pt of an earlier run "
                 "(lightning_logs/version_N/operator.pt)"
             )
-        try:
-            payload = torch.load(path, weights_only=True, map_location="cpu")
-        except Exception as error:  # torch's own message advises weights_only=False: never do that here
+        reason = zip_damage(path)
+        if reason is None:
+            try:
+                payload = torch.load(path, weights_only=True, map_location="cpu")
+            except Exception as error:  # torch's own message advises weights_only=False: never do that here
+                reason = f"{type(error).__name__}: not an lre_pl file"
+        if reason is not None:
             raise InputError(
-                f"{str(path)!r} is not a readable lre_pl operator file ({type(error).__name__}: corrupt, "
-                "truncated or another format): re-create it with lre-pl fit"
-            ) from None
+                f"{str(path)!r} is not a readable lre_pl operator file ({reason}): re-create it with lre-pl fit"
+            )
         missing = [key for key in REQUIRED_FIELDS if not isinstance(payload, dict) or key not in payload]
         if missing:
             raise InputError(
                 f"{str(path)!r} is not an lre_pl operator file (no {', '.join(missing)}): re-create it with lre-pl fit"
             )
-        return cls(**{key: payload[key] for key in cls.__dataclass_fields__ if key in payload})
+        fields = {key: payload[key] for key in cls.__dataclass_fields__ if key in payload}
+        problem = field_problem(fields, cls, OPERATOR_SHAPES)
+        if problem is None and not (fields["layer"] == "emb" or isinstance(fields["layer"], int)):
+            problem = f"layer is {fields['layer']!r}, not 'emb' or a block index"
+        if problem is None and not fields["beta"] > 0:
+            problem = f"beta is {fields['beta']!r}, not a positive number"
+        if problem is None and not (fields["weight"].isfinite().all() and fields["bias"].isfinite().all()):
+            problem = "weight or bias holds NaN or infinity"
+        if problem is not None:
+            raise InputError(
+                f"{str(path)!r} is not a valid lre_pl operator file ({problem}): re-create it with lre-pl fit"
+            )
+        return cls(**fields)
 
     def top_objects(
         self, subject_states: torch.Tensor, lm: LanguageModel, k: int = 5

@@ -145,7 +145,10 @@ def test_the_class_paths_and_checkpoints_of_0_1_keep_working(tiny_model_dir, tmp
     operator = torch.load(tmp_path / "lightning_logs" / "version_0" / "operator.pt", weights_only=True)
     assert operator["estimator"] == "LinearRegression(ridge=0.01)"
     old = ROOT / "tests" / "fixtures" / "lre_v0.1.0_linear_regression.ckpt"
-    (tmp_path / "tiny").symlink_to(tiny_model_dir)  # the checkpoint's model.model, which validate takes
+    (tmp_path / "tiny").symlink_to(
+        tiny_model_dir
+    )  # the checkpoint's model.model, which validate must be given
+    args[1] = "tiny"  # a checkpoint never overrides the command line: they must agree
     validate = lre_pl("validate", "--config", str(config), *args, "--ckpt_path", str(old), cwd=tmp_path)
     assert validate.returncode == 0, validate.stderr
     from lre_pl.lightning.module import LinearRelationModule

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).parents[2] / "lre_pl"
 
 #: Bottom to top. A module may import its own floor and the floors below it, never one above.
 FLOORS = (
-    ("lre_pl", "lre_pl.errors", "lre_pl.files"),
+    ("lre_pl", "lre_pl.errors", "lre_pl.files", "lre_pl.class_paths"),
     ("lre_pl.dataset",),
     ("lre_pl.protocol",),
     ("lre_pl.lm",),

@@ -62,6 +62,7 @@ from lre_pl.files import (
     folder_lock,
     write_bytes_atomically,
     write_text_atomically,
+    zip_damage,
 )
 from lre_pl.lightning.datamodule import RelationDataModule, check_trial
 from lre_pl.lightning.module import LinearRelationModule
@@ -417,7 +418,7 @@ class Sweep:
                 if rows.exists():
                     warn(f"{bundle} is missing: its trial is estimated again (its rows are kept)")
                 continue
-            damage = Bundle.damage(bundle, whole=not rows.exists())
+            damage = zip_damage(bundle, whole=not rows.exists())
             if damage:
                 warn(f"{bundle} is damaged ({damage}): its trial is estimated again")
                 bundle.unlink()
