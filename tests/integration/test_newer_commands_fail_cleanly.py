@@ -28,7 +28,15 @@ TEXT = "The capital city of France is"
 
 @pytest.fixture
 def no_model(monkeypatch):
-    """Loading a model fails the test: what these cases check must be checked before it."""
+    """Loading a model fails the test: what these cases check must be checked before it. Every lre_pl
+    module is imported first, so that none binds the stand-in for the tests after this one."""
+    import importlib
+    import pkgutil
+
+    import lre_pl
+
+    for module in pkgutil.walk_packages(lre_pl.__path__, "lre_pl."):
+        importlib.import_module(module.name)
 
     def loaded(*args, **kwargs):
         raise AssertionError("a model was loaded")
