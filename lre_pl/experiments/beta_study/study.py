@@ -147,6 +147,8 @@ class BetaStudyConfig:
                 sweep.studied_relations(self.relations, "relations")
             if self.costly_relations is not None and costly:
                 sweep.studied_relations(self.costly_relations, "costly_relations")
+            elif self.costly_relations is not None:  # asked of no question: only an unknown name is refused
+                sweep.split_relations(self.costly_relations)
             check_model_spec(sweep.model)
         roots = [Path(sweep_dir) for sweep_dir in self.sweep_dirs]
         if self.output_dir is None:
