@@ -20,7 +20,7 @@ from lre_pl.evaluation.lens import LensView
 from lre_pl.evaluation.lens import attribute_lens as lens_of_text
 from lre_pl.experiments.attribute_lens.operators import lens_operators
 from lre_pl.lightning.callbacks import SampleProgressBar
-from lre_pl.lightning.checkpoints import disagreement, local_checkpoint, read_checkpoint
+from lre_pl.lightning.checkpoints import NOTHING_TO_RESUME, disagreement, local_checkpoint, read_checkpoint
 from lre_pl.lightning.datamodule import RelationDataModule
 from lre_pl.lightning.module import Layer, LinearRelationModule
 from lre_pl.lm.models import LanguageModel, load_language_model
@@ -111,6 +111,9 @@ class LRECLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not path:
             return
+        if subcommand == "fit":
+            local_checkpoint(path)  # a URL: that line first
+            raise InputError(NOTHING_TO_RESUME)
         saved = read_checkpoint(path).get("hyper_parameters") or {}
         found = disagreement(saved, self.config[subcommand]["model"].as_dict())
         if found is not None:

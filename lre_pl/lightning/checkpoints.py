@@ -39,6 +39,12 @@ FIT_CHECKPOINT = "the checkpoints/lre.ckpt of an lre-pl fit (lightning_logs/vers
 
 Layer = int | str
 
+#: Why a fit takes no ``ckpt_path``: the CLI says it before anything loads, the module for a plain Trainer.
+NOTHING_TO_RESUME = (
+    "a checkpoint holds a finished fit (an estimate is one pass, so there is nothing to resume): "
+    "evaluate it with validate and ckpt_path, or fit without ckpt_path"
+)
+
 
 @dataclass
 class SavedEstimate:

@@ -17,6 +17,7 @@ from lre_pl.evaluation.context import Decoder
 from lre_pl.evaluation.metrics import PrefixRecallAtK
 from lre_pl.lightning.callbacks import FailedRunCleanup
 from lre_pl.lightning.checkpoints import (
+    NOTHING_TO_RESUME,
     CheckpointGuard,
     SavedEstimate,
     check_state_agrees,
@@ -274,10 +275,7 @@ class LinearRelationModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self._trainer is not None and self.trainer.state.fn == "fit":
-            raise InputError(
-                "a checkpoint holds a finished fit (an estimate is one pass, so there is nothing to resume): "
-                "evaluate it with validate and ckpt_path, or fit without ckpt_path"
-            )
+            raise InputError(NOTHING_TO_RESUME)
         self.configure_model()
         check_state_agrees(checkpoint, self.layers, self.hparams.beta, self.hparams.learn_beta)
         saved = checkpoint["lre"]

@@ -326,6 +326,23 @@ def test_a_checkpoint_never_overrides_the_command_line(run_cli, fitted, tiny_mod
     )
 
 
+def test_a_fit_with_a_checkpoint_is_refused_before_the_model_loads(
+    run_cli, tmp_path, fitted, tiny_model_dir, monkeypatch
+):
+    """A fit is one pass: there is nothing to resume. The CLI says so before any model loads (a plain
+    Trainer's fit, through the module, once it is there)."""
+    from lre_pl.lightning.checkpoints import NOTHING_TO_RESUME
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("lre_pl.lightning.module.load_language_model", loaded)
+    checkpoint = fitted / "checkpoints" / "lre.ckpt"
+    code, stderr = run_cli("fit", *validate_args(tiny_model_dir)[1:], "--ckpt_path", str(checkpoint))
+    assert (code, last_line(stderr)) == (2, f"lre-pl: error: {NOTHING_TO_RESUME}")
+    assert not (tmp_path / "lightning_logs").exists()
+
+
 def test_a_checkpoint_state_never_replaces_beta_in_the_api(tmp_path, fitted, tiny_model_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     module = LinearRelationModule(model=tiny_model_dir, layers=[1, 2], beta=2.5)
