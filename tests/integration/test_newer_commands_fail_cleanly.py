@@ -110,8 +110,8 @@ def test_a_relation_the_sweep_lacks_beside_others_is_a_warning_and_named_in_the_
         (["--top_k", "0"], "top_k=0 must be at least 1"),
         (["--output_dir", "/proc/x"], "output_dir: cannot write in '/proc/x' (No such file or directory): give another output_dir"),
         (["--output_dir", "a_file"], "output_dir: cannot write in 'a_file' (a file, not a folder): give another output_dir"),
-        (["--relation", "country capital city"], "--relation choose a sweep's bundle, but '{run}' is a fit's run folder, which holds one relation: drop --relation, or give a sweep folder"),
-        (["--trial", "1"], "--trial choose a sweep's bundle, but '{run}' is a fit's run folder, which holds one relation: drop --trial, or give a sweep folder"),
+        (["--relation", "country capital city"], "--relation chooses a sweep's bundle, but '{run}' is a fit's run folder, which holds one relation: drop --relation, or give a sweep folder"),
+        (["--trial", "1"], "--trial chooses a sweep's bundle, but '{run}' is a fit's run folder, which holds one relation: drop --trial, or give a sweep folder"),
     ],
 )  # fmt: skip
 def test_lens_options_are_checked_before_the_model_loads(run_cli, no_model, fit_run, tmp_path, flags, line):

@@ -36,9 +36,10 @@ def lens_operators(
     given = [option for option, value in (("--relation", relation), ("--trial", trial)) if value is not None]
     if given and not is_sweep:
         what = "an operator file" if path.is_file() else "a fit's run folder"
+        options, verb = " and ".join(given), "choose" if len(given) > 1 else "chooses"
         raise InputError(
-            f"{' and '.join(given)} choose a sweep's bundle, but {str(source)!r} is {what}, which holds one "
-            f"relation: drop {' and '.join(given)}, or give a sweep folder"
+            f"{options} {verb} a sweep's bundle, but {str(source)!r} is {what}, which holds one relation: "
+            f"drop {options}, or give a sweep folder"
         )
     if path.is_file():
         operator = LinearRelationOperator.load(path)
