@@ -243,7 +243,7 @@ def resolve_relations(requested: list[str]) -> list[str]:
 def relation_names(relations: list[str]) -> list[str]:
     """The names the rows carry (a JSON file's own name) of ``relations`` as a config gives them
     (:func:`resolve_relations`), in its order."""
-    return [load_relation(relation).name for relation in resolve_relations(relations)]
+    return list(named_relations(resolve_relations(relations)))
 
 
 def listed_tasks(relations: list[str], trials: list[int]) -> list[tuple[str, int]]:
