@@ -1,7 +1,7 @@
 """Files that are complete under their final name (written beside it, then renamed over it), sets of
 files that appear together, the checks that a folder or a file can be written before any work, a lock
 that keeps two runs out of one folder, and the checks every file the tool wrote gets when it is read
-back (:func:`zip_damage`, :func:`field_problem`).
+back (:func:`load_weights_only`, :func:`field_problem`).
 
 A failed write (a full disk, a folder that went away) removes what it had written and ends in one
 :class:`~lre_pl.errors.InputError` line naming the folder and the space it needed: nothing half
@@ -209,6 +209,25 @@ def zip_damage(source: str | Path | IO[bytes], whole: bool = True) -> str | None
     except zipfile.BadZipFile as error:
         return f"cut short or damaged: {error}"
     return f"its {failed} fails its CRC check" if failed else None
+
+
+def load_weights_only(source: str | Path | IO[bytes], refused: str = "") -> tuple[Any, str | None]:
+    """``(payload, None)`` of the ``torch.save`` file at ``source`` (a path, or its bytes), checked whole
+    first (:func:`zip_damage`) and loaded with ``torch.load(weights_only=True)``, so that nothing in it can
+    run code; ``(None, why not)`` otherwise: the damage, or the exception's name followed by ``refused``
+    (never torch's own advice to load with ``weights_only=False``). Operators, bundles and checkpoints
+    are all read here."""
+    import torch
+
+    reason = zip_damage(source)
+    if reason is not None:
+        return None, reason
+    if not isinstance(source, (str, Path)):
+        source.seek(0)
+    try:
+        return torch.load(source, weights_only=True, map_location="cpu"), None
+    except Exception as error:  # torch's own message advises weights_only=False: never do that here
+        return None, f"{type(error).__name__}{refused}"
 
 
 def field_problem(

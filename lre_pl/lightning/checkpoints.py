@@ -28,7 +28,7 @@ import torch
 from lightning_fabric.plugins import CheckpointIO
 
 from lre_pl.errors import InputError
-from lre_pl.files import field_problem, zip_damage
+from lre_pl.files import field_problem, load_weights_only
 from lre_pl.lre.estimators import Estimator, estimator_of
 
 #: ``scheme://`` at the start of a path: a URL (``https://``, ``s3://``, ``file://``, ...).
@@ -87,17 +87,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     local = local_checkpoint(path)
     if not local.exists():
         raise InputError(f"ckpt_path {str(path)!r} does not exist: give {FIT_CHECKPOINT}")
-    try:
-        data = io.BytesIO(local.read_bytes())
-        reason = zip_damage(data)
+    try:  # read once: the bytes checked are the bytes loaded
+        checkpoint, reason = load_weights_only(
+            io.BytesIO(local.read_bytes()), refused=": not a weights-only lre_pl file"
+        )
     except OSError as error:
         reason = error.strerror or str(error)
-    if reason is None:
-        try:
-            data.seek(0)
-            checkpoint = torch.load(data, weights_only=True, map_location="cpu")
-        except Exception as error:  # torch's own message advises weights_only=False: never do that here
-            reason = f"{type(error).__name__}: not a weights-only lre_pl file"
     if reason is None:
         reason = checkpoint_problem(checkpoint)
     if reason is not None:

@@ -21,7 +21,7 @@ import lre_pl
 from lre_pl.dataset.matching import is_prefix_match
 from lre_pl.dataset.relations import Relation, RelationSample
 from lre_pl.errors import InputError
-from lre_pl.files import field_problem, write_torch_atomically, zip_damage
+from lre_pl.files import field_problem, load_weights_only, write_torch_atomically
 from lre_pl.lm.activations import PromptStates
 from lre_pl.lre.accumulation import TrainingSamples
 from lre_pl.lre.estimators import TrainingStatistics
@@ -178,10 +178,9 @@ class Bundle:
         """Read a bundle, checked whole first (:func:`~lre_pl.files.zip_damage`), then every field's type
         and shape; a one-line error where it is not."""
         path = Path(path)
-        reason = zip_damage(path)
+        payload, reason = load_weights_only(path)
         if reason is None:
             try:
-                payload = torch.load(path, weights_only=True, map_location="cpu")
                 fields_ = {f.name: payload[f.name] for f in fields(cls) if f.name in payload}
                 reason = cls._field_problem(fields_)
                 if reason is None:

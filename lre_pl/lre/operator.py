@@ -19,7 +19,7 @@ import lre_pl
 from lre_pl.dataset.prompts import SUBJECT_SLOT, EncodedPrompt, encode_prompt, fill_subject
 from lre_pl.dataset.relations import Relation
 from lre_pl.errors import InputError
-from lre_pl.files import field_problem, write_torch_atomically, zip_damage
+from lre_pl.files import field_problem, load_weights_only, write_torch_atomically
 from lre_pl.lm.hooks import capture
 from lre_pl.lm.models import LanguageModel, load_language_model
 from lre_pl.lre.estimators import Estimator
@@ -177,7 +177,7 @@ class LinearRelationOperator:
 
     @classmethod
     def load(cls, path: str | Path) -> LinearRelationOperator:
-        """Read an operator file, checked whole first (its zip CRCs: :func:`~lre_pl.files.zip_damage`),
+        """Read an operator file, checked whole first and loaded weights-only (:func:`~lre_pl.files.load_weights_only`),
         then every field's type and shape; a one-line InputError saying what is wrong with it."""
         path = Path(path)
         if not path.exists():
@@ -185,12 +185,7 @@ class LinearRelationOperator:
                 f"operator file {str(path)!r} does not exist: give the operator.pt of an earlier run "
                 "(lightning_logs/version_N/operator.pt)"
             )
-        reason = zip_damage(path)
-        if reason is None:
-            try:
-                payload = torch.load(path, weights_only=True, map_location="cpu")
-            except Exception as error:  # torch's own message advises weights_only=False: never do that here
-                reason = f"{type(error).__name__}: not an lre_pl file"
+        payload, reason = load_weights_only(path, refused=": not an lre_pl file")
         if reason is not None:
             raise InputError(
                 f"{str(path)!r} is not a readable lre_pl operator file ({reason}): re-create it with lre-pl fit"
