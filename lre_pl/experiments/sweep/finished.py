@@ -94,6 +94,10 @@ class FinishedSweep:
             keys = [key for key in keys if key[1] in trials]
         return keys
 
+    def evaluated_relations(self, trial: int | None = None) -> set[str]:
+        """The relations with an evaluated bundle here (of ``trial`` where given)."""
+        return {relation for relation, seed in self.points if trial is None or seed == trial}
+
     def split_relations(
         self, requested: Sequence[str], trial: int | None = None
     ) -> tuple[list[str], list[str]]:
@@ -104,8 +108,7 @@ class FinishedSweep:
         is a one-line error naming the shipped ones."""
         from lre_pl.experiments.sweep.runner import relation_names
 
-        evaluated = {relation for relation, _ in self.points}
-        has = {relation for relation, seed in self.points if trial is None or seed == trial}
+        evaluated, has = self.evaluated_relations(), self.evaluated_relations(trial)
         names = [
             name for item in requested for name in ([item] if item in evaluated else relation_names([item]))
         ]
@@ -122,7 +125,7 @@ class FinishedSweep:
         found, lacking = self.split_relations(requested, trial)
         of_trial = "" if trial is None else f" of trial {trial}"
         if not found:
-            has = sorted({relation for relation, seed in self.points if trial is None or seed == trial})
+            has = sorted(self.evaluated_relations(trial))
             raise InputError(
                 f"{option}={list(requested)}: the sweep in {self.folder.root} has no evaluated bundle"
                 f"{of_trial} of {', '.join(lacking)}; it has {', '.join(has) or 'none'}: choose among those, "
